@@ -1,0 +1,58 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego" // the pure-Go CPU backend ("go")
+	_ "github.com/gomlx/gomlx/backends/xla"      // PJRT plugins ("xla:<plugin>")
+)
+
+// ErrBackend is wrapped by errors creating a backend.
+var ErrBackend = errors.New("backend")
+
+// DefaultBackend is the pure-Go CPU backend in the configuration that does not deadlock:
+// the default SimpleGo config hangs intermittently on nested worker-pool waits, running ops
+// one at a time does not.
+const DefaultBackend = "go:ops_sequential"
+
+// NewBackend creates a backend from a spec: "go" (or "go:<simplego options>"), or
+// "xla:<plugin>" where plugin is a name (cpu, cuda, tpu) or an absolute path to a PJRT
+// plugin .so.
+func NewBackend(spec string) (b backends.Backend, err error) {
+	switch {
+	case spec == "" || spec == "go":
+		spec = DefaultBackend
+	case strings.HasPrefix(spec, "go:"):
+	case strings.HasPrefix(spec, "xla:"):
+		plugin := strings.TrimPrefix(spec, "xla:")
+		if plugin == "" {
+			return nil, fmt.Errorf("%w: %q names no PJRT plugin (want xla:cpu, xla:cuda, xla:tpu or xla:/abs/plugin.so)", ErrBackend, spec)
+		}
+		if strings.ContainsRune(plugin, os.PathSeparator) {
+			if !filepath.IsAbs(plugin) {
+				return nil, fmt.Errorf("%w: plugin path %q must be absolute", ErrBackend, plugin)
+			}
+			if _, statErr := os.Stat(plugin); statErr != nil {
+				return nil, fmt.Errorf("%w: plugin %s: %w", ErrBackend, plugin, statErr)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown backend %q (want go, xla:<plugin name> or xla:/abs/plugin.so)", ErrBackend, spec)
+	}
+	// gomlx panics on some construction errors; turn them into errors.
+	defer func() {
+		if r := recover(); r != nil {
+			b, err = nil, fmt.Errorf("%w: %s: %v", ErrBackend, spec, r)
+		}
+	}()
+	b, err = backends.NewWithConfig(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrBackend, spec, err)
+	}
+	return b, nil
+}

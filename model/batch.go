@@ -1,0 +1,182 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrInput is wrapped by every error about a step's inputs (token ids, positions, blocks).
+var ErrInput = errors.New("invalid model input")
+
+// KVLayout is the geometry of the paged KV pools: one group of pools for the global layers
+// and one for the sliding-window layers, each [pages, PageSize, kvHeads, headDim] per layer
+// for K and for V. Page 0 of each group is the null page: padding writes land there and it
+// is never read unmasked.
+type KVLayout struct {
+	PageSize        int
+	NumGlobalPages  int
+	NumSlidingPages int
+}
+
+// Validate checks the layout.
+func (l KVLayout) Validate() error {
+	if l.PageSize <= 0 || l.NumGlobalPages < 2 || l.NumSlidingPages < 2 {
+		return fmt.Errorf("%w: KV layout needs page size > 0 and at least 2 pages per group (page 0 is the null page), got %+v", ErrInput, l)
+	}
+	return nil
+}
+
+// SeqChunk is one sequence's share of a step: the new tokens whose K/V are computed now
+// and where its pages are.
+type SeqChunk struct {
+	// Tokens are the new tokens, at positions StartPos, StartPos+1, ….
+	Tokens   []int32
+	StartPos int
+	// GlobalBlocks are the global group's pages of logical blocks 0, 1, … (logical block j
+	// holds positions [j·PageSize, (j+1)·PageSize)); they must cover every new position.
+	GlobalBlocks []int32
+	// SlidingBlocks are the sliding group's pages of logical blocks SlidingFirstBlock, ….
+	// They must cover the new positions and the window before the first of them.
+	SlidingBlocks     []int32
+	SlidingFirstBlock int
+	// AllLogits asks for the logits of every new token; otherwise only the last one's.
+	AllLogits bool
+}
+
+// BatchShape is a bucket: the padded sizes of a step's inputs.
+type BatchShape struct {
+	T  int // tokens
+	B  int // sequences
+	Q  int // most new tokens of one sequence
+	PG int // global pages per sequence
+	PS int // sliding pages per sequence
+	N  int // logits rows
+}
+
+// Batch is a step's host-side inputs, padded to a BatchShape.
+type Batch struct {
+	Shape                                BatchShape
+	Tokens, Positions                    []int32
+	SlotsGlobal, SlotsSliding, TokenCell []int32
+	GridIndex                            []int32 // [B·Q]
+	PageTableGlobal                      []int32 // [B·PG]
+	PageTableSliding                     []int32 // [B·PS]
+	SlidingBase                          []int32 // [B]
+	LogitsIndex                          []int32 // [N]
+	// LogitsRows[i] are the rows of the logits output that belong to sequence i, in order.
+	LogitsRows [][]int
+}
+
+// NeededShape is the smallest BatchShape that holds seqs.
+func NeededShape(layout KVLayout, seqs []SeqChunk) BatchShape {
+	var s BatchShape
+	s.B = len(seqs)
+	for _, sq := range seqs {
+		s.T += len(sq.Tokens)
+		s.Q = max(s.Q, len(sq.Tokens))
+		s.PG = max(s.PG, len(sq.GlobalBlocks))
+		s.PS = max(s.PS, len(sq.SlidingBlocks))
+		if sq.AllLogits {
+			s.N += len(sq.Tokens)
+		} else {
+			s.N++
+		}
+	}
+	s.PG, s.PS = max(s.PG, 1), max(s.PS, 1)
+	return s
+}
+
+// Fits reports whether need fits in s.
+func (s BatchShape) Fits(need BatchShape) bool {
+	return need.T <= s.T && need.B <= s.B && need.Q <= s.Q && need.PG <= s.PG && need.PS <= s.PS && need.N <= s.N
+}
+
+// BuildBatch checks seqs against the config and layout and lays them out padded to shape.
+func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape) (*Batch, error) {
+	if len(seqs) == 0 {
+		return nil, fmt.Errorf("%w: empty batch", ErrInput)
+	}
+	need := NeededShape(layout, seqs)
+	if !shape.Fits(need) {
+		return nil, fmt.Errorf("%w: batch needs shape %+v, bucket is %+v", ErrInput, need, shape)
+	}
+	ps := layout.PageSize
+	b := &Batch{
+		Shape:  shape,
+		Tokens: make([]int32, shape.T), Positions: make([]int32, shape.T),
+		SlotsGlobal: make([]int32, shape.T), SlotsSliding: make([]int32, shape.T), TokenCell: make([]int32, shape.T),
+		GridIndex:        make([]int32, shape.B*shape.Q),
+		PageTableGlobal:  make([]int32, shape.B*shape.PG),
+		PageTableSliding: make([]int32, shape.B*shape.PS),
+		SlidingBase:      make([]int32, shape.B),
+		LogitsIndex:      make([]int32, shape.N),
+		LogitsRows:       make([][]int, len(seqs)),
+	}
+	t, n := 0, 0
+	for i, sq := range seqs {
+		if len(sq.Tokens) == 0 {
+			return nil, fmt.Errorf("%w: sequence %d has no tokens", ErrInput, i)
+		}
+		if sq.StartPos < 0 {
+			return nil, fmt.Errorf("%w: sequence %d: negative start position %d", ErrInput, i, sq.StartPos)
+		}
+		end := sq.StartPos + len(sq.Tokens)
+		if end > cfg.MaxPositionEmbeddings {
+			return nil, fmt.Errorf("%w: sequence %d: position %d is beyond max_position_embeddings %d",
+				ErrInput, i, end-1, cfg.MaxPositionEmbeddings)
+		}
+		lastBlock := (end - 1) / ps
+		if len(sq.GlobalBlocks) <= lastBlock {
+			return nil, fmt.Errorf("%w: sequence %d: %d global blocks do not cover position %d (page size %d)",
+				ErrInput, i, len(sq.GlobalBlocks), end-1, ps)
+		}
+		windowStart := max(0, sq.StartPos-cfg.SlidingWindow+1) / ps
+		if sq.SlidingFirstBlock < 0 || sq.SlidingFirstBlock > windowStart ||
+			sq.SlidingFirstBlock+len(sq.SlidingBlocks) <= lastBlock {
+			return nil, fmt.Errorf("%w: sequence %d: sliding blocks %d..%d do not cover logical blocks %d..%d",
+				ErrInput, i, sq.SlidingFirstBlock, sq.SlidingFirstBlock+len(sq.SlidingBlocks)-1, windowStart, lastBlock)
+		}
+		for j, pg := range sq.GlobalBlocks {
+			if pg <= 0 || int(pg) >= layout.NumGlobalPages {
+				return nil, fmt.Errorf("%w: sequence %d: global block %d is page %d, outside 1..%d",
+					ErrInput, i, j, pg, layout.NumGlobalPages-1)
+			}
+			b.PageTableGlobal[i*shape.PG+j] = pg
+		}
+		for j, pg := range sq.SlidingBlocks {
+			// Blocks that already left the window may be the null page; the rest must be real.
+			inWindow := sq.SlidingFirstBlock+j >= windowStart
+			if pg < 0 || int(pg) >= layout.NumSlidingPages || (pg == 0 && inWindow) {
+				return nil, fmt.Errorf("%w: sequence %d: sliding block %d is page %d, outside 1..%d",
+					ErrInput, i, sq.SlidingFirstBlock+j, pg, layout.NumSlidingPages-1)
+			}
+			b.PageTableSliding[i*shape.PS+j] = pg
+		}
+		b.SlidingBase[i] = int32(sq.SlidingFirstBlock * ps)
+		for q, tok := range sq.Tokens {
+			if tok < 0 || int(tok) >= cfg.VocabSize {
+				return nil, fmt.Errorf("%w: sequence %d: token id %d is outside the vocabulary [0, %d)", ErrInput, i, tok, cfg.VocabSize)
+			}
+			pos := sq.StartPos + q
+			lb := pos / ps
+			b.Tokens[t] = tok
+			b.Positions[t] = int32(pos)
+			b.SlotsGlobal[t] = sq.GlobalBlocks[lb]*int32(ps) + int32(pos%ps)
+			b.SlotsSliding[t] = sq.SlidingBlocks[lb-sq.SlidingFirstBlock]*int32(ps) + int32(pos%ps)
+			b.GridIndex[i*shape.Q+q] = int32(t)
+			b.TokenCell[t] = int32(i*shape.Q + q)
+			if sq.AllLogits || q == len(sq.Tokens)-1 {
+				b.LogitsIndex[n] = int32(t)
+				b.LogitsRows[i] = append(b.LogitsRows[i], n)
+				n++
+			}
+			t++
+		}
+	}
+	// Padding tokens write to distinct slots of the null page where they can.
+	for p := t; p < shape.T; p++ {
+		b.SlotsGlobal[p] = int32(p % ps)
+		b.SlotsSliding[p] = int32(p % ps)
+	}
+	return b, nil
+}

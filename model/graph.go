@@ -1,0 +1,220 @@
+package model
+
+import (
+	"math"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // the graph DSL reads best unqualified
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+)
+
+// StepNodes are the per-step inputs of the forward program (see Batch for their meaning).
+type StepNodes struct {
+	Tokens, Positions         *Node // [T] int32
+	SlotsGlobal, SlotsSliding *Node // [T] int32: flat slot (page·pageSize + offset) to write each token's K/V
+	TokenCell                 *Node // [T] int32: b·Q+q, the attention-grid cell of each token
+	GridIndex                 *Node // [B, Q] int32: the flat token of each grid cell
+	PageTableGlobal           *Node // [B, PG] int32
+	PageTableSliding          *Node // [B, PS] int32
+	SlidingBase               *Node // [B] int32: position of the first key of the sliding table
+	LogitsIndex               *Node // [N] int32: flat tokens whose logits are computed
+}
+
+// numStepInputs is the number of StepNodes fields, in the order above.
+const numStepInputs = 10
+
+func stepNodesFromSlice(in []*Node) StepNodes {
+	return StepNodes{
+		Tokens: in[0], Positions: in[1], SlotsGlobal: in[2], SlotsSliding: in[3], TokenCell: in[4],
+		GridIndex: in[5], PageTableGlobal: in[6], PageTableSliding: in[7], SlidingBase: in[8], LogitsIndex: in[9],
+	}
+}
+
+// maskedScore stands for −∞ in attention scores: finite, so a row with every key masked
+// (a padding cell) gives a finite uniform softmax instead of NaN.
+const maskedScore = -1e30
+
+// Forward builds the Gemma 3 forward pass (../shared/docs/gemma3.md) over a flat batch of
+// new tokens: it writes their K/V into the paged pools and attends to each token's
+// sequence context through the page tables. weights are in WeightSpecs order; pools hold K
+// and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype). It
+// returns the float32 logits [N, V] of the tokens in LogitsIndex and the updated pools.
+func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (logits *Node, newPools []*Node) {
+	g := in.Tokens.Graph()
+	dtype := weights[0].DType()
+	H, D := cfg.HiddenSize, cfg.HeadDim
+	NH, KV := cfg.NumAttentionHeads, cfg.NumKeyValueHeads
+	T := in.Tokens.Shape().Dimensions[0]
+	B, Q := in.GridIndex.Shape().Dimensions[0], in.GridIndex.Shape().Dimensions[1]
+
+	embed := weights[0]
+	x := Gather(embed, InsertAxes(in.Tokens, -1)) // [T, H]
+	// The scale is cast to the weights' dtype first, as HF does (sqrt(1152) → 34.0 in bf16).
+	x = Mul(x, Scalar(g, dtype, roundToDType(math.Sqrt(float64(H)), dtype)))
+
+	ropeGlobal := newRope(in.Positions, D, cfg.RopeTheta, cfg.RopeScalingFactor, dtype)
+	ropeLocal := newRope(in.Positions, D, cfg.RopeLocalBaseFreq, 1, dtype)
+
+	// Query positions on the grid, and the key positions of each page table.
+	// Gathered as [T, 1] rows: gathering scalars from a rank-1 operand fails on SimpleGo.
+	qpos := Reshape(Gather(InsertAxes(in.Positions, -1), InsertAxes(in.GridIndex, -1)), B, Q)
+	pageSize := pools[0].Shape().Dimensions[1]
+	PG := in.PageTableGlobal.Shape().Dimensions[1]
+	PS := in.PageTableSliding.Shape().Dimensions[1]
+	kposGlobal := Iota(g, shapes.Make(dtypes.Int32, B, PG*pageSize), 1)
+	kposSliding := Add(Iota(g, shapes.Make(dtypes.Int32, B, PS*pageSize), 1), InsertAxes(in.SlidingBase, -1))
+	maskGlobal := causalMask(qpos, kposGlobal, 0)
+	maskSliding := causalMask(qpos, kposSliding, cfg.SlidingWindow)
+	scale := 1 / math.Sqrt(cfg.QueryPreAttnScalar)
+
+	newPools = make([]*Node, len(pools))
+	for l := 0; l < cfg.NumHiddenLayers; l++ {
+		w := weights[1+l*numLayerWeights : 1+(l+1)*numLayerWeights]
+		global := cfg.IsGlobal(l)
+		rope, slots, table, mask := ropeLocal, in.SlotsSliding, in.PageTableSliding, maskSliding
+		if global {
+			rope, slots, table, mask = ropeGlobal, in.SlotsGlobal, in.PageTableGlobal, maskGlobal
+		}
+
+		residual := x
+		hn := rmsNorm(x, w[wInputNorm], cfg.RMSNormEps)
+		q := Reshape(linear(hn, w[wQ]), T, NH, D)
+		k := Reshape(linear(hn, w[wK]), T, KV, D)
+		v := Reshape(linear(hn, w[wV]), T, KV, D)
+		q = rope.apply(rmsNorm(q, w[wQNorm], cfg.RMSNormEps))
+		k = rope.apply(rmsNorm(k, w[wKNorm], cfg.RMSNormEps))
+
+		kPool := writeSlots(pools[2*l], slots, k)
+		vPool := writeSlots(pools[2*l+1], slots, v)
+		newPools[2*l], newPools[2*l+1] = kPool, vPool
+
+		attn := pagedAttention(q, kPool, vPool, table, in.GridIndex, in.TokenCell, mask, NH, KV, D, B, Q, scale)
+		attn = linear(attn, w[wO])
+		x = Add(residual, rmsNorm(attn, w[wPostAttnNorm], cfg.RMSNormEps))
+
+		residual = x
+		hn = rmsNorm(x, w[wPreFFNorm], cfg.RMSNormEps)
+		mlp := linear(Mul(geluTanh(linear(hn, w[wGate])), linear(hn, w[wUp])), w[wDown])
+		x = Add(residual, rmsNorm(mlp, w[wPostFFNorm], cfg.RMSNormEps))
+	}
+	h := Gather(x, InsertAxes(in.LogitsIndex, -1)) // [N, H]
+	h = rmsNorm(h, weights[len(weights)-1], cfg.RMSNormEps)
+	logits = ConvertDType(Einsum("nh,vh->nv", h, embed), dtypes.Float32)
+	return logits, newPools
+}
+
+// linear is y = x·Wᵀ for a PyTorch-layout weight [out, in].
+func linear(x, w *Node) *Node {
+	return DotGeneral(x, []int{x.Rank() - 1}, nil, w, []int{1}, nil)
+}
+
+// rmsNorm is Gemma's zero-centred RMSNorm over the last axis, computed in float32:
+// x·rsqrt(mean(x²)+eps)·(1+w), cast back to x's dtype.
+func rmsNorm(x, w *Node, eps float64) *Node {
+	dtype := x.DType()
+	xf := ConvertDType(x, dtypes.Float32)
+	variance := ReduceAndKeep(Mul(xf, xf), ReduceMean, -1)
+	y := Mul(xf, Rsqrt(AddScalar(variance, eps)))
+	scaleW := OnePlus(ConvertDType(w, dtypes.Float32))
+	for scaleW.Rank() < y.Rank() {
+		scaleW = InsertAxes(scaleW, 0)
+	}
+	y = Mul(y, scaleW)
+	return ConvertDType(y, dtype)
+}
+
+// geluTanh is gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+func geluTanh(x *Node) *Node {
+	inner := MulScalar(Add(x, MulScalar(Mul(Mul(x, x), x), 0.044715)), math.Sqrt(2/math.Pi))
+	return Mul(MulScalar(x, 0.5), OnePlus(Tanh(inner)))
+}
+
+// rope holds the cos/sin tables of one RoPE kind for the step's positions.
+type rope struct {
+	cos, sin *Node // [T, 1, D] in the compute dtype
+	half     int
+}
+
+func newRope(positions *Node, headDim int, base, scaling float64, dtype dtypes.DType) rope {
+	g := positions.Graph()
+	half := headDim / 2
+	invFreq := make([]float32, half)
+	for i := range invFreq {
+		// float32 as transformers computes it: 1 / base^(2i/D), then ÷ the linear factor.
+		exp := float32(2*i) / float32(headDim)
+		invFreq[i] = float32(1/math.Pow(base, float64(exp))) / float32(scaling)
+	}
+	angles := Mul(InsertAxes(ConvertDType(positions, dtypes.Float32), -1), InsertAxes(Const(g, invFreq), 0)) // [T, D/2]
+	angles = Concatenate([]*Node{angles, angles}, -1)                                                        // [T, D]
+	return rope{
+		cos:  InsertAxes(ConvertDType(Cos(angles), dtype), 1),
+		sin:  InsertAxes(ConvertDType(Sin(angles), dtype), 1),
+		half: half,
+	}
+}
+
+// apply rotates x [T, heads, D] in the rotate-half layout: x·cos + concat(−x₂, x₁)·sin.
+func (r rope) apply(x *Node) *Node {
+	x1 := Slice(x, AxisRange(), AxisRange(), AxisRange(0, r.half))
+	x2 := Slice(x, AxisRange(), AxisRange(), AxisRange(r.half))
+	rotated := Concatenate([]*Node{Neg(x2), x1}, -1)
+	return Add(Mul(x, r.cos), Mul(rotated, r.sin))
+}
+
+// causalMask is true where query position qpos [B, Q] may attend to key position kpos
+// [B, C]: kpos ≤ qpos, and for a sliding window w > 0 also kpos > qpos − w. → [B, Q, C]
+func causalMask(qpos, kpos *Node, window int) *Node {
+	q := InsertAxes(qpos, -1) // [B, Q, 1]
+	k := InsertAxes(kpos, 1)  // [B, 1, C]
+	mask := LessOrEqual(k, q)
+	if window > 0 {
+		mask = And(mask, GreaterThan(k, SubScalar(q, window)))
+	}
+	return mask
+}
+
+// writeSlots overwrites rows of pool [pages, pageSize, KV, D] at flat slots [T] with
+// values [T, KV, D]. ScatterMin(−∞) then ScatterMax(values) is an exact overwrite with ops
+// the pure-Go backend has (it lacks DynamicUpdateSlice); with the pool donated it is in place.
+func writeSlots(pool, slots, values *Node) *Node {
+	dims := pool.Shape().Dimensions
+	flat := Reshape(pool, dims[0]*dims[1], dims[2], dims[3])
+	idx := InsertAxes(slots, -1)
+	negInf := BroadcastToDims(Infinity(pool.Graph(), pool.DType(), -1), values.Shape().Dimensions...)
+	flat = ScatterMin(flat, idx, negInf, false, false)
+	flat = ScatterMax(flat, idx, values, false, false)
+	return Reshape(flat, dims...)
+}
+
+// pagedAttention computes attention of the step's queries q [T, NH, D] against each
+// sequence's context read through its page table [B, P] from the pools, on the [B, Q]
+// grid of queries, and returns the per-token output [T, NH·D].
+func pagedAttention(q, kPool, vPool, table, gridIndex, tokenCell, mask *Node, NH, KV, D, B, Q int, scale float64) *Node {
+	dtype := q.DType()
+	dims := kPool.Shape().Dimensions
+	P := table.Shape().Dimensions[1]
+	C := P * dims[1]
+	tableIdx := InsertAxes(table, -1)
+	keys := Reshape(Gather(kPool, tableIdx), B, C, KV, D)   // [B, C, KV, D]
+	values := Reshape(Gather(vPool, tableIdx), B, C, KV, D) // [B, C, KV, D]
+
+	G := NH / KV
+	qg := Reshape(Gather(q, InsertAxes(gridIndex, -1)), B, Q, KV, G, D)
+	scores := Einsum("bqkgd,bckd->bkgqc", qg, keys) // [B, KV, G, Q, C]
+	scores = MulScalar(scores, scale)
+	scores = ConvertDType(scores, dtypes.Float32)
+	m := BroadcastToDims(Reshape(mask, B, 1, 1, Q, C), B, KV, G, Q, C)
+	scores = Where(m, scores, BroadcastToDims(Scalar(q.Graph(), dtypes.Float32, maskedScore), B, KV, G, Q, C))
+	probs := ConvertDType(Softmax(scores, -1), dtype)
+	out := Einsum("bkgqc,bckd->bqkgd", probs, values) // [B, Q, KV, G, D]
+	out = Reshape(out, B*Q, NH*D)
+	return Gather(out, InsertAxes(tokenCell, -1)) // [T, NH·D]
+}
+
+// roundToDType rounds v as a value of dtype would hold it.
+func roundToDType(v float64, dtype dtypes.DType) float64 {
+	if dtype == dtypes.BFloat16 {
+		return float64(math.Float32frombits(uint32(float32ToBF16Bits(float32(v))) << 16))
+	}
+	return float64(float32(v))
+}

@@ -1,0 +1,49 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+)
+
+// ContiguousChunk lays out one whole sequence starting at position 0 on pages 1, 2, … of
+// both groups (a plain contiguous allocation), for one-off runs such as ForwardLogits.
+func ContiguousChunk(tokens []int32, pageSize int, allLogits bool) SeqChunk {
+	n := (len(tokens) + pageSize - 1) / pageSize
+	blocks := make([]int32, n)
+	for i := range blocks {
+		blocks[i] = int32(i + 1)
+	}
+	return SeqChunk{Tokens: tokens, GlobalBlocks: blocks, SlidingBlocks: blocks, AllLogits: allLogits}
+}
+
+// ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
+// the float32 logits of every position, [T, V].
+func (m *Model) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
+	const pageSize = 16
+	if len(tokens) == 0 {
+		return nil, fmt.Errorf("%w: no tokens", ErrInput)
+	}
+	chunk := ContiguousChunk(tokens, pageSize, true)
+	pages := len(chunk.GlobalBlocks) + 1
+	layout := KVLayout{PageSize: pageSize, NumGlobalPages: pages, NumSlidingPages: pages}
+	batch, err := BuildBatch(&m.Config, layout, []SeqChunk{chunk}, NeededShape(layout, []SeqChunk{chunk}))
+	if err != nil {
+		return nil, err
+	}
+	pools, err := m.NewKVPools(layout)
+	if err != nil {
+		return nil, err
+	}
+	defer pools.Finalize()
+	exec, err := m.NewStepExec(0, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer exec.Finalize()
+	outs, err := exec.Run(pools, batch)
+	if err != nil {
+		return nil, err
+	}
+	return outs[0], nil
+}

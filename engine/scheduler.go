@@ -1,0 +1,531 @@
+package engine
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/tpuserve/tpuserve/kvcache"
+)
+
+// Scheduler errors. Add's errors wrap ErrInvalidRequest, ErrPromptTooLong or
+// kvcache.ErrKVCacheFull; protocol misuse wraps ErrSchedulerState.
+var (
+	ErrInvalidRequest = errors.New("engine: invalid request")
+	ErrPromptTooLong  = errors.New("engine: prompt longer than the maximum model length")
+	ErrUnknownRequest = errors.New("engine: unknown request")
+	ErrSchedulerState = errors.New("engine: scheduler call out of order")
+)
+
+// SchedulingPolicy orders the waiting queue.
+type SchedulingPolicy int
+
+const (
+	// PolicyFCFS admits requests in the order they were added.
+	PolicyFCFS SchedulingPolicy = iota
+	// PolicyPriority admits lower Request.Priority first (ties in arrival order) and, when
+	// blocks run out, preempts the running request with the highest priority value (latest
+	// arrival among equals).
+	PolicyPriority
+)
+
+// SchedulerConfig holds the scheduler's limits. Zero fields take the documented defaults.
+type SchedulerConfig struct {
+	// MaxNumSeqs is the most requests running at once (--max-num-seqs, default 256).
+	MaxNumSeqs int
+	// MaxNumBatchedTokens is the most tokens computed in one step, all requests together
+	// (--max-num-batched-tokens, default 8192). It must be >= MaxNumSeqs so that every
+	// running request can decode in the same step.
+	MaxNumBatchedTokens int
+	// MaxModelLen is the most tokens (prompt + output) a request may reach
+	// (--max-model-len, required).
+	MaxModelLen int
+	Policy      SchedulingPolicy
+	// DisableChunkedPrefill makes a prompt (or a recomputation after preemption) run in
+	// one step; it then requires MaxNumBatchedTokens >= MaxModelLen.
+	DisableChunkedPrefill bool
+	// Logger receives preemption and admission debug lines (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *SchedulerConfig) setDefaults() error {
+	if c.MaxNumSeqs == 0 {
+		c.MaxNumSeqs = 256
+	}
+	if c.MaxNumBatchedTokens == 0 {
+		c.MaxNumBatchedTokens = 8192
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.MaxNumSeqs < 0:
+		return fmt.Errorf("%w: MaxNumSeqs %d must be > 0", ErrInvalidRequest, c.MaxNumSeqs)
+	case c.MaxNumBatchedTokens < c.MaxNumSeqs:
+		return fmt.Errorf("%w: MaxNumBatchedTokens %d must be >= MaxNumSeqs %d", ErrInvalidRequest, c.MaxNumBatchedTokens, c.MaxNumSeqs)
+	case c.MaxModelLen <= 0:
+		return fmt.Errorf("%w: MaxModelLen %d must be > 0", ErrInvalidRequest, c.MaxModelLen)
+	case c.Policy != PolicyFCFS && c.Policy != PolicyPriority:
+		return fmt.Errorf("%w: Policy %d is unknown", ErrInvalidRequest, c.Policy)
+	case c.DisableChunkedPrefill && c.MaxNumBatchedTokens < c.MaxModelLen:
+		return fmt.Errorf("%w: MaxNumBatchedTokens %d must be >= MaxModelLen %d when chunked prefill is disabled",
+			ErrInvalidRequest, c.MaxNumBatchedTokens, c.MaxModelLen)
+	}
+	return nil
+}
+
+type seqStatus uint8
+
+const (
+	statusWaiting seqStatus = iota
+	statusRunning
+	statusFinished
+)
+
+// seqState is the scheduler's view of one request.
+type seqState struct {
+	id        string
+	tokens    []int32 // prompt then outputs; append-only (plans share sub-slices)
+	numPrompt int
+	// numComputed tokens have their KV in the cache (committed by UpdateFromOutput).
+	numComputed int
+	// numScheduled tokens are in the pending plan (0 when none).
+	numScheduled int
+	numCached    int // prefix-cache hit at the first admission, -1 before it
+	priority     int
+	order        uint64 // Add order: the FCFS tie-break
+	status       seqStatus
+	admitted     bool // admitted by the current Schedule call
+	heapIndex    int
+	kv           kvcache.Seq
+}
+
+// Scheduler decides, step by step, which requests run and how many tokens each computes,
+// and owns their KV blocks (vLLM v1's model: no prefill or decode phases, running requests
+// first within the token budget, then waiting ones; chunked prefill; preemption by
+// recompute). It never touches tensors.
+//
+// Protocol, on one goroutine (the engine's step loop): Add requests at any step boundary;
+// Schedule returns a plan; the runner executes it; UpdateFromOutput reports the sampled
+// tokens; Finish removes a request (stopped, length, aborted) at any step boundary or
+// between Schedule and UpdateFromOutput. A Scheduler is not safe for concurrent use.
+type Scheduler struct {
+	cfg     SchedulerConfig
+	kv      *kvcache.Manager
+	log     *slog.Logger
+	reqs    map[string]*seqState
+	running []*seqState
+	waiting waitQueue
+	nextOrd uint64
+
+	pending     *StepPlan
+	pendingSeqs []*seqState // parallel to pending.Seqs
+	scheduled   []*seqState // scratch
+
+	numPreemptions int64
+}
+
+// NewScheduler builds a scheduler over a KV cache manager, which it then owns.
+func NewScheduler(cfg SchedulerConfig, kv *kvcache.Manager) (*Scheduler, error) {
+	if kv == nil {
+		return nil, fmt.Errorf("%w: kv cache manager is nil", ErrInvalidRequest)
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &Scheduler{
+		cfg:     cfg,
+		kv:      kv,
+		log:     cfg.Logger,
+		reqs:    make(map[string]*seqState),
+		waiting: waitQueue{priority: cfg.Policy == PolicyPriority},
+	}, nil
+}
+
+// Config returns the configuration with defaults applied.
+func (s *Scheduler) Config() SchedulerConfig { return s.cfg }
+
+// KV returns the KV cache manager (page size, usage, leak checks).
+func (s *Scheduler) KV() *kvcache.Manager { return s.kv }
+
+// NumRunning and NumWaiting count the requests in each state.
+func (s *Scheduler) NumRunning() int { return len(s.running) }
+func (s *Scheduler) NumWaiting() int { return s.waiting.Len() }
+
+// HasUnfinished reports whether any request is running or waiting.
+func (s *Scheduler) HasUnfinished() bool { return len(s.reqs) > 0 }
+
+// Stats returns the scheduler's figures for metrics.
+func (s *Scheduler) Stats() Stats {
+	kv := s.kv.Stats()
+	return Stats{
+		NumRunning:         len(s.running),
+		NumWaiting:         s.waiting.Len(),
+		KVCacheUsage:       kv.Usage(),
+		PrefixCacheQueries: kv.PrefixQueries,
+		PrefixCacheHits:    kv.PrefixHits,
+		NumPreemptions:     s.numPreemptions,
+	}
+}
+
+// Add queues a request. It checks what the scheduler can: a non-empty unique ID, a
+// non-empty prompt no longer than MaxModelLen, and that the request's longest possible KV
+// (prompt plus MaxTokens, capped by MaxModelLen) fits the cache on its own; otherwise it
+// returns an error wrapping ErrInvalidRequest, ErrPromptTooLong or kvcache.ErrKVCacheFull.
+// The prompt is copied.
+func (s *Scheduler) Add(req *Request) error {
+	switch {
+	case req == nil:
+		return fmt.Errorf("%w: request is nil", ErrInvalidRequest)
+	case req.ID == "":
+		return fmt.Errorf("%w: ID is empty", ErrInvalidRequest)
+	case s.reqs[req.ID] != nil:
+		return fmt.Errorf("%w: ID %q is already in use", ErrInvalidRequest, req.ID)
+	case len(req.PromptIDs) == 0:
+		return fmt.Errorf("%w: PromptIDs is empty", ErrInvalidRequest)
+	case len(req.PromptIDs) > s.cfg.MaxModelLen:
+		return fmt.Errorf("%w: PromptIDs has %d tokens, MaxModelLen is %d", ErrPromptTooLong, len(req.PromptIDs), s.cfg.MaxModelLen)
+	case req.Params.MaxTokens < 0:
+		return fmt.Errorf("%w: Params.MaxTokens %d must be >= 0", ErrInvalidRequest, req.Params.MaxTokens)
+	}
+	n := len(req.PromptIDs)
+	maxLen := s.cfg.MaxModelLen
+	if req.Params.MaxTokens > 0 {
+		maxLen = min(maxLen, n+req.Params.MaxTokens)
+	}
+	// The last sampled token is never computed, unless the prompt alone reaches the limit.
+	kvTokens := max(n, maxLen-1)
+	if err := s.kv.CheckFits(kvTokens, s.cfg.MaxNumBatchedTokens); err != nil {
+		return fmt.Errorf("request %q: %w", req.ID, err)
+	}
+	tokens := make([]int32, n, n+min(maxLen-n, 64))
+	copy(tokens, req.PromptIDs)
+	r := &seqState{
+		id:        req.ID,
+		tokens:    tokens,
+		numPrompt: n,
+		numCached: -1,
+		priority:  req.Priority,
+		order:     s.nextOrd,
+	}
+	s.nextOrd++
+	s.reqs[r.id] = r
+	heap.Push(&s.waiting, r)
+	return nil
+}
+
+// Schedule plans the next step. It returns an error wrapping ErrSchedulerState when the
+// previous plan has not been reported through UpdateFromOutput. A plan with no Seqs means
+// there is nothing to run (its Preempted list may still be non-empty).
+func (s *Scheduler) Schedule() (*StepPlan, error) {
+	if s.pending != nil {
+		return nil, fmt.Errorf("%w: Schedule called before UpdateFromOutput of the previous plan", ErrSchedulerState)
+	}
+	plan := &StepPlan{PageSize: s.kv.PageSize()}
+	budget := s.cfg.MaxNumBatchedTokens
+	s.scheduled = s.scheduled[:0]
+
+	// Running requests first, in admission order.
+	for i := 0; i < len(s.running) && budget > 0; {
+		r := s.running[i]
+		n := s.numNewTokens(r, budget)
+		if n == 0 {
+			i++
+			continue
+		}
+		for {
+			err := s.kv.Allocate(&r.kv, nil, r.numComputed, n)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, kvcache.ErrNoFreeBlocks) {
+				return nil, fmt.Errorf("engine: allocating blocks for %q: %w", r.id, err)
+			}
+			victim := s.pickVictim()
+			vi := s.indexOfRunning(victim)
+			budget += victim.numScheduled
+			s.preempt(victim, vi)
+			plan.Preempted = append(plan.Preempted, victim.id)
+			if victim == r {
+				n = 0
+				break
+			}
+			if vi < i {
+				i--
+			}
+		}
+		if n == 0 {
+			break // r itself was preempted: nothing after it can fit either
+		}
+		r.numScheduled = n
+		budget -= n
+		s.scheduled = append(s.scheduled, r)
+		i++
+	}
+	s.scheduled = s.dropPreempted(s.scheduled)
+
+	// Then waiting requests, unless this step had to preempt (blocks are short).
+	if len(plan.Preempted) == 0 {
+		for s.waiting.Len() > 0 && budget > 0 && len(s.running) < s.cfg.MaxNumSeqs {
+			r := s.waiting.peek()
+			hit := s.kv.Lookup(&r.kv, r.tokens)
+			computed := hit.NumTokens
+			n := min(len(r.tokens), s.maxComputable(r)) - computed
+			if n <= 0 {
+				// Cannot happen: preemption and UpdateFromOutput never leave a request at
+				// its length limit in the queue. Refuse rather than loop on it.
+				return nil, fmt.Errorf("%w: waiting request %q has no token to compute", ErrSchedulerState, r.id)
+			}
+			if n > budget {
+				if s.cfg.DisableChunkedPrefill {
+					break
+				}
+				n = budget
+			}
+			if err := s.kv.Allocate(&r.kv, &hit, computed, n); err != nil {
+				if errors.Is(err, kvcache.ErrNoFreeBlocks) {
+					break // FCFS: nobody overtakes the head of the queue
+				}
+				return nil, fmt.Errorf("engine: allocating blocks for %q: %w", r.id, err)
+			}
+			heap.Pop(&s.waiting)
+			s.kv.RecordPrefixQuery(len(r.tokens), computed)
+			if r.numCached < 0 {
+				r.numCached = computed
+			}
+			r.numComputed = computed
+			r.status = statusRunning
+			r.admitted = true
+			r.numScheduled = n
+			budget -= n
+			s.running = append(s.running, r)
+			s.scheduled = append(s.scheduled, r)
+		}
+	}
+	if len(plan.Preempted) > 0 {
+		s.log.Debug("preempted requests", "count", len(plan.Preempted), "running", len(s.running),
+			"waiting", s.waiting.Len(), "kv_usage", s.kv.Usage())
+	}
+	s.buildPlan(plan, budget)
+	return plan, nil
+}
+
+// numNewTokens is how many tokens r computes this step within budget.
+func (s *Scheduler) numNewTokens(r *seqState, budget int) int {
+	n := min(len(r.tokens), s.maxComputable(r)) - r.numComputed
+	return max(0, min(n, budget))
+}
+
+// maxComputable is the most positions whose KV r may compute: a request stops once it
+// holds MaxModelLen tokens, so the token at MaxModelLen-1 is never computed, except that a
+// prompt of exactly MaxModelLen tokens is computed to sample its one output token.
+func (s *Scheduler) maxComputable(r *seqState) int {
+	return max(r.numPrompt, s.cfg.MaxModelLen-1)
+}
+
+// pickVictim chooses whom to preempt: FCFS the last admitted, priority the running request
+// with the highest priority value, latest arrival among equals.
+func (s *Scheduler) pickVictim() *seqState {
+	v := s.running[len(s.running)-1]
+	if s.cfg.Policy == PolicyPriority {
+		for _, r := range s.running {
+			if r.priority > v.priority || (r.priority == v.priority && r.order > v.order) {
+				v = r
+			}
+		}
+	}
+	return v
+}
+
+func (s *Scheduler) indexOfRunning(r *seqState) int {
+	for i := len(s.running) - 1; i >= 0; i-- {
+		if s.running[i] == r {
+			return i
+		}
+	}
+	return -1
+}
+
+// preempt frees r's blocks and returns it to the waiting queue; its tokens (prompt and
+// outputs) are kept and recomputed when it is admitted again.
+func (s *Scheduler) preempt(r *seqState, runIdx int) {
+	s.kv.Free(&r.kv)
+	s.running = append(s.running[:runIdx], s.running[runIdx+1:]...)
+	r.numComputed, r.numScheduled = 0, 0
+	r.status = statusWaiting
+	heap.Push(&s.waiting, r)
+	s.numPreemptions++
+}
+
+// dropPreempted removes from list the requests that a later preemption took back.
+func (s *Scheduler) dropPreempted(list []*seqState) []*seqState {
+	out := list[:0]
+	for _, r := range list {
+		if r.status == statusRunning {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// buildPlan turns the scheduled requests into plain data, with one backing array for all
+// block tables.
+func (s *Scheduler) buildPlan(plan *StepPlan, budgetLeft int) {
+	plan.NumBatchedTokens = s.cfg.MaxNumBatchedTokens - budgetLeft
+	if len(s.scheduled) == 0 {
+		return
+	}
+	page := s.kv.PageSize()
+	numIDs := 0
+	for _, r := range s.scheduled {
+		nb := divCeil(r.numComputed+r.numScheduled, page)
+		if s.kv.HasGlobal() {
+			numIDs += nb
+		}
+		if s.kv.HasSliding() {
+			numIDs += nb - s.kv.SlidingFirstBlock(r.numComputed)
+		}
+	}
+	ids := make([]int32, 0, numIDs)
+	plan.Seqs = make([]ScheduledSeq, len(s.scheduled))
+	for i, r := range s.scheduled {
+		start, end := r.numComputed, r.numComputed+r.numScheduled
+		nb := divCeil(end, page)
+		ps := &plan.Seqs[i]
+		*ps = ScheduledSeq{
+			RequestID:       r.id,
+			TokenIDs:        r.tokens[start:end:end],
+			StartPos:        start,
+			Sample:          end == len(r.tokens),
+			NumPromptTokens: r.numPrompt,
+			NumOutputTokens: len(r.tokens) - r.numPrompt,
+			NumCachedTokens: max(r.numCached, 0),
+			Admitted:        r.admitted,
+		}
+		r.admitted = false
+		if s.kv.HasGlobal() {
+			ids = append(ids, r.kv.GlobalBlocks()[:nb]...)
+			ps.GlobalBlocks = ids[len(ids)-nb : len(ids) : len(ids)]
+		}
+		if s.kv.HasSliding() {
+			first := s.kv.SlidingFirstBlock(start)
+			ids = append(ids, r.kv.SlidingBlocks()[first:nb]...)
+			ps.SlidingBlocks = ids[len(ids)-(nb-first) : len(ids) : len(ids)]
+			ps.SlidingFirstBlock = first
+		}
+	}
+	s.pending = plan
+	s.pendingSeqs = append(s.pendingSeqs[:0], s.scheduled...)
+}
+
+// UpdateFromOutput records a finished step: sampled[i] is the token sampled for
+// plan.Seqs[i] (ignored where Sample is false), so len(sampled) must equal len(plan.Seqs).
+// It commits the computed KV (caching full blocks, freeing sliding blocks that left the
+// window) and appends the sampled tokens. Requests that reach MaxModelLen tokens are
+// finished here, their blocks freed, and their IDs returned: the engine ends their streams
+// with FinishLength (unless a stop on the same token takes precedence) and need not call
+// Finish. Requests finished since Schedule are skipped.
+func (s *Scheduler) UpdateFromOutput(plan *StepPlan, sampled []int32) (lengthCapped []string, err error) {
+	if plan == nil || plan != s.pending {
+		return nil, fmt.Errorf("%w: UpdateFromOutput of a plan that is not the pending one", ErrSchedulerState)
+	}
+	if len(sampled) != len(plan.Seqs) {
+		return nil, fmt.Errorf("%w: %d sampled tokens for %d scheduled sequences", ErrInvalidRequest, len(sampled), len(plan.Seqs))
+	}
+	s.pending = nil
+	for i := range plan.Seqs {
+		ps, r := &plan.Seqs[i], s.pendingSeqs[i]
+		if r.status != statusRunning {
+			continue // finished (aborted) since Schedule
+		}
+		r.numComputed += r.numScheduled
+		r.numScheduled = 0
+		if ps.Sample {
+			r.tokens = append(r.tokens, sampled[i])
+		}
+		if err := s.kv.Commit(&r.kv, r.tokens, r.numComputed); err != nil {
+			return lengthCapped, fmt.Errorf("engine: committing %q: %w", r.id, err)
+		}
+		if ps.Sample && len(r.tokens) >= s.cfg.MaxModelLen {
+			s.finish(r)
+			lengthCapped = append(lengthCapped, r.id)
+		}
+	}
+	clear(s.pendingSeqs)
+	s.pendingSeqs = s.pendingSeqs[:0]
+	return lengthCapped, nil
+}
+
+// Finish removes a request for any reason (stop, length, abort, client gone) and frees its
+// blocks; their full blocks stay in the prefix cache. Calling it between Schedule and
+// UpdateFromOutput is allowed: the step's result for it is then dropped. It returns an
+// error wrapping ErrUnknownRequest for an ID that is not live.
+func (s *Scheduler) Finish(id string) error {
+	r := s.reqs[id]
+	if r == nil {
+		return fmt.Errorf("%w: %q", ErrUnknownRequest, id)
+	}
+	s.finish(r)
+	return nil
+}
+
+func (s *Scheduler) finish(r *seqState) {
+	switch r.status {
+	case statusRunning:
+		i := s.indexOfRunning(r)
+		s.running = append(s.running[:i], s.running[i+1:]...)
+	case statusWaiting:
+		heap.Remove(&s.waiting, r.heapIndex)
+	}
+	s.kv.Free(&r.kv)
+	r.status = statusFinished
+	r.numScheduled = 0
+	delete(s.reqs, r.id)
+}
+
+// NumTokens returns a live request's token count (prompt + outputs) and how many of them
+// have their KV computed.
+func (s *Scheduler) NumTokens(id string) (total, computed int, err error) {
+	r := s.reqs[id]
+	if r == nil {
+		return 0, 0, fmt.Errorf("%w: %q", ErrUnknownRequest, id)
+	}
+	return len(r.tokens), r.numComputed, nil
+}
+
+// waitQueue is a heap of waiting requests: by Add order (FCFS), or by priority then Add
+// order. A preempted request keeps its Add order, so under FCFS it returns to the front.
+type waitQueue struct {
+	priority bool
+	items    []*seqState
+}
+
+func (q *waitQueue) Len() int { return len(q.items) }
+func (q *waitQueue) Less(i, j int) bool {
+	a, b := q.items[i], q.items[j]
+	if q.priority && a.priority != b.priority {
+		return a.priority < b.priority
+	}
+	return a.order < b.order
+}
+func (q *waitQueue) Swap(i, j int) {
+	q.items[i], q.items[j] = q.items[j], q.items[i]
+	q.items[i].heapIndex, q.items[j].heapIndex = i, j
+}
+func (q *waitQueue) Push(x any) {
+	r := x.(*seqState)
+	r.heapIndex = len(q.items)
+	q.items = append(q.items, r)
+}
+func (q *waitQueue) Pop() any {
+	n := len(q.items) - 1
+	r := q.items[n]
+	q.items[n] = nil
+	q.items = q.items[:n]
+	r.heapIndex = -1
+	return r
+}
+func (q *waitQueue) peek() *seqState { return q.items[0] }
+
+func divCeil(a, b int) int { return (a + b - 1) / b }

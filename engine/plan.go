@@ -1,8 +1,9 @@
 package engine
 
 // ScheduledSeq is one sequence's share of a step: which tokens to run, where they go in the
-// KV page pools and whether to sample after them. All slices are read-only views valid
-// until the next Scheduler call; copy them to keep them.
+// KV page pools and whether to sample after them. All slices are read-only views into
+// buffers the scheduler reuses: they are valid until the next Schedule call; copy what
+// must live longer, and never modify them.
 type ScheduledSeq struct {
 	RequestID string
 	// TokenIDs are the tokens whose K and V this step computes and writes, at positions

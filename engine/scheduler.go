@@ -118,10 +118,18 @@ type Scheduler struct {
 	running []*seqState
 	waiting waitQueue
 	nextOrd uint64
+	// maxChunk caps one request's tokens per step: the token budget and, with chunked
+	// prefill, what the sliding-window pool can hold for one sequence (tiny caches).
+	maxChunk int
 
 	pending     *StepPlan
 	pendingSeqs []*seqState // parallel to pending.Seqs
 	scheduled   []*seqState // scratch
+	// Reused by every plan (a plan is valid until the next Schedule call): at 256
+	// sequences the block tables are ~150 KB a step, not worth allocating and zeroing.
+	planIDs  []int32
+	planSeqs []ScheduledSeq
+	planPre  []string
 
 	numPreemptions int64
 }
@@ -134,12 +142,17 @@ func NewScheduler(cfg SchedulerConfig, kv *kvcache.Manager) (*Scheduler, error) 
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	maxChunk := cfg.MaxNumBatchedTokens
+	if !cfg.DisableChunkedPrefill {
+		maxChunk = min(maxChunk, kv.MaxChunkTokens())
+	}
 	return &Scheduler{
-		cfg:     cfg,
-		kv:      kv,
-		log:     cfg.Logger,
-		reqs:    make(map[string]*seqState),
-		waiting: waitQueue{priority: cfg.Policy == PolicyPriority},
+		cfg:      cfg,
+		kv:       kv,
+		log:      cfg.Logger,
+		reqs:     make(map[string]*seqState),
+		waiting:  waitQueue{priority: cfg.Policy == PolicyPriority},
+		maxChunk: maxChunk,
 	}, nil
 }
 
@@ -196,7 +209,11 @@ func (s *Scheduler) Add(req *Request) error {
 	}
 	// The last sampled token is never computed, unless the prompt alone reaches the limit.
 	kvTokens := max(n, maxLen-1)
-	if err := s.kv.CheckFits(kvTokens, s.cfg.MaxNumBatchedTokens); err != nil {
+	chunk := s.maxChunk
+	if s.cfg.DisableChunkedPrefill {
+		chunk = kvTokens // a recomputation after preemption runs in one step too
+	}
+	if err := s.kv.CheckFits(kvTokens, chunk); err != nil {
 		return fmt.Errorf("request %q: %w", req.ID, err)
 	}
 	tokens := make([]int32, n, n+min(maxLen-n, 64))
@@ -217,12 +234,13 @@ func (s *Scheduler) Add(req *Request) error {
 
 // Schedule plans the next step. It returns an error wrapping ErrSchedulerState when the
 // previous plan has not been reported through UpdateFromOutput. A plan with no Seqs means
-// there is nothing to run (its Preempted list may still be non-empty).
+// there is nothing to run (its Preempted list may still be non-empty). The plan's slices
+// are reused by the next plan: they are valid until the next Schedule call.
 func (s *Scheduler) Schedule() (*StepPlan, error) {
 	if s.pending != nil {
 		return nil, fmt.Errorf("%w: Schedule called before UpdateFromOutput of the previous plan", ErrSchedulerState)
 	}
-	plan := &StepPlan{PageSize: s.kv.PageSize()}
+	plan := &StepPlan{PageSize: s.kv.PageSize(), Preempted: s.planPre[:0]}
 	budget := s.cfg.MaxNumBatchedTokens
 	s.scheduled = s.scheduled[:0]
 
@@ -277,11 +295,11 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 				// its length limit in the queue. Refuse rather than loop on it.
 				return nil, fmt.Errorf("%w: waiting request %q has no token to compute", ErrSchedulerState, r.id)
 			}
-			if n > budget {
+			if n > budget || n > s.maxChunk {
 				if s.cfg.DisableChunkedPrefill {
 					break
 				}
-				n = budget
+				n = min(n, budget, s.maxChunk)
 			}
 			if err := s.kv.Allocate(&r.kv, &hit, computed, n); err != nil {
 				if errors.Is(err, kvcache.ErrNoFreeBlocks) {
@@ -308,13 +326,17 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 			"waiting", s.waiting.Len(), "kv_usage", s.kv.Usage())
 	}
 	s.buildPlan(plan, budget)
+	s.planPre = plan.Preempted[:0]
+	if len(plan.Preempted) == 0 {
+		plan.Preempted = nil
+	}
 	return plan, nil
 }
 
 // numNewTokens is how many tokens r computes this step within budget.
 func (s *Scheduler) numNewTokens(r *seqState, budget int) int {
 	n := min(len(r.tokens), s.maxComputable(r)) - r.numComputed
-	return max(0, min(n, budget))
+	return max(0, min(n, budget, s.maxChunk))
 }
 
 // maxComputable is the most positions whose KV r may compute: a request stops once it
@@ -387,8 +409,14 @@ func (s *Scheduler) buildPlan(plan *StepPlan, budgetLeft int) {
 			numIDs += nb - s.kv.SlidingFirstBlock(r.numComputed)
 		}
 	}
-	ids := make([]int32, 0, numIDs)
-	plan.Seqs = make([]ScheduledSeq, len(s.scheduled))
+	if cap(s.planIDs) < numIDs {
+		s.planIDs = make([]int32, 0, numIDs+numIDs/4)
+	}
+	ids := s.planIDs[:0]
+	if cap(s.planSeqs) < len(s.scheduled) {
+		s.planSeqs = make([]ScheduledSeq, len(s.scheduled), len(s.scheduled)+len(s.scheduled)/4)
+	}
+	plan.Seqs = s.planSeqs[:len(s.scheduled)]
 	for i, r := range s.scheduled {
 		start, end := r.numComputed, r.numComputed+r.numScheduled
 		nb := divCeil(end, page)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -353,6 +355,14 @@ func TestBatchInvariance(t *testing.T) {
 			func(s runStats) string {
 				if s.preemptions == 0 || s.prefixHits == 0 {
 					return "no preemption or no prefix hit"
+				}
+				return ""
+			}},
+		{"tiny sliding pool caps chunks", SchedulerConfig{MaxNumSeqs: 16, MaxNumBatchedTokens: 4096, MaxModelLen: 256},
+			kvcache.Config{PageSize: page, NumGlobalBlocks: 2000, NumSlidingBlocks: 9, SlidingWindow: window, EnablePrefixCaching: true}, reqs, addAt,
+			func(s runStats) string {
+				if s.partialChunks == 0 || s.preemptions == 0 {
+					return "no partial chunk or no preemption"
 				}
 				return ""
 			}},
@@ -830,3 +840,113 @@ func TestPriorityPreemptsScheduledVictim(t *testing.T) {
 		t.Fatalf("preempted %v, %d tokens", plan.Preempted, plan.NumBatchedTokens)
 	}
 }
+
+// benchScheduler builds a Gemma-3-like scheduler (page 16, window 1024, 8192-token budget)
+// with n requests running: 1000-token prompts sharing a 256-token system prompt, outputs of
+// 64..319 tokens, so that requests finish and new ones (with prefix hits and prefill
+// chunks) keep arriving. It returns the step function to measure.
+func benchScheduler(b *testing.B, n int, caching bool) func() {
+	const page, window, maxModelLen = 16, 1024, 4096
+	spec := kvcache.MemorySpec{PageSize: page, NumGlobalLayers: 1, NumSlidingLayers: 5, KVHeads: 1, HeadDim: 1, DTypeBytes: 1,
+		SlidingWindow: window, MaxNumSeqs: 256, MaxNumBatchedTokens: 8192, MaxModelLen: maxModelLen, EnablePrefixCaching: caching}
+	gB, sB := spec.BlockBytes()
+	kvCfg, err := kvcache.ConfigForBudget(int64(256*maxModelLen/page+1)*gB+int64(spec.MaxSlidingBlocks()+1)*sB, spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kv, err := kvcache.NewManager(kvCfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := NewScheduler(SchedulerConfig{MaxNumSeqs: 256, MaxNumBatchedTokens: 8192, MaxModelLen: maxModelLen,
+		Logger: slogDiscard()}, kv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	system := prompt(1, 256)
+	next := 0
+	maxTokens := map[string]int{}
+	add := func() {
+		p := append(append(make([]int32, 0, 1000), system...), prompt(next+2, 744)...)
+		r := req(fmt.Sprintf("r%d", next), p, 64+(next*97)%256)
+		maxTokens[r.ID] = r.Params.MaxTokens
+		next++
+		if err := s.Add(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range n {
+		add()
+	}
+	var sampled []int32
+	stepFn := func() {
+		plan, err := s.Schedule()
+		if err != nil {
+			b.Fatal(err)
+		}
+		sampled = sampled[:0]
+		for i := range plan.Seqs {
+			sampled = append(sampled, int32(1000+i))
+		}
+		if _, err := s.UpdateFromOutput(plan, sampled); err != nil {
+			b.Fatal(err)
+		}
+		for i := range plan.Seqs {
+			ps := &plan.Seqs[i]
+			if ps.Sample && ps.NumOutputTokens+1 >= maxTokens[ps.RequestID] {
+				delete(maxTokens, ps.RequestID)
+				if err := s.Finish(ps.RequestID); err != nil {
+					b.Fatal(err)
+				}
+				add()
+			}
+		}
+	}
+	// Warm up past the first prefills so the measured steps are mostly decode.
+	for range 2 + n*1000/8192 {
+		stepFn()
+	}
+	return stepFn
+}
+
+// BenchmarkSchedulerStep measures one Schedule + UpdateFromOutput (+ the finishes and
+// arrivals they cause) with n running sequences.
+func BenchmarkSchedulerStep(b *testing.B) {
+	for _, n := range []int{1, 64, 256} {
+		for _, caching := range []bool{true, false} {
+			b.Run(fmt.Sprintf("seqs=%d/prefix_cache=%v", n, caching), func(b *testing.B) {
+				stepFn := benchScheduler(b, n, caching)
+				b.ReportAllocs()
+				for b.Loop() {
+					stepFn()
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkPlanCopyBaseline is the floor a plan cannot go below: copying n block tables of
+// a 1300-token sequence (82 global + 65 sliding ids) into reused buffers, as the scheduler
+// does, with nothing decided.
+func BenchmarkPlanCopyBaseline(b *testing.B) {
+	for _, n := range []int{1, 64, 256} {
+		b.Run(fmt.Sprintf("seqs=%d", n), func(b *testing.B) {
+			tables := make([][]int32, n)
+			for i := range tables {
+				tables[i] = make([]int32, 82+65)
+			}
+			ids := make([]int32, 0, n*(82+65))
+			seqs := make([]ScheduledSeq, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				ids = ids[:0]
+				for i, t := range tables {
+					ids = append(ids, t...)
+					seqs[i] = ScheduledSeq{GlobalBlocks: ids[len(ids)-len(t):]}
+				}
+			}
+		})
+	}
+}
+
+func slogDiscard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

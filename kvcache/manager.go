@@ -3,6 +3,7 @@ package kvcache
 import (
 	"errors"
 	"fmt"
+	"math"
 )
 
 var (
@@ -147,6 +148,17 @@ func (m *Manager) MaxBlocksPerSeq(kvTokens, maxChunk int) (global, sliding int) 
 		sliding = min(total, ceilDiv(m.window-1+maxChunk, m.pageSize)+1)
 	}
 	return global, sliding
+}
+
+// MaxChunkTokens is the largest number of tokens one sequence may compute in a step so
+// that, whatever its length, its sliding blocks fit the sliding pool on their own:
+// ceil((window-1+n)/PageSize)+1 <= usable sliding blocks. It is at least 1, and
+// unbounded (math.MaxInt) without sliding layers. Schedulers cap prefill chunks by it.
+func (m *Manager) MaxChunkTokens() int {
+	if m.sliding == nil {
+		return math.MaxInt
+	}
+	return max(1, (m.sliding.usable()-1)*m.pageSize-(m.window-1))
 }
 
 // CheckFits returns an error wrapping ErrKVCacheFull when a sequence whose KV covers

@@ -391,3 +391,35 @@ func TestHashChain(t *testing.T) {
 		t.Fatal("hash not deterministic")
 	}
 }
+
+// TestMaxChunkTokensFitsAlone: a lone sequence computed in chunks of MaxChunkTokens never
+// runs out of sliding blocks, however long it gets.
+func TestMaxChunkTokensFitsAlone(t *testing.T) {
+	tests := []struct{ window, page, usable int }{
+		{12, 4, 8}, {4, 2, 3}, {1024, 16, 66}, {8, 4, 2}, {1, 1, 2}, {5, 4, 4},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("w%d_p%d_u%d", tc.window, tc.page, tc.usable), func(t *testing.T) {
+			m := newTestManager(t, Config{PageSize: tc.page, NumSlidingBlocks: tc.usable + 1, SlidingWindow: tc.window})
+			chunk := m.MaxChunkTokens()
+			if need := ceilDiv(tc.window-1+chunk, tc.page) + 1; chunk > 1 && need > tc.usable {
+				t.Fatalf("chunk %d needs %d blocks of %d", chunk, need, tc.usable)
+			}
+			total := 40 * tc.window
+			if err := m.CheckFits(total, chunk); err != nil {
+				if !errors.Is(err, ErrKVCacheFull) || chunk > 1 {
+					t.Fatalf("CheckFits: %v", err)
+				}
+				return // the pool cannot even hold one window: rejected up front
+			}
+			var s Seq
+			for pos := 0; pos < total; {
+				n := min(chunk, total-pos)
+				mustAllocate(t, m, &s, nil, pos, n)
+				pos += n
+				mustCommit(t, m, &s, seqTokens(1, total), pos)
+			}
+			m.Free(&s)
+		})
+	}
+}

@@ -184,7 +184,8 @@ func (s *Scheduler) Stats() Stats {
 
 // Add queues a request. It checks what the scheduler can: a non-empty unique ID, a
 // non-empty prompt no longer than MaxModelLen, and that the request's longest possible KV
-// (prompt plus MaxTokens, capped by MaxModelLen) fits the cache on its own; otherwise it
+// (prompt plus Params.MaxTokens, capped by MaxModelLen; MaxTokens 0 means up to
+// MaxModelLen) fits the cache on its own, so that it can always finish; otherwise it
 // returns an error wrapping ErrInvalidRequest, ErrPromptTooLong or kvcache.ErrKVCacheFull.
 // The prompt is copied.
 func (s *Scheduler) Add(req *Request) error {
@@ -510,16 +511,6 @@ func (s *Scheduler) finish(r *seqState) {
 	r.status = statusFinished
 	r.numScheduled = 0
 	delete(s.reqs, r.id)
-}
-
-// NumTokens returns a live request's token count (prompt + outputs) and how many of them
-// have their KV computed.
-func (s *Scheduler) NumTokens(id string) (total, computed int, err error) {
-	r := s.reqs[id]
-	if r == nil {
-		return 0, 0, fmt.Errorf("%w: %q", ErrUnknownRequest, id)
-	}
-	return len(r.tokens), r.numComputed, nil
 }
 
 // waitQueue is a heap of waiting requests: by Add order (FCFS), or by priority then Add

@@ -45,7 +45,9 @@
 //
 // # Errors
 //
-// ErrKVCacheFull (from CheckFits) means a sequence can never fit, whatever else is running.
+// ErrKVCacheFull (from CheckFits) means a sequence can never fit, whatever else is running;
+// a scheduler checks each request once, with its longest possible length and its largest
+// chunk (MaxChunkTokens caps chunks so that a tiny sliding pool still fits one sequence).
 // ErrNoFreeBlocks (from Allocate) means not now: free blocks by preempting or wait.
 // Misuse (a table/hit mismatch, negative counts) returns an error wrapping ErrInvalid.
 // Configuration errors name the field.

@@ -1,0 +1,237 @@
+package engine
+
+import (
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // the graph DSL reads best unqualified
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+)
+
+// samplerFeatures selects the parts of the on-device sampler a step needs. Each
+// combination is its own compiled program, so a batch of greedy requests never pays for
+// top-p bisection or top-20 logprobs.
+type samplerFeatures struct {
+	Penalties bool // presence/frequency/repetition penalties
+	Filters   bool // top-k, top-p, min-p
+	Logprobs  bool // chosen-token logprob and the top maxTopLogprobs alternatives
+}
+
+// maxTopLogprobs is the most alternatives a request may ask for (OpenAI's limit).
+const maxTopLogprobs = 20
+
+// samplingEps: temperatures below it mean greedy (vLLM's _SAMPLING_EPS).
+const samplingEps = 1e-5
+
+// bisectionSteps of the top-k/top-p threshold search over a logit range of bisectionRange:
+// resolution 80/2³² in log-probability, far below float32 rounding of real logits.
+const (
+	bisectionSteps = 32
+	bisectionRange = 80
+)
+
+// numSamplerInputs is the number of extra program inputs for a feature set.
+func (f samplerFeatures) numInputs() int {
+	n := 3 // temperature, rng key, rng counter
+	if f.Penalties {
+		n += 5
+	}
+	if f.Filters {
+		n += 3
+	}
+	return n
+}
+
+// samplerRows is the host side of one step's sampling: one row per sequence that samples.
+type samplerRows struct {
+	Temperature []float32
+	RNGKey      []uint32
+	RNGCounter  []uint32
+	TopK        []int32
+	TopP        []float32
+	MinP        []float32
+	Presence    []float32
+	Frequency   []float32
+	Repetition  []float32
+	// OutputTokens [N·L] and PromptTokens [N·Lp]: the tokens the penalties count, padded
+	// with the vocabulary size (a column that is dropped).
+	OutputTokens, PromptTokens []int32
+	L, Lp                      int
+}
+
+// inputs returns the program's extra inputs for rows, in the order buildSampler reads them.
+func (r *samplerRows) inputs(f samplerFeatures) []any {
+	n := len(r.Temperature)
+	in := []any{
+		tensors.FromFlatDataAndDimensions(r.Temperature, n),
+		tensors.FromFlatDataAndDimensions(r.RNGKey, n),
+		tensors.FromFlatDataAndDimensions(r.RNGCounter, n),
+	}
+	if f.Penalties {
+		in = append(in,
+			tensors.FromFlatDataAndDimensions(r.Presence, n),
+			tensors.FromFlatDataAndDimensions(r.Frequency, n),
+			tensors.FromFlatDataAndDimensions(r.Repetition, n),
+			tensors.FromFlatDataAndDimensions(r.OutputTokens, n, r.L),
+			tensors.FromFlatDataAndDimensions(r.PromptTokens, n, r.Lp),
+		)
+	}
+	if f.Filters {
+		in = append(in,
+			tensors.FromFlatDataAndDimensions(r.TopK, n),
+			tensors.FromFlatDataAndDimensions(r.TopP, n),
+			tensors.FromFlatDataAndDimensions(r.MinP, n),
+		)
+	}
+	return in
+}
+
+// buildSampler returns the program tail that turns logits [N, V] into sampled token ids
+// [N] int32 (and, with Logprobs, the chosen token's logprob [N], and the top
+// maxTopLogprobs ids [N, 20] int32 and logprobs [N, 20]). logits rows must already be the
+// sampling rows; vocabulary rows at or beyond textVocab are never sampled nor reported. Order as vLLM: penalties, temperature, min-p, top-k, top-p, then a
+// Gumbel-max draw from a counter-based RNG keyed per request, so a request's draws do not
+// depend on what else is in the batch.
+func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*Node) []*Node {
+	return func(logits *Node, extra []*Node) []*Node {
+		g := logits.Graph()
+		N, V := logits.Shape().Dimensions[0], logits.Shape().Dimensions[1]
+		temperature, key, counter := extra[0], extra[1], extra[2]
+		next := 3
+		vocabIota := Iota(g, shapes.Make(dtypes.Int32, N, V), 1)
+		negInf := Infinity(g, dtypes.Float32, -1)
+
+		// Padding rows of the vocabulary are never sampled, nor reported.
+		valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
+		logits = Where(valid, logits, BroadcastToDims(negInf, N, V))
+		raw := logits
+
+		if f.Penalties {
+			presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
+			outTok, promptTok := extra[next+3], extra[next+4]
+			next += 5
+			outCounts := tokenCounts(outTok, N, V)
+			promptCounts := tokenCounts(promptTok, N, V)
+			seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
+			rp := InsertAxes(repetition, -1)
+			penalized := Where(GreaterThan(logits, ZerosLike(logits)), Div(logits, rp), Mul(logits, rp))
+			logits = Where(seen, penalized, logits)
+			logits = Sub(logits, Mul(InsertAxes(frequency, -1), outCounts))
+			logits = Sub(logits, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
+		}
+		greedyTokens := ArgMax(logits, -1, dtypes.Int32)
+
+		isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
+		safeT := Where(isGreedy, OnesLike(temperature), temperature)
+		z := Div(logits, InsertAxes(safeT, -1)) // [N, V]
+		zmax := ReduceAndKeep(z, ReduceMax, -1) // [N, 1]
+		keep := valid
+		if f.Filters {
+			topK, topP, minP := extra[next], extra[next+1], extra[next+2]
+			// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
+			tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
+			tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(negInf, N, 1))
+			// top-k: the largest threshold that still keeps at least k tokens.
+			k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
+			countAbove := func(t *Node) *Node {
+				return ReduceAndKeep(ConvertDType(GreaterOrEqual(z, t), dtypes.Float32), ReduceSum, -1)
+			}
+			tauK := bisect(zmax, func(t *Node) *Node { return GreaterOrEqual(countAbove(t), k) })
+			kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
+			tau = Max(tau, Where(kOn, tauK, BroadcastToDims(negInf, N, 1)))
+			// top-p over the distribution renormalised after min-p and top-k.
+			expZ := Exp(Sub(z, zmax))
+			massAbove := func(t *Node) *Node {
+				return ReduceAndKeep(Where(GreaterOrEqual(z, t), expZ, ZerosLike(expZ)), ReduceSum, -1)
+			}
+			target := Mul(massAbove(tau), InsertAxes(topP, -1))
+			tauP := bisect(zmax, func(t *Node) *Node { return GreaterOrEqual(massAbove(Max(t, tau)), target) })
+			pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
+			tau = Max(tau, Where(pOn, tauP, BroadcastToDims(negInf, N, 1)))
+			keep = And(keep, GreaterOrEqual(z, tau))
+		}
+		gumbel := gumbelNoise(key, counter, N, V)
+		perturbed := Where(keep, Add(z, gumbel), BroadcastToDims(negInf, N, V))
+		sampledTokens := ArgMax(perturbed, -1, dtypes.Int32)
+		tokens := Where(isGreedy, greedyTokens, sampledTokens)
+		if !f.Logprobs {
+			return []*Node{tokens}
+		}
+		lp := LogSoftmax(raw, -1)
+		chosen := ReduceSum(Where(Equal(vocabIota, InsertAxes(tokens, -1)), lp, ZerosLike(lp)), -1)
+		topIDs := make([]*Node, maxTopLogprobs)
+		topVals := make([]*Node, maxTopLogprobs)
+		masked := lp
+		for i := 0; i < maxTopLogprobs; i++ {
+			id := ArgMax(masked, -1, dtypes.Int32)
+			topIDs[i] = InsertAxes(id, -1)
+			topVals[i] = ReduceAndKeep(masked, ReduceMax, -1)
+			masked = Where(Equal(vocabIota, InsertAxes(id, -1)), BroadcastToDims(negInf, N, V), masked)
+		}
+		return []*Node{tokens, chosen, Concatenate(topIDs, -1), Concatenate(topVals, -1)}
+	}
+}
+
+// bisect finds, per row, the largest threshold t in [zmax−bisectionRange, zmax] for which
+// ok(t) holds, assuming ok is true at the bottom and monotone (true below, false above).
+func bisect(zmax *Node, ok func(t *Node) *Node) *Node {
+	lo := AddScalar(zmax, -bisectionRange)
+	hi := zmax
+	for i := 0; i < bisectionSteps; i++ {
+		mid := MulScalar(Add(lo, hi), 0.5)
+		good := ok(mid)
+		lo = Where(good, mid, lo)
+		hi = Where(good, hi, mid)
+	}
+	// hi itself may qualify (e.g. k = 1 keeps exactly the maximum).
+	return Where(ok(hi), hi, lo)
+}
+
+// tokenCounts counts token ids [N, L] (padding = V) into [N, V] float32.
+func tokenCounts(ids *Node, N, V int) *Node {
+	g := ids.Graph()
+	L := ids.Shape().Dimensions[1]
+	rows := Iota(g, shapes.Make(dtypes.Int32, N, L), 0)
+	idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(ids, -1)}, -1) // [N, L, 2]
+	counts := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, V+1)), idx, Ones(g, shapes.Make(dtypes.Float32, N, L)), false, false)
+	return Slice(counts, AxisRange(), AxisRange(0, V))
+}
+
+// gumbelNoise is −log(−log(U)) with U uniform in (0, 1) from a counter-based hash of
+// (request key, step counter, vocabulary index): reproducible per request and position.
+func gumbelNoise(key, counter *Node, N, V int) *Node {
+	g := key.Graph()
+	row := hash32(Add(hash32(key), MulScalar(counter, 0x9E3779B9)))             // [N]
+	col := MulScalar(Iota(g, shapes.Make(dtypes.Uint32, N, V), 1), 0x85EBCA6B)  // [N, V]
+	bits := hash32(BitwiseXor(col, BroadcastToDims(InsertAxes(row, -1), N, V))) // [N, V]
+	u := ConvertDType(Div(bits, Scalar(g, dtypes.Uint32, 256)), dtypes.Float32) // 24 random bits
+	u = MulScalar(AddScalar(u, 0.5), 1.0/(1<<24))                               // (0, 1)
+	return Neg(Log(Neg(Log(u))))
+}
+
+// hash32 is Chris Wellons' lowbias32 integer hash, with shifts written as divisions (the
+// pure-Go backend has no shift ops; uint32 arithmetic wraps as the hash needs).
+func hash32(x *Node) *Node {
+	g := x.Graph()
+	shr := func(v *Node, n int) *Node { return Div(v, Scalar(g, dtypes.Uint32, uint32(1)<<n)) }
+	x = BitwiseXor(x, shr(x, 16))
+	x = MulScalar(x, 0x7feb352d)
+	x = BitwiseXor(x, shr(x, 15))
+	x = MulScalar(x, 0x846ca68b)
+	return BitwiseXor(x, shr(x, 16))
+}
+
+// seedKey folds a 64-bit request seed into the sampler's 32-bit key.
+func seedKey(seed int64) uint32 {
+	s := uint64(seed)
+	return hash32Host(uint32(s) ^ hash32Host(uint32(s>>32)^0x5bd1e995))
+}
+
+// hash32Host is hash32 on the host.
+func hash32Host(x uint32) uint32 {
+	x ^= x >> 16
+	x *= 0x7feb352d
+	x ^= x >> 15
+	x *= 0x846ca68b
+	x ^= x >> 16
+	return x
+}

@@ -72,23 +72,23 @@ type addedTokenJSON struct {
 
 // rawModel holds the BPE model section while it is parsed.
 type rawModel struct {
-	typ                 *string
-	dropout             *float64
-	unkToken            *string
-	subwordPrefix       *string
-	wordSuffix          *string
-	fuseUnk             bool
-	byteFallback        bool
-	ignoreMerges        bool
-	vocabSeen           bool
-	mergesRaw           []byte // merges seen before vocab, parsed afterwards
-	mergesSeen          bool
-	vocabArena          []byte
-	vocabEnds           []int32
-	vocabIDs            []int32
-	pieces              []string
-	vocab               *pieceTable
-	merges              mergeTable
+	typ           *string
+	dropout       *float64
+	unkToken      *string
+	subwordPrefix *string
+	wordSuffix    *string
+	fuseUnk       bool
+	byteFallback  bool
+	ignoreMerges  bool
+	vocabSeen     bool
+	mergesRaw     []byte // merges seen before vocab, parsed afterwards
+	mergesSeen    bool
+	vocabArena    []byte
+	vocabEnds     []int32
+	vocabIDs      []int32
+	pieces        []string
+	vocab         *pieceTable
+	merges        mergeTable
 }
 
 func parseTokenizerJSON(data []byte) (*Tokenizer, error) {

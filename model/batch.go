@@ -43,13 +43,16 @@ type SeqChunk struct {
 	AllLogits bool
 }
 
-// BatchShape is a bucket: the padded sizes of a step's inputs.
+// BatchShape is a bucket: the padded sizes of a step's inputs. Attention runs on a grid of
+// B rows × Q queries: each sequence's new tokens are cut into segments of at most Q tokens,
+// one row each, so a step that mixes long prefill chunks with one-token decodes wastes
+// little of the grid.
 type BatchShape struct {
 	T  int // tokens
-	B  int // sequences
-	Q  int // most new tokens of one sequence
-	PG int // global pages per sequence
-	PS int // sliding pages per sequence
+	B  int // attention rows (segments of at most Q tokens)
+	Q  int // queries per row
+	PG int // global pages per row
+	PS int // sliding pages per row
 	N  int // logits rows
 }
 
@@ -67,28 +70,40 @@ type Batch struct {
 	LogitsRows [][]int
 }
 
-// NeededShape is the smallest BatchShape that holds seqs.
-func NeededShape(layout KVLayout, seqs []SeqChunk) BatchShape {
+// SlidingPagesPerRow is the most sliding pages a row of q queries reads: the window before
+// its first query plus the q queries, on pages that need not be aligned.
+func SlidingPagesPerRow(cfg *Config, pageSize, q int) int {
+	return (cfg.SlidingWindow+q-2)/pageSize + 2
+}
+
+// NeededShape is the smallest BatchShape that holds seqs with rows of at most q queries
+// (q ≤ 0: one row per sequence, as long as its longest chunk).
+func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShape {
 	var s BatchShape
-	s.B = len(seqs)
+	if q <= 0 {
+		for _, sq := range seqs {
+			q = max(q, len(sq.Tokens))
+		}
+	}
+	s.Q = max(q, 1)
 	for _, sq := range seqs {
 		s.T += len(sq.Tokens)
-		s.Q = max(s.Q, len(sq.Tokens))
+		s.B += (len(sq.Tokens) + s.Q - 1) / s.Q
 		s.PG = max(s.PG, len(sq.GlobalBlocks))
-		s.PS = max(s.PS, len(sq.SlidingBlocks))
 		if sq.AllLogits {
 			s.N += len(sq.Tokens)
 		} else {
 			s.N++
 		}
 	}
-	s.PG, s.PS = max(s.PG, 1), max(s.PS, 1)
+	s.PG = max(s.PG, 1)
+	s.PS = SlidingPagesPerRow(cfg, layout.PageSize, s.Q)
 	return s
 }
 
-// Fits reports whether need fits in s.
+// Fits reports whether need fits in s (with the same row length).
 func (s BatchShape) Fits(need BatchShape) bool {
-	return need.T <= s.T && need.B <= s.B && need.Q <= s.Q && need.PG <= s.PG && need.PS <= s.PS && need.N <= s.N
+	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.PG <= s.PG && need.PS <= s.PS && need.N <= s.N
 }
 
 // BuildBatch checks seqs against the config and layout and lays them out padded to shape.
@@ -96,7 +111,7 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 	if len(seqs) == 0 {
 		return nil, fmt.Errorf("%w: empty batch", ErrInput)
 	}
-	need := NeededShape(layout, seqs)
+	need := NeededShape(cfg, layout, seqs, shape.Q)
 	if !shape.Fits(need) {
 		return nil, fmt.Errorf("%w: batch needs shape %+v, bucket is %+v", ErrInput, need, shape)
 	}
@@ -112,7 +127,7 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 		LogitsIndex:      make([]int32, shape.N),
 		LogitsRows:       make([][]int, len(seqs)),
 	}
-	t, n := 0, 0
+	t, n, row := 0, 0, 0
 	for i, sq := range seqs {
 		if len(sq.Tokens) == 0 {
 			return nil, fmt.Errorf("%w: sequence %d has no tokens", ErrInput, i)
@@ -141,7 +156,6 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 				return nil, fmt.Errorf("%w: sequence %d: global block %d is page %d, outside 1..%d",
 					ErrInput, i, j, pg, layout.NumGlobalPages-1)
 			}
-			b.PageTableGlobal[i*shape.PG+j] = pg
 		}
 		for j, pg := range sq.SlidingBlocks {
 			// Blocks that already left the window may be the null page; the rest must be real.
@@ -150,21 +164,31 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 				return nil, fmt.Errorf("%w: sequence %d: sliding block %d is page %d, outside 1..%d",
 					ErrInput, i, sq.SlidingFirstBlock+j, pg, layout.NumSlidingPages-1)
 			}
-			b.PageTableSliding[i*shape.PS+j] = pg
 		}
-		b.SlidingBase[i] = int32(sq.SlidingFirstBlock * ps)
 		for q, tok := range sq.Tokens {
 			if tok < 0 || int(tok) >= cfg.VocabSize {
 				return nil, fmt.Errorf("%w: sequence %d: token id %d is outside the vocabulary [0, %d)", ErrInput, i, tok, cfg.VocabSize)
 			}
 			pos := sq.StartPos + q
+			if q%shape.Q == 0 {
+				// A new row: the global table, and the sliding pages its window reaches.
+				if q > 0 {
+					row++
+				}
+				copy(b.PageTableGlobal[row*shape.PG:], sq.GlobalBlocks)
+				first := max(0, pos-cfg.SlidingWindow+1) / ps
+				rowEnd := min(end, pos+shape.Q)
+				lastRowBlock := (rowEnd - 1) / ps
+				copy(b.PageTableSliding[row*shape.PS:], sq.SlidingBlocks[first-sq.SlidingFirstBlock:lastRowBlock-sq.SlidingFirstBlock+1])
+				b.SlidingBase[row] = int32(first * ps)
+			}
 			lb := pos / ps
 			b.Tokens[t] = tok
 			b.Positions[t] = int32(pos)
 			b.SlotsGlobal[t] = sq.GlobalBlocks[lb]*int32(ps) + int32(pos%ps)
 			b.SlotsSliding[t] = sq.SlidingBlocks[lb-sq.SlidingFirstBlock]*int32(ps) + int32(pos%ps)
-			b.GridIndex[i*shape.Q+q] = int32(t)
-			b.TokenCell[t] = int32(i*shape.Q + q)
+			b.GridIndex[row*shape.Q+q%shape.Q] = int32(t)
+			b.TokenCell[t] = int32(row*shape.Q + q%shape.Q)
 			if sq.AllLogits || q == len(sq.Tokens)-1 {
 				b.LogitsIndex[n] = int32(t)
 				b.LogitsRows[i] = append(b.LogitsRows[i], n)
@@ -172,6 +196,7 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 			}
 			t++
 		}
+		row++
 	}
 	// Padding tokens write to distinct slots of the null page where they can.
 	for p := t; p < shape.T; p++ {

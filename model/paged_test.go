@@ -23,6 +23,10 @@ type pagedDriver struct {
 	freeS  []int32
 	// padding adds this many extra slots to every bucket dimension, to exercise padding.
 	padding int
+	// segment is the attention row length (0: one row per sequence).
+	segment int
+	// lastGlobal/lastSliding are the blocks of the last stepNoLogits sequence, for reuse.
+	lastGlobal, lastSliding []int32
 }
 
 type drvSeq struct {
@@ -92,10 +96,9 @@ func (d *pagedDriver) step(seqs []*drvSeq, counts []int) [][][]float32 {
 			AllLogits: true,
 		}
 	}
-	shape := model.NeededShape(d.layout, chunks)
+	shape := model.NeededShape(&d.m.Config, d.layout, chunks, d.segment)
 	shape.T += d.padding
 	shape.B += d.padding
-	shape.Q += d.padding
 	shape.PG += d.padding
 	shape.PS += d.padding
 	shape.N += d.padding
@@ -118,6 +121,30 @@ func (d *pagedDriver) step(seqs []*drvSeq, counts []int) [][][]float32 {
 		s.done += counts[i]
 	}
 	return res
+}
+
+// stepNoLogits runs n tokens of one sequence, asking only for the last token's logits
+// (as serving does), and keeps its blocks in lastGlobal/lastSliding.
+func (d *pagedDriver) stepNoLogits(s *drvSeq, n int) {
+	t := d.t
+	ps := d.layout.PageSize
+	for len(s.global)*ps < s.done+n {
+		s.global = append(s.global, pop(t, &d.freeG))
+	}
+	for len(s.sliding)*ps < s.done+n {
+		s.sliding = append(s.sliding, pop(t, &d.freeS))
+	}
+	chunk := model.SeqChunk{Tokens: s.tokens[s.done : s.done+n], StartPos: s.done, GlobalBlocks: s.global, SlidingBlocks: s.sliding}
+	batch, err := model.BuildBatch(&d.m.Config, d.layout, []model.SeqChunk{chunk}, model.NeededShape(&d.m.Config, d.layout, []model.SeqChunk{chunk}, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs, err := d.exec.Run(d.pools, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs[0].FinalizeAll()
+	d.lastGlobal, d.lastSliding = s.global, s.sliding
 }
 
 // release returns a finished sequence's pages.
@@ -170,10 +197,10 @@ func TestKVCacheConsistency(t *testing.T) {
 		ref[p] = refFlat[p*V : (p+1)*V]
 	}
 
-	run := func(name string, pad int, schedule func(d *pagedDriver) [][]float32) {
+	run := func(name string, pad, segment int, schedule func(d *pagedDriver) [][]float32) {
 		t.Run(name, func(t *testing.T) {
 			d := newPagedDriver(t, m, 4, 128, uint64(len(name)))
-			d.padding = pad
+			d.padding, d.segment = pad, segment
 			got := schedule(d)
 			if len(got) != n {
 				t.Fatalf("got %d logits rows, want %d", len(got), n)
@@ -185,7 +212,7 @@ func TestKVCacheConsistency(t *testing.T) {
 			}
 		})
 	}
-	run("chunks-of-7", 0, func(d *pagedDriver) [][]float32 {
+	run("chunks-of-7", 0, 0, func(d *pagedDriver) [][]float32 {
 		s := &drvSeq{tokens: target}
 		var out [][]float32
 		for s.done < n {
@@ -193,7 +220,7 @@ func TestKVCacheConsistency(t *testing.T) {
 		}
 		return out
 	})
-	run("token-by-token", 0, func(d *pagedDriver) [][]float32 {
+	run("token-by-token", 0, 0, func(d *pagedDriver) [][]float32 {
 		s := &drvSeq{tokens: target}
 		var out [][]float32
 		for s.done < n {
@@ -201,7 +228,7 @@ func TestKVCacheConsistency(t *testing.T) {
 		}
 		return out
 	})
-	run("batched-padded", 3, func(d *pagedDriver) [][]float32 {
+	batched := func(d *pagedDriver) [][]float32 {
 		// The target shares every step with two others of other lengths and chunkings; one
 		// of them finishes early and its pages are reused.
 		s := &drvSeq{tokens: target}
@@ -225,7 +252,9 @@ func TestKVCacheConsistency(t *testing.T) {
 			out = append(out, res[len(res)-1]...)
 		}
 		return out
-	})
+	}
+	run("batched-padded", 3, 0, batched)
+	run("batched-rows-of-4", 1, 4, batched)
 }
 
 // TestGreedyMatchesHuggingFace decodes through the KV cache (prefill then one token per

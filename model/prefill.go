@@ -27,7 +27,7 @@ func (m *Model) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
 	chunk := ContiguousChunk(tokens, pageSize, true)
 	pages := len(chunk.GlobalBlocks) + 1
 	layout := KVLayout{PageSize: pageSize, NumGlobalPages: pages, NumSlidingPages: pages}
-	batch, err := BuildBatch(&m.Config, layout, []SeqChunk{chunk}, NeededShape(layout, []SeqChunk{chunk}))
+	batch, err := BuildBatch(&m.Config, layout, []SeqChunk{chunk}, NeededShape(&m.Config, layout, []SeqChunk{chunk}, 0))
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"hash/maphash"
 	"math"
+	"math/bits"
 	"strings"
 	"unicode/utf8"
 )
@@ -347,6 +348,7 @@ func heapDown(h []queued, i int) {
 type mergeTable struct {
 	slots []mergeSlot
 	mask  uint64
+	shift uint // 64 - log2(len(slots)): the slot is the top bits of key * φ
 	n     int
 }
 
@@ -374,12 +376,13 @@ func (t *mergeTable) alloc(size int) {
 		t.slots[i].key = emptyKey
 	}
 	t.mask = uint64(size - 1)
+	t.shift = uint(64 - bits.TrailingZeros(uint(size)))
 	t.n = 0
 }
 
-func slot(k uint64) uint64 {
-	k *= 0x9E3779B97F4A7C15
-	return k ^ k>>31
+// slot is Fibonacci hashing: the high bits of the product depend on every bit of k.
+func (t *mergeTable) slot(k uint64) uint64 {
+	return (k * 0x9E3779B97F4A7C15) >> t.shift
 }
 
 func (t *mergeTable) put(a, b, rank, id int32) {
@@ -396,7 +399,7 @@ func (t *mergeTable) put(a, b, rank, id int32) {
 }
 
 func (t *mergeTable) insert(k, v uint64) {
-	for i := slot(k) & t.mask; ; i = (i + 1) & t.mask {
+	for i := t.slot(k); ; i = (i + 1) & t.mask {
 		switch t.slots[i].key {
 		case emptyKey:
 			t.slots[i] = mergeSlot{k, v}
@@ -412,7 +415,7 @@ func (t *mergeTable) insert(k, v uint64) {
 // get returns the rank and merged id of the pair (a, b), or noRank.
 func (t *mergeTable) get(a, b int32) (rank, id int32) {
 	k := uint64(uint32(a))<<32 | uint64(uint32(b))
-	for i := slot(k) & t.mask; ; i = (i + 1) & t.mask {
+	for i := t.slot(k); ; i = (i + 1) & t.mask {
 		s := &t.slots[i]
 		switch s.key {
 		case k:

@@ -1,0 +1,355 @@
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/server/proto/enginepb"
+)
+
+func (s *Server) newGRPC() (*grpc.Server, *health.Server) {
+	limit := s.cfg.MaxRequestBodyBytes
+	if limit > 1<<30 {
+		limit = 1 << 30
+	}
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(int(limit)),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	enginepb.RegisterTpuserveEngineServer(gs, &grpcService{s: s})
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(enginepb.TpuserveEngine_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return gs, hs
+}
+
+var engineServicePrefix = "/" + enginepb.TpuserveEngine_ServiceDesc.ServiceName + "/"
+
+// grpcAuth checks the API key on the tpuserve service (health stays open for probes).
+func (s *Server) grpcAuth(ctx context.Context, method string) error {
+	if s.cfg.APIKey == "" || !strings.HasPrefix(method, engineServicePrefix) {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if got, ok := strings.CutPrefix(v, "Bearer "); ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.cfg.APIKey)) == 1 {
+			return nil
+		}
+	}
+	return status.Error(codes.Unauthenticated, "missing or incorrect API key; send metadata 'authorization: Bearer <key>'")
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := s.grpcAuth(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	return handler(ctx, req)
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := s.grpcAuth(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	return handler(srv, ss)
+}
+
+// grpcStatus turns an APIError into the matching gRPC status.
+func grpcStatus(e *APIError) error {
+	code := codes.Internal
+	switch e.Status {
+	case http.StatusBadRequest:
+		code = codes.InvalidArgument
+	case http.StatusUnauthorized:
+		code = codes.Unauthenticated
+	case http.StatusNotFound:
+		code = codes.NotFound
+	case http.StatusTooManyRequests, http.StatusRequestEntityTooLarge:
+		code = codes.ResourceExhausted
+	case http.StatusServiceUnavailable:
+		code = codes.Unavailable
+	}
+	msg := e.Message
+	if e.Param != "" && !strings.Contains(msg, e.Param) {
+		msg = e.Param + ": " + msg
+	}
+	return status.Error(code, msg)
+}
+
+type grpcService struct {
+	enginepb.UnimplementedTpuserveEngineServer
+	s *Server
+}
+
+// plan validates a GenerateRequest with the same rules as the HTTP API.
+func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) {
+	s := g.s
+	sp := req.GetSamplingParams()
+	if sp == nil {
+		sp = &enginepb.SamplingParams{}
+	}
+	f := samplingFields{
+		TopK:                   ptrIfNonZero(int(sp.GetTopK())),
+		MinP:                   ptrIfNonZero(float64(sp.GetMinP())),
+		PresencePenalty:        ptrIfNonZero(float64(sp.GetPresencePenalty())),
+		FrequencyPenalty:       ptrIfNonZero(float64(sp.GetFrequencyPenalty())),
+		IgnoreEOS:              sp.GetIgnoreEos(),
+		IncludeStopStrInOutput: sp.GetIncludeStopStrInOutput(),
+		SkipSpecialTokens:      sp.SkipSpecialTokens,
+		Seed:                   sp.Seed,
+		Priority:               int(sp.GetPriority()),
+	}
+	if sp.Temperature != nil {
+		f.Temperature = ptr(float64(sp.GetTemperature()))
+	}
+	if sp.TopP != nil {
+		f.TopP = ptr(float64(sp.GetTopP()))
+	}
+	if sp.RepetitionPenalty != nil {
+		f.RepetitionPenalty = ptr(float64(sp.GetRepetitionPenalty()))
+	}
+	if sp.MaxTokens != nil {
+		f.MaxTokens = ptr(int(sp.GetMaxTokens()))
+	}
+	if sp.GetMinTokens() != 0 {
+		f.MinTokens = ptr(int(sp.GetMinTokens()))
+	}
+	if sp.GetN() > 1 {
+		f.N = ptr(int(min(sp.GetN(), 1<<20)))
+	}
+	if len(sp.GetStop()) > 0 {
+		f.Stop, _ = json.Marshal(sp.GetStop())
+	}
+	for _, id := range sp.GetStopTokenIds() {
+		f.StopTokenIDs = append(f.StopTokenIDs, int64(id))
+	}
+	params, n, e := s.samplingParams(&f)
+	if e != nil {
+		return nil, e
+	}
+	plan := &genPlan{model: s.modelName, n: n, logprobs: -1, stream: req.GetStream(), priority: f.Priority}
+	if sp.Logprobs != nil {
+		k := int(sp.GetLogprobs())
+		if k < 0 || k > s.cfg.MaxLogprobs {
+			return nil, badParam("logprobs", "logprobs must be in [0, %d], got %d", s.cfg.MaxLogprobs, k)
+		}
+		plan.logprobs = k
+		params.Logprobs = &k
+	}
+	var pr promptIn
+	switch in := req.GetInput().(type) {
+	case *enginepb.GenerateRequest_Text:
+		pr.ids = s.tok.Encode(in.Text, true)
+	case *enginepb.GenerateRequest_Tokenized:
+		ids := in.Tokenized.GetInputIds()
+		pr.ids = make([]int32, len(ids))
+		for i, id := range ids {
+			if id >= uint32(s.cfg.VocabSize) {
+				return nil, badParam(fmt.Sprintf("tokenized.input_ids[%d]", i), "token id %d in tokenized.input_ids[%d] is outside the vocabulary [0, %d)", id, i, s.cfg.VocabSize)
+			}
+			pr.ids[i] = int32(id)
+		}
+	default:
+		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "input",
+			Message: "input (text or tokenized) is required"}
+	}
+	if len(pr.ids) == 0 {
+		return nil, badParam("input", "input must not be empty")
+	}
+	prompts := []promptIn{pr}
+	if e := s.resolveLengths(prompts, nil, f.MaxTokens, "sampling_params.max_tokens", 0, params.MinTokens, "input"); e != nil {
+		return nil, e
+	}
+	plan.prompts, plan.params = prompts, params
+	return plan, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func ptrIfNonZero[T comparable](v T) *T {
+	var zero T
+	if v == zero {
+		return nil
+	}
+	return &v
+}
+
+func (g *grpcService) Generate(req *enginepb.GenerateRequest, stream grpc.ServerStreamingServer[enginepb.GenerateResponse]) error {
+	s := g.s
+	if s.shuttingDown.Load() {
+		return status.Error(codes.Unavailable, "the server is shutting down")
+	}
+	plan, e := g.plan(req)
+	if e != nil {
+		return grpcStatus(e)
+	}
+	plan.id = req.GetRequestId()
+	if plan.id == "" {
+		plan.id = newRequestID("grpc-")
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.hardCtx, cancel)
+	defer stop()
+	if !s.register(plan.id, cancel) {
+		return status.Errorf(codes.AlreadyExists, "request_id %q is already live", plan.id)
+	}
+	defer s.unregister(plan.id)
+
+	r, err := s.startRun(ctx, plan.engineRequests())
+	if err != nil {
+		return grpcStatus(s.classifyEngineError(plan.id, err))
+	}
+	defer r.drain()
+
+	type acc struct {
+		ids       []uint32
+		text      strings.Builder
+		positions []*enginepb.PositionLogprobs
+		tokens    int
+	}
+	accs := make([]acc, len(r.subs))
+	promptLen := uint32(len(plan.prompts[0].ids))
+	var sendErr error
+	send := func(m *enginepb.GenerateResponse) {
+		if sendErr == nil {
+			if sendErr = stream.Send(m); sendErr != nil {
+				r.abort() // the client is gone
+			}
+		}
+	}
+	for {
+		i, ev, ok := r.next()
+		if !ok {
+			break
+		}
+		a := &accs[i]
+		if ev.Err != nil {
+			ae := s.classifyEngineError(plan.id, ev.Err)
+			if ae.Status >= 500 {
+				s.log.Error("grpc generate failed", "request_id", plan.id, "err", ev.Err)
+			}
+			send(&enginepb.GenerateResponse{RequestId: plan.id, Index: uint32(i), Response: &enginepb.GenerateResponse_Error{
+				Error: &enginepb.GenerateError{Message: ae.Message, HttpStatusCode: strconv.Itoa(ae.Status), Details: ae.Code}}})
+			continue
+		}
+		ids := toUint32(ev.TokenIDs)
+		lps := toProtoLogprobs(eventLogprobs(&ev))
+		a.ids = append(a.ids, ids...)
+		a.text.WriteString(ev.Text)
+		a.positions = append(a.positions, lps...)
+		a.tokens += len(ev.TokenIDs)
+		if plan.stream && (len(ids) > 0 || ev.Text != "") {
+			send(&enginepb.GenerateResponse{RequestId: plan.id, Index: uint32(i), Response: &enginepb.GenerateResponse_Chunk{
+				Chunk: &enginepb.GenerateStreamChunk{TokenIds: ids, PromptTokens: promptLen, CompletionTokens: uint32(a.tokens),
+					CachedTokens: uint32(ev.NumCachedTokens), Text: ev.Text, Logprobs: lps}}})
+		}
+		if ev.Finished {
+			done := &enginepb.GenerateComplete{OutputIds: a.ids, FinishReason: string(ev.FinishReason), PromptTokens: promptLen,
+				CompletionTokens: uint32(max(a.tokens, ev.NumOutputTokens)), CachedTokens: uint32(ev.NumCachedTokens),
+				Text: a.text.String(), Logprobs: a.positions}
+			switch sr := ev.StopReason.(type) {
+			case string:
+				done.StopReason = &enginepb.GenerateComplete_StopStr{StopStr: sr}
+			case int32:
+				done.StopReason = &enginepb.GenerateComplete_StopTokenId{StopTokenId: uint32(sr)}
+			case int:
+				done.StopReason = &enginepb.GenerateComplete_StopTokenId{StopTokenId: uint32(sr)}
+			}
+			send(&enginepb.GenerateResponse{RequestId: plan.id, Index: uint32(i), Response: &enginepb.GenerateResponse_Complete{Complete: done}})
+		}
+	}
+	if sendErr != nil {
+		return sendErr
+	}
+	return nil
+}
+
+func toUint32(ids []int32) []uint32 {
+	out := make([]uint32, len(ids))
+	for i, id := range ids {
+		out[i] = uint32(id)
+	}
+	return out
+}
+
+func toProtoLogprobs(pos []engine.PositionLogprobs) []*enginepb.PositionLogprobs {
+	if len(pos) == 0 {
+		return nil
+	}
+	out := make([]*enginepb.PositionLogprobs, len(pos))
+	for i, p := range pos {
+		pl := &enginepb.PositionLogprobs{Chosen: &enginepb.TokenLogprob{TokenId: uint32(p.Chosen.TokenID), Logprob: p.Chosen.Logprob}}
+		for _, t := range p.Top {
+			pl.Top = append(pl.Top, &enginepb.TokenLogprob{TokenId: uint32(t.TokenID), Logprob: t.Logprob})
+		}
+		out[i] = pl
+	}
+	return out
+}
+
+func (s *Server) register(id string, cancel context.CancelFunc) bool {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if _, dup := s.live[id]; dup {
+		return false
+	}
+	s.live[id] = cancel
+	return true
+}
+
+func (s *Server) unregister(id string) {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	delete(s.live, id)
+}
+
+func (g *grpcService) Abort(_ context.Context, req *enginepb.AbortRequest) (*enginepb.AbortResponse, error) {
+	s := g.s
+	n := 0
+	s.liveMu.Lock()
+	for _, id := range req.GetRequestIds() {
+		if cancel, ok := s.live[id]; ok {
+			cancel()
+			n++
+		}
+	}
+	s.liveMu.Unlock()
+	s.log.Info("grpc abort", "request_ids", req.GetRequestIds(), "aborted", n, "reason", req.GetReason())
+	return &enginepb.AbortResponse{NumAborted: uint32(n)}, nil
+}
+
+func (g *grpcService) GetModelInfo(context.Context, *enginepb.GetModelInfoRequest) (*enginepb.GetModelInfoResponse, error) {
+	s := g.s
+	root := s.cfg.ModelRoot
+	if root == "" {
+		root = s.modelName
+	}
+	return &enginepb.GetModelInfoResponse{ModelPath: root, IsGeneration: true, MaxContextLength: uint32(s.cfg.MaxModelLen),
+		VocabSize: uint32(s.cfg.VocabSize), ServedModelNames: s.cfg.ServedModelNames}, nil
+}
+
+func (g *grpcService) HealthCheck(context.Context, *enginepb.HealthCheckRequest) (*enginepb.HealthCheckResponse, error) {
+	if err := g.s.healthErr(); err != nil {
+		return &enginepb.HealthCheckResponse{Healthy: false, Message: err.Error()}, nil
+	}
+	return &enginepb.HealthCheckResponse{Healthy: true, Message: "ok"}, nil
+}

@@ -1,0 +1,62 @@
+package server
+
+import (
+	"context"
+
+	"github.com/tpuserve/tpuserve/engine"
+)
+
+// Engine is what the server needs from the inference engine.
+//
+// Submit queues one request and returns its event stream. The channel is closed after the
+// final event (Finished or Err set). Cancelling ctx aborts the request at the engine's next
+// step; the engine still sends a final event (FinishAbort) and closes the channel. Submit
+// errors that wrap ErrQueueFull, ErrRequestTooLarge, ErrInvalidRequest or ErrShuttingDown
+// are answered 429, 400, 400 and 503; any other error is a 500 with its text logged, not
+// sent.
+type Engine interface {
+	Submit(ctx context.Context, req engine.Request) (<-chan engine.Event, error)
+	Stats() engine.Stats
+}
+
+// HealthChecker is optionally implemented by an Engine: /health, the gRPC HealthCheck and
+// grpc.health.v1 report unhealthy while Health returns an error.
+type HealthChecker interface {
+	Health() error
+}
+
+// Tokenizer is what the server needs from the tokenizer.
+type Tokenizer interface {
+	// Encode tokenizes text; addSpecialTokens prepends BOS as the model expects.
+	Encode(text string, addSpecialTokens bool) []int32
+	// Decode turns ids into text; ids outside the vocabulary are an error.
+	Decode(ids []int32, skipSpecialTokens bool) (string, error)
+	VocabSize() int
+	// TokenString is the text of one token on its own, as the tokenizer's decoder renders it
+	// (vLLM's convert_tokens_to_string([token])): a SentencePiece "▁" becomes a space and a
+	// byte-fallback token its raw byte, which may be invalid UTF-8. ok is false for ids
+	// outside the vocabulary. It names tokens in logprobs and /tokenize's token_strs.
+	TokenString(id int32) (s string, ok bool)
+	// ApplyChatTemplate renders messages with the model's chat template. The result starts
+	// with the BOS token's text, so the server encodes it with addSpecialTokens=false. An
+	// error (say, roles that do not alternate) is answered 400 with its text.
+	ApplyChatTemplate(msgs []ChatMessage, addGenerationPrompt bool) (string, error)
+}
+
+// ChatMessage is one message of a chat, as the chat template sees it. It mirrors
+// tokenizer.Message so that the integrator's adapter is a field-by-field copy.
+type ChatMessage struct {
+	// Role is "system", "user" or "assistant" ("developer" arrives as "system").
+	Role string
+	// Content is the message's text when it was sent as a string (Parts is nil then).
+	Content string
+	// Parts is the message's content when it was sent as an array of parts.
+	Parts []ContentPart
+}
+
+// ContentPart is one part of a message sent as an array; only "text" parts reach the
+// tokenizer.
+type ContentPart struct {
+	Type string
+	Text string
+}

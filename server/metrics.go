@@ -1,0 +1,172 @@
+package server
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tpuserve/tpuserve/engine"
+)
+
+// Metric names and buckets follow vLLM's (v1 engine) so that dashboards, the GKE HPA and
+// the Inference Gateway work unchanged. Every series carries model_name and engine labels,
+// as vLLM's do.
+
+var (
+	ttftBuckets = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+		2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0}
+	itlBuckets = []float64{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+		5.0, 7.5, 10.0, 20.0, 40.0, 80.0}
+	latencyBuckets = []float64{0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+		50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0}
+	tokenBuckets = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000}
+)
+
+type metrics struct {
+	reg *prometheus.Registry
+
+	ttft, itl, e2e, queue, prefill, decode, inference prometheus.Observer
+	promptTokensHist, genTokensHist                   prometheus.Observer
+	promptTokens, genTokens                           prometheus.Counter
+	success                                           *prometheus.CounterVec
+}
+
+// requestMetrics is what the server tracks about one engine request between events.
+type requestMetrics struct {
+	arrival    time.Time
+	promptLen  int
+	firstToken time.Time
+	lastToken  time.Time
+}
+
+func newMetrics(model string, eng Engine) *metrics {
+	labels := prometheus.Labels{"model_name": model, "engine": "0"}
+	reg := prometheus.NewRegistry()
+	hist := func(name, help string, buckets []float64) prometheus.Observer {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets, ConstLabels: labels})
+		reg.MustRegister(h)
+		return h
+	}
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels})
+		reg.MustRegister(c)
+		return c
+	}
+	m := &metrics{
+		reg:              reg,
+		ttft:             hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", ttftBuckets),
+		itl:              hist("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", itlBuckets),
+		e2e:              hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", latencyBuckets),
+		queue:            hist("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", latencyBuckets),
+		prefill:          hist("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", latencyBuckets),
+		decode:           hist("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", latencyBuckets),
+		inference:        hist("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", latencyBuckets),
+		promptTokensHist: hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", tokenBuckets),
+		genTokensHist:    hist("vllm:request_generation_tokens", "Number of generation tokens processed.", tokenBuckets),
+		promptTokens:     counter("vllm:prompt_tokens_total", "Number of prefill tokens processed."),
+		genTokens:        counter("vllm:generation_tokens_total", "Number of generation tokens processed."),
+		success: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vllm:request_success_total",
+			Help: "Count of successfully processed requests.", ConstLabels: labels}, []string{"finished_reason"}),
+	}
+	reg.MustRegister(m.success)
+	for _, r := range []engine.FinishReason{engine.FinishStop, engine.FinishLength, engine.FinishAbort} {
+		m.success.WithLabelValues(string(r)) // export zeros, as vLLM does
+	}
+	reg.MustRegister(newStatsCollector(eng, labels))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe records one event of a request: token counts and inter-token latency as they
+// arrive, and on the final event the request's latencies (from the engine's timestamps
+// where it gives them, else the server's).
+func (m *metrics) observe(rm *requestMetrics, ev *engine.Event) {
+	now := time.Now()
+	if n := len(ev.TokenIDs); n > 0 {
+		m.genTokens.Add(float64(n))
+		if rm.firstToken.IsZero() {
+			rm.firstToken = now
+		} else {
+			m.itl.Observe(now.Sub(rm.lastToken).Seconds())
+		}
+		rm.lastToken = now
+	}
+	if !ev.Finished || ev.Err != nil {
+		return
+	}
+	m.success.WithLabelValues(string(ev.FinishReason)).Inc()
+	prompt := ev.NumPromptTokens
+	if prompt == 0 {
+		prompt = rm.promptLen
+	}
+	m.promptTokens.Add(float64(prompt))
+	m.promptTokensHist.Observe(float64(prompt))
+	m.genTokensHist.Observe(float64(ev.NumOutputTokens))
+
+	em := ev.Metrics
+	arrival := em.ArrivalTime
+	if arrival.IsZero() {
+		arrival = rm.arrival
+	}
+	first := em.FirstTokenTime
+	if first.IsZero() {
+		first = rm.firstToken
+	}
+	finished := em.FinishedTime
+	if finished.IsZero() {
+		finished = now
+	}
+	if !first.IsZero() {
+		m.ttft.Observe(first.Sub(arrival).Seconds())
+	}
+	m.e2e.Observe(finished.Sub(arrival).Seconds())
+	if sched := em.FirstScheduledTime; !sched.IsZero() {
+		m.queue.Observe(sched.Sub(arrival).Seconds())
+		m.inference.Observe(finished.Sub(sched).Seconds())
+		if !first.IsZero() {
+			m.prefill.Observe(first.Sub(sched).Seconds())
+		}
+	}
+	if !first.IsZero() {
+		m.decode.Observe(finished.Sub(first).Seconds())
+	}
+}
+
+// statsCollector turns Engine.Stats into gauges and counters at scrape time.
+type statsCollector struct {
+	eng                                  Engine
+	running, waiting, kvUsage, gpuUsage  *prometheus.Desc
+	prefixQueries, prefixHits, preempted *prometheus.Desc
+}
+
+func newStatsCollector(eng Engine, labels prometheus.Labels) *statsCollector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, labels) }
+	return &statsCollector{
+		eng:           eng,
+		running:       d("vllm:num_requests_running", "Number of requests in model execution batches."),
+		waiting:       d("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+		kvUsage:       d("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+		gpuUsage:      d("vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage (deprecated name of vllm:kv_cache_usage_perc)."),
+		prefixQueries: d("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens."),
+		prefixHits:    d("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens."),
+		preempted:     d("vllm:num_preemptions_total", "Cumulative number of preemptions from the engine."),
+	}
+}
+
+func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.gpuUsage, c.prefixQueries, c.prefixHits, c.preempted} {
+		ch <- d
+	}
+}
+
+func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.eng.Stats()
+	ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(st.NumRunning))
+	ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(st.NumWaiting))
+	ch <- prometheus.MustNewConstMetric(c.kvUsage, prometheus.GaugeValue, st.KVCacheUsage)
+	ch <- prometheus.MustNewConstMetric(c.gpuUsage, prometheus.GaugeValue, st.KVCacheUsage)
+	ch <- prometheus.MustNewConstMetric(c.prefixQueries, prometheus.CounterValue, float64(st.PrefixCacheQueries))
+	ch <- prometheus.MustNewConstMetric(c.prefixHits, prometheus.CounterValue, float64(st.PrefixCacheHits))
+	ch <- prometheus.MustNewConstMetric(c.preempted, prometheus.CounterValue, float64(st.NumPreemptions))
+}

@@ -1,0 +1,498 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+)
+
+// Server serves the OpenAI-compatible HTTP API, /metrics and the gRPC API over one Engine
+// and Tokenizer. Create it with New and run it with Serve.
+type Server struct {
+	cfg       Config
+	eng       Engine
+	tok       Tokenizer
+	log       *slog.Logger
+	modelName string
+	created   int64
+
+	metrics *metrics
+	handler http.Handler
+	grpc    *grpc.Server
+	health  *health.Server
+
+	// hardCtx is the parent of every request's context; cancelling it aborts whatever is
+	// still running when the shutdown timeout expires.
+	hardCtx    context.Context
+	hardCancel context.CancelFunc
+
+	shuttingDown atomic.Bool
+	inflight     atomic.Int64 // HTTP and gRPC handlers running
+	served       atomic.Bool
+
+	// live maps gRPC request ids to their cancel functions (for Abort).
+	liveMu sync.Mutex
+	live   map[string]context.CancelFunc
+
+	ready    chan struct{}
+	addrMu   sync.Mutex
+	httpAddr net.Addr
+	grpcAddr net.Addr
+}
+
+var ginModeOnce sync.Once
+
+// New checks cfg and builds a Server; it does not listen yet.
+func New(cfg Config, eng Engine, tok Tokenizer) (*Server, error) {
+	if eng == nil {
+		return nil, errors.New("server: New: nil Engine")
+	}
+	if tok == nil {
+		return nil, errors.New("server: New: nil Tokenizer")
+	}
+	cfg, err := cfg.withDefaults(tok)
+	if err != nil {
+		return nil, fmt.Errorf("server: invalid config: %w", err)
+	}
+	ginModeOnce.Do(func() { gin.SetMode(gin.ReleaseMode) })
+	s := &Server{
+		cfg:       cfg,
+		eng:       eng,
+		tok:       tok,
+		log:       cfg.Logger,
+		modelName: cfg.ServedModelNames[0],
+		created:   time.Now().Unix(),
+		live:      make(map[string]context.CancelFunc),
+		ready:     make(chan struct{}),
+	}
+	s.hardCtx, s.hardCancel = context.WithCancel(context.Background())
+	s.metrics = newMetrics(s.modelName, eng)
+	s.handler = s.routes()
+	s.grpc, s.health = s.newGRPC()
+	return s, nil
+}
+
+// Handler is the HTTP handler (for tests and embedding); Serve uses it.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Ready is closed once Serve listens; HTTPAddr and GRPCAddr are valid after it.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// HTTPAddr is the address HTTP listens on (nil before Ready).
+func (s *Server) HTTPAddr() net.Addr {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	return s.httpAddr
+}
+
+// GRPCAddr is the address gRPC listens on (nil before Ready or when gRPC is off).
+func (s *Server) GRPCAddr() net.Addr {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	return s.grpcAddr
+}
+
+// Serve listens for HTTP and gRPC and serves until ctx is cancelled or a listener fails.
+// On cancellation it shuts down gracefully: listeners close at once, in-flight requests may
+// finish within Config.ShutdownTimeout, then the rest are aborted (streams end with
+// finish_reason "abort", waiting non-streaming requests get 503). It returns nil after a
+// shutdown that ctx asked for. Serve may be called once.
+func (s *Server) Serve(ctx context.Context) error {
+	if !s.served.CompareAndSwap(false, true) {
+		return errors.New("server: Serve called twice")
+	}
+	defer s.hardCancel()
+	hl, gl, err := s.listen()
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return s.hardCtx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- ignoreClosed(hs.Serve(hl)) }()
+	if gl != nil {
+		go func() { errc <- s.grpc.Serve(gl) }()
+	} else {
+		errc <- nil
+	}
+	s.addrMu.Lock()
+	s.httpAddr = hl.Addr()
+	if gl != nil {
+		s.grpcAddr = gl.Addr()
+	}
+	s.addrMu.Unlock()
+	close(s.ready)
+	attrs := []any{"http", hl.Addr().String(), "model", s.modelName}
+	if gl != nil {
+		attrs = append(attrs, "grpc", gl.Addr().String())
+	}
+	s.log.Info("server listening", attrs...)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		if serveErr != nil {
+			serveErr = fmt.Errorf("server: serve: %w", serveErr)
+		}
+	}
+	s.shutdown(hs, gl != nil)
+	return serveErr
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) listen() (hl, gl net.Listener, err error) {
+	hl = s.cfg.HTTPListener
+	if hl == nil {
+		hl, err = net.Listen("tcp", net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port)))
+		if err != nil {
+			return nil, nil, fmt.Errorf("server: HTTP listen: %w", err)
+		}
+	}
+	gl = s.cfg.GRPCListener
+	if gl == nil && s.cfg.GRPCPort >= 0 {
+		gl, err = net.Listen("tcp", net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.GRPCPort)))
+		if err != nil {
+			hl.Close()
+			return nil, nil, fmt.Errorf("server: gRPC listen: %w", err)
+		}
+	}
+	return hl, gl, nil
+}
+
+// abortGrace is how long handlers get to write their final "abort" messages after the
+// shutdown timeout aborts them, before connections are closed.
+const abortGrace = 5 * time.Second
+
+func (s *Server) shutdown(hs *http.Server, withGRPC bool) {
+	start := time.Now()
+	s.shuttingDown.Store(true)
+	s.health.Shutdown()
+	s.log.Info("server shutting down", "in_flight", s.inflight.Load(), "timeout", s.cfg.ShutdownTimeout)
+
+	sdCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	grpcDone := make(chan struct{})
+	go func() {
+		if withGRPC {
+			s.grpc.GracefulStop()
+		}
+		close(grpcDone)
+	}()
+	httpErr := hs.Shutdown(sdCtx)
+	select {
+	case <-grpcDone:
+	case <-sdCtx.Done():
+	}
+	if httpErr != nil || sdCtx.Err() != nil {
+		// Timeout: abort what is left and give the handlers a moment to say so.
+		s.log.Warn("shutdown timeout: aborting in-flight requests", "in_flight", s.inflight.Load())
+		s.hardCancel()
+		deadline := time.Now().Add(abortGrace)
+		for s.inflight.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		hs.Close()
+		s.grpc.Stop()
+		<-grpcDone
+	}
+	s.log.Info("server stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// routes builds the gin router.
+func (s *Server) routes() http.Handler {
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	r.Use(s.recovery, s.track)
+	r.NoRoute(func(c *gin.Context) {
+		s.writeError(c, &APIError{Status: http.StatusNotFound, Type: typeNotFound, Code: codeNotFound,
+			Message: fmt.Sprintf("no route for %s %s", c.Request.Method, truncate(c.Request.URL.Path, 200))})
+	})
+	r.NoMethod(func(c *gin.Context) {
+		s.writeError(c, &APIError{Status: http.StatusMethodNotAllowed, Type: typeInvalidRequest, Code: codeMethodNotAllowed,
+			Message: fmt.Sprintf("method %s is not allowed on %s", c.Request.Method, truncate(c.Request.URL.Path, 200))})
+	})
+
+	r.GET("/health", s.handleHealth)
+	r.GET("/ping", s.handleHealth)
+	r.GET("/version", func(c *gin.Context) { s.writeJSON(c, http.StatusOK, map[string]string{"version": s.cfg.Version}) })
+	metricsHandler := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
+	r.GET("/metrics", gin.WrapH(metricsHandler))
+	r.POST("/tokenize", s.limitBody, s.handleTokenize)
+	r.POST("/detokenize", s.limitBody, s.handleDetokenize)
+
+	v1 := r.Group("/v1", s.auth)
+	v1.GET("/models", s.handleModels)
+	v1.GET("/models/:model", s.handleModel)
+	v1.POST("/completions", s.limitBody, s.handleCompletions)
+	v1.POST("/chat/completions", s.limitBody, s.handleChat)
+	return r
+}
+
+// recovery turns a handler panic into a 500 that says nothing about the cause.
+func (s *Server) recovery(c *gin.Context) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			s.log.Error("handler panic", "path", c.Request.URL.Path, "panic", p, "stack", string(debug.Stack()))
+			if !c.Writer.Written() {
+				s.writeError(c, internalError("", fmt.Errorf("panic: %v", p)))
+			}
+			c.Abort()
+		}
+	}()
+	c.Next()
+}
+
+// track counts in-flight handlers, so that shutdown knows when they are done.
+func (s *Server) track(c *gin.Context) {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	c.Next()
+}
+
+// auth checks the Bearer API key on /v1/*.
+func (s *Server) auth(c *gin.Context) {
+	if s.cfg.APIKey == "" {
+		return
+	}
+	got, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.cfg.APIKey)) != 1 {
+		c.Header("WWW-Authenticate", `Bearer realm="tpuserve"`)
+		s.writeError(c, &APIError{Status: http.StatusUnauthorized, Type: typeAuthentication, Code: codeInvalidAPIKey,
+			Message: "missing or incorrect API key; send it as 'Authorization: Bearer <key>'"})
+		c.Abort()
+	}
+}
+
+// limitBody reads the whole body (at most MaxRequestBodyBytes, else 413) into the context.
+func (s *Server) limitBody(c *gin.Context) {
+	limit := s.cfg.MaxRequestBodyBytes
+	tooLarge := &APIError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: codeTooLarge,
+		Message: fmt.Sprintf("the request body is larger than the limit of %d bytes", limit)}
+	if c.Request.ContentLength > limit {
+		s.writeError(c, tooLarge)
+		c.Abort()
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.writeError(c, tooLarge)
+		} else {
+			s.writeError(c, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
+				Message: "could not read the request body"})
+		}
+		c.Abort()
+		return
+	}
+	c.Set(bodyKey, body)
+}
+
+const bodyKey = "tpuserve.body"
+
+func requestBody(c *gin.Context) []byte {
+	b, _ := c.Get(bodyKey)
+	body, _ := b.([]byte)
+	return body
+}
+
+// writeJSON writes v without HTML escaping ("<bos>" stays readable).
+func (s *Server) writeJSON(c *gin.Context, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		s.log.Error("encode response", "err", err)
+		status, buf = http.StatusInternalServerError, bytes.Buffer{}
+		_ = json.NewEncoder(&buf).Encode(internalError("", err).body())
+	}
+	c.Data(status, "application/json", buf.Bytes())
+}
+
+// writeError answers with OpenAI's error object; 5xx causes go to the log only.
+func (s *Server) writeError(c *gin.Context, e *APIError) {
+	if e.Status >= 500 {
+		s.log.Error("request failed", "path", c.Request.URL.Path, "status", e.Status, "err", e.cause)
+	} else {
+		s.log.Debug("request rejected", "path", c.Request.URL.Path, "status", e.Status, "code", e.Code, "param", e.Param, "msg", e.Message)
+	}
+	if e.RetryAfter > 0 {
+		c.Header("Retry-After", e.retryAfterHeader())
+	}
+	s.writeJSON(c, e.Status, e.body())
+}
+
+// healthErr is nil while the server takes work.
+func (s *Server) healthErr() error {
+	if s.shuttingDown.Load() {
+		return ErrShuttingDown
+	}
+	if hc, ok := s.eng.(HealthChecker); ok {
+		if err := hc.Health(); err != nil {
+			return fmt.Errorf("engine unhealthy: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) handleHealth(c *gin.Context) {
+	if err := s.healthErr(); err != nil {
+		s.log.Warn("health check failed", "err", err)
+		c.Status(http.StatusServiceUnavailable)
+		return
+	}
+	c.Status(http.StatusOK)
+}
+
+func (s *Server) modelCards() []modelCard {
+	cards := make([]modelCard, 0, len(s.cfg.ServedModelNames))
+	root := s.cfg.ModelRoot
+	if root == "" {
+		root = s.modelName
+	}
+	for _, name := range s.cfg.ServedModelNames {
+		cards = append(cards, modelCard{
+			ID: name, Object: "model", Created: s.created, OwnedBy: "tpuserve", Root: root,
+			MaxModelLen: s.cfg.MaxModelLen,
+			Permission: []modelPermission{{ID: "modelperm-" + name, Object: "model_permission", Created: s.created,
+				AllowSampling: true, AllowLogprobs: true, AllowView: true, Organization: "*"}},
+		})
+	}
+	return cards
+}
+
+func (s *Server) handleModels(c *gin.Context) {
+	s.writeJSON(c, http.StatusOK, modelList{Object: "list", Data: s.modelCards()})
+}
+
+func (s *Server) handleModel(c *gin.Context) {
+	name := c.Param("model")
+	for _, card := range s.modelCards() {
+		if card.ID == name {
+			s.writeJSON(c, http.StatusOK, card)
+			return
+		}
+	}
+	_, e := s.checkModel(name)
+	s.writeError(c, e)
+}
+
+func (s *Server) handleTokenize(c *gin.Context) {
+	var req tokenizeRequest
+	if e := decodeJSON(requestBody(c), &req); e != nil {
+		s.writeError(c, e)
+		return
+	}
+	if _, e := s.checkModel(req.Model); e != nil {
+		s.writeError(c, e)
+		return
+	}
+	var ids []int32
+	switch {
+	case req.Messages != nil && req.Prompt != nil:
+		s.writeError(c, badParam("prompt", "give either prompt or messages, not both"))
+		return
+	case req.Prompt != nil:
+		add := true
+		if req.AddSpecialTokens != nil {
+			add = *req.AddSpecialTokens
+		}
+		ids = s.tok.Encode(*req.Prompt, add)
+	case req.Messages != nil:
+		msgs, e := convertMessages(req.Messages)
+		if e != nil {
+			s.writeError(c, e)
+			return
+		}
+		addGen := true
+		if req.AddGenerationPrompt != nil {
+			addGen = *req.AddGenerationPrompt
+		}
+		text, err := s.tok.ApplyChatTemplate(msgs, addGen)
+		if err != nil {
+			s.writeError(c, badParam("messages", "messages cannot be rendered with the chat template: %v", err))
+			return
+		}
+		add := false
+		if req.AddSpecialTokens != nil {
+			add = *req.AddSpecialTokens
+		}
+		ids = s.tok.Encode(text, add)
+	default:
+		s.writeError(c, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "prompt",
+			Message: "prompt (a string) or messages is required"})
+		return
+	}
+	resp := tokenizeResponse{Count: len(ids), MaxModelLen: s.cfg.MaxModelLen, Tokens: ids}
+	if resp.Tokens == nil {
+		resp.Tokens = []int32{}
+	}
+	if req.ReturnTokenStrs {
+		resp.TokenStrs = make([]string, len(ids))
+		for i, id := range ids {
+			resp.TokenStrs[i] = s.tokenText(id, false)
+		}
+	}
+	s.writeJSON(c, http.StatusOK, resp)
+}
+
+func (s *Server) handleDetokenize(c *gin.Context) {
+	var req detokenizeRequest
+	if e := decodeJSON(requestBody(c), &req); e != nil {
+		s.writeError(c, e)
+		return
+	}
+	if _, e := s.checkModel(req.Model); e != nil {
+		s.writeError(c, e)
+		return
+	}
+	if len(bytes.TrimSpace(req.Tokens)) == 0 || string(bytes.TrimSpace(req.Tokens)) == "null" {
+		s.writeError(c, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "tokens",
+			Message: "tokens is required"})
+		return
+	}
+	ids, e := s.parseTokenIDs("tokens", req.Tokens)
+	if e != nil {
+		s.writeError(c, e)
+		return
+	}
+	text, err := s.tok.Decode(ids, false)
+	if err != nil {
+		s.writeError(c, badParam("tokens", "tokens cannot be decoded: %v", err))
+		return
+	}
+	s.writeJSON(c, http.StatusOK, detokenizeResponse{Prompt: text})
+}

@@ -1,0 +1,63 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+)
+
+// sseWriter writes server-sent events ("data: {json}\n\n") into a buffer that flush sends;
+// the stream handlers flush only when no further event is ready, so a busy stream sends
+// several chunks per write.
+type sseWriter struct {
+	w   gin.ResponseWriter
+	buf bytes.Buffer
+	enc *json.Encoder
+	err error // first write error (the client is gone); later writes are skipped
+}
+
+func startSSE(c *gin.Context) *sseWriter {
+	h := c.Writer.Header()
+	h.Set("Content-Type", "text/event-stream; charset=utf-8")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no")
+	c.Writer.WriteHeader(http.StatusOK)
+	w := &sseWriter{w: c.Writer}
+	w.enc = json.NewEncoder(&w.buf)
+	w.enc.SetEscapeHTML(false)
+	return w
+}
+
+func (w *sseWriter) data(v any) {
+	if w.err != nil {
+		return
+	}
+	w.buf.WriteString("data: ")
+	if err := w.enc.Encode(v); err != nil { // Encode ends the line with '\n'
+		w.err = err
+		return
+	}
+	w.buf.WriteByte('\n')
+}
+
+func (w *sseWriter) done() {
+	if w.err == nil {
+		w.buf.WriteString("data: [DONE]\n\n")
+	}
+}
+
+func (w *sseWriter) flush() {
+	if w.err != nil || w.buf.Len() == 0 {
+		w.buf.Reset()
+		return
+	}
+	if _, err := w.w.Write(w.buf.Bytes()); err != nil {
+		w.err = err
+	} else {
+		w.w.Flush()
+	}
+	w.buf.Reset()
+}

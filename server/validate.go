@@ -1,0 +1,631 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/tpuserve/tpuserve/engine"
+)
+
+// genPlan is a validated generation request, ready to become engine requests.
+type genPlan struct {
+	id      string
+	created int64
+	model   string
+	prompts []promptIn
+	n       int
+	// params is shared by every choice; MaxTokens is per prompt (promptIn.maxTokens) and
+	// Seed is derived per choice.
+	params engine.SamplingParams
+	// logprobs is how many top alternatives to report per token; -1 = no logprobs.
+	logprobs        int
+	returnTokenIDs  bool
+	stream          bool
+	includeUsage    bool
+	continuousUsage bool
+	echo            bool
+	priority        int
+}
+
+// promptIn is one prompt: its token ids, the text echo prepends, and the max_tokens it
+// gets after the length checks.
+type promptIn struct {
+	ids       []int32
+	echoText  string
+	maxTokens int
+}
+
+// decodeJSON decodes a request body into v; malformed JSON and wrong types are 400s that
+// name the field.
+func decodeJSON(body []byte, v any) *APIError {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
+			Message: "the request body is empty; expected a JSON object"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			field := jsonFieldPath(te.Field)
+			return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: field,
+				Message: fmt.Sprintf("invalid type for '%s': expected %s, got %s", field, describeGoType(te.Type.String()), te.Value)}
+		}
+		if te != nil {
+			return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
+				Message: fmt.Sprintf("the request body must be a JSON object, got %s", te.Value)}
+		}
+		return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
+			Message: "malformed JSON in the request body: " + strings.TrimPrefix(err.Error(), "json: ")}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
+			Message: "malformed JSON in the request body: unexpected data after the top-level object"}
+	}
+	return nil
+}
+
+// jsonFieldPath drops the Go name of the embedded struct from a json error's field path.
+func jsonFieldPath(f string) string {
+	return strings.ReplaceAll(f, "samplingFields.", "")
+}
+
+func describeGoType(t string) string {
+	t = strings.TrimLeft(t, "*")
+	switch {
+	case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"):
+		return "an integer"
+	case strings.HasPrefix(t, "float"):
+		return "a number"
+	case t == "bool":
+		return "a boolean"
+	case t == "string":
+		return "a string"
+	case strings.HasPrefix(t, "[]"):
+		return "an array"
+	default:
+		return "an object"
+	}
+}
+
+func finiteIn(name string, v *float64, lo, hi float64, loOpen bool, into *float32) *APIError {
+	if v == nil {
+		return nil
+	}
+	x := *v
+	if math.IsNaN(x) || math.IsInf(x, 0) || x > hi || x < lo || (loOpen && x == lo) {
+		lb := "["
+		if loOpen {
+			lb = "("
+		}
+		return badParam(name, "%s must be in %s%g, %g], got %g", name, lb, lo, hi, x)
+	}
+	*into = float32(x)
+	return nil
+}
+
+// samplingParams validates the parameters both generation endpoints share. maxTokens is
+// the explicit max_tokens (nil when absent); the caller resolves it against the prompt.
+func (s *Server) samplingParams(f *samplingFields) (p engine.SamplingParams, n int, apiErr *APIError) {
+	p = engine.DefaultSamplingParams()
+	if e := finiteIn("temperature", f.Temperature, 0, 2, false, &p.Temperature); e != nil {
+		return p, 0, e
+	}
+	if e := finiteIn("top_p", f.TopP, 0, 1, true, &p.TopP); e != nil {
+		return p, 0, e
+	}
+	if e := finiteIn("min_p", f.MinP, 0, 1, false, &p.MinP); e != nil {
+		return p, 0, e
+	}
+	if e := finiteIn("presence_penalty", f.PresencePenalty, -2, 2, false, &p.PresencePenalty); e != nil {
+		return p, 0, e
+	}
+	if e := finiteIn("frequency_penalty", f.FrequencyPenalty, -2, 2, false, &p.FrequencyPenalty); e != nil {
+		return p, 0, e
+	}
+	if e := finiteIn("repetition_penalty", f.RepetitionPenalty, 0, math.MaxFloat32, true, &p.RepetitionPenalty); e != nil {
+		return p, 0, e
+	}
+	if f.TopK != nil {
+		k := *f.TopK
+		if k < -1 || k > s.cfg.VocabSize {
+			return p, 0, badParam("top_k", "top_k must be -1 or 0 (off) or in [1, %d], got %d", s.cfg.VocabSize, k)
+		}
+		p.TopK = k
+	}
+	n = 1
+	if f.N != nil {
+		n = *f.N
+		if n < 1 || n > maxN {
+			return p, 0, badParam("n", "n must be in [1, %d], got %d", maxN, n)
+		}
+	}
+	if f.BestOf != nil && *f.BestOf != n {
+		return p, 0, unsupported("best_of", "best_of is not supported (it must be absent or equal to n=%d), got %d", n, *f.BestOf)
+	}
+	if f.MaxTokens != nil && *f.MaxTokens < 1 {
+		return p, 0, badParam("max_tokens", "max_tokens must be at least 1, got %d", *f.MaxTokens)
+	}
+	if f.MinTokens != nil {
+		if *f.MinTokens < 0 {
+			return p, 0, badParam("min_tokens", "min_tokens must be at least 0, got %d", *f.MinTokens)
+		}
+		p.MinTokens = *f.MinTokens
+	}
+	if f.Seed != nil {
+		sd := *f.Seed
+		p.Seed = &sd
+	}
+	stops, e := parseStop(f.Stop)
+	if e != nil {
+		return p, 0, e
+	}
+	p.Stop = stops
+	for i, id := range f.StopTokenIDs {
+		if id < 0 || id >= int64(s.cfg.VocabSize) {
+			return p, 0, badParam(fmt.Sprintf("stop_token_ids[%d]", i), "stop_token_ids[%d] = %d is outside the vocabulary [0, %d)", i, id, s.cfg.VocabSize)
+		}
+		p.StopTokenIDs = append(p.StopTokenIDs, int32(id))
+	}
+	p.IgnoreEOS = f.IgnoreEOS
+	p.IncludeStopStrInOutput = f.IncludeStopStrInOutput
+	if f.SkipSpecialTokens != nil {
+		p.SkipSpecialTokens = *f.SkipSpecialTokens
+	}
+	if len(f.LogitBias) > 0 {
+		return p, 0, unsupported("logit_bias", "logit_bias is not supported")
+	}
+	if f.ResponseFormat != nil && f.ResponseFormat.Type != "" && f.ResponseFormat.Type != "text" {
+		return p, 0, unsupported("response_format", "response_format type %q is not supported; only \"text\" is", f.ResponseFormat.Type)
+	}
+	if f.PromptLogprobs != nil {
+		return p, 0, unsupported("prompt_logprobs", "prompt_logprobs is not supported")
+	}
+	if f.StreamOptions != nil && !f.Stream {
+		return p, 0, badParam("stream_options", "stream_options can only be set when stream is true")
+	}
+	if f.TruncatePromptTokens != nil {
+		if t := *f.TruncatePromptTokens; t != -1 && (t < 1 || t > s.cfg.MaxModelLen) {
+			return p, 0, badParam("truncate_prompt_tokens", "truncate_prompt_tokens must be -1 or in [1, %d], got %d", s.cfg.MaxModelLen, t)
+		}
+	}
+	return p, n, nil
+}
+
+// parseStop accepts null, a string or an array of strings; empty strings are refused.
+func parseStop(raw json.RawMessage) ([]string, *APIError) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		if one == "" {
+			return nil, badParam("stop", "stop must not be an empty string")
+		}
+		return []string{one}, nil
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err != nil {
+		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: "stop",
+			Message: "stop must be a string or an array of strings"}
+	}
+	for i, st := range many {
+		if st == "" {
+			return nil, badParam(fmt.Sprintf("stop[%d]", i), "stop[%d] must not be an empty string", i)
+		}
+	}
+	return many, nil
+}
+
+// parseTokenIDs decodes an array of token ids, each an integer in [0, vocab).
+func (s *Server) parseTokenIDs(param string, raw json.RawMessage) ([]int32, *APIError) {
+	var elems []json.RawMessage
+	if err := json.Unmarshal(raw, &elems); err != nil {
+		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: param,
+			Message: param + " must be an array of token ids"}
+	}
+	ids := make([]int32, len(elems))
+	for i, el := range elems {
+		v, err := strconv.ParseInt(string(bytes.TrimSpace(el)), 10, 64)
+		if err != nil {
+			return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType,
+				Param: fmt.Sprintf("%s[%d]", param, i), Message: fmt.Sprintf("%s[%d] must be an integer token id, got %s", param, i, truncate(string(el), 40))}
+		}
+		if v < 0 || v >= int64(s.cfg.VocabSize) {
+			return nil, badParam(fmt.Sprintf("%s[%d]", param, i), "token id %d in %s[%d] is outside the vocabulary [0, %d)", v, param, i, s.cfg.VocabSize)
+		}
+		ids[i] = int32(v)
+	}
+	return ids, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// parsePrompt decodes /v1/completions' prompt: a string, [string], [int] or [[int]].
+func (s *Server) parsePrompt(raw json.RawMessage, addSpecial bool) ([]promptIn, *APIError) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "prompt", Message: "prompt is required"}
+	}
+	wrongType := &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: "prompt",
+		Message: "prompt must be a string, an array of strings, an array of token ids or an array of arrays of token ids"}
+	encode := func(param, text string) (promptIn, *APIError) {
+		ids := s.tok.Encode(text, addSpecial)
+		if len(ids) == 0 {
+			return promptIn{}, badParam(param, "%s must not be empty", param)
+		}
+		return promptIn{ids: ids, echoText: text}, nil
+	}
+	fromIDs := func(param string, raw json.RawMessage) (promptIn, *APIError) {
+		ids, e := s.parseTokenIDs(param, raw)
+		if e != nil {
+			return promptIn{}, e
+		}
+		if len(ids) == 0 {
+			return promptIn{}, badParam(param, "%s must not be empty", param)
+		}
+		text, err := s.tok.Decode(ids, false)
+		if err != nil {
+			return promptIn{}, badParam(param, "%s cannot be decoded: %v", param, err)
+		}
+		return promptIn{ids: ids, echoText: text}, nil
+	}
+	switch raw[0] {
+	case '"':
+		var text string
+		if err := json.Unmarshal(raw, &text); err != nil {
+			return nil, wrongType
+		}
+		p, e := encode("prompt", text)
+		if e != nil {
+			return nil, e
+		}
+		return []promptIn{p}, nil
+	case '[':
+		var elems []json.RawMessage
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return nil, wrongType
+		}
+		if len(elems) == 0 {
+			return nil, badParam("prompt", "prompt must not be empty")
+		}
+		switch first := bytes.TrimSpace(elems[0]); {
+		case len(first) > 0 && (first[0] == '-' || (first[0] >= '0' && first[0] <= '9')):
+			p, e := fromIDs("prompt", raw)
+			if e != nil {
+				return nil, e
+			}
+			return []promptIn{p}, nil
+		case len(first) > 0 && first[0] == '"':
+			if len(elems) > maxChoices {
+				return nil, badParam("prompt", "at most %d prompts per request, got %d", maxChoices, len(elems))
+			}
+			out := make([]promptIn, len(elems))
+			for i, el := range elems {
+				param := fmt.Sprintf("prompt[%d]", i)
+				var text string
+				if err := json.Unmarshal(el, &text); err != nil {
+					return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: param,
+						Message: param + " must be a string like the other prompts"}
+				}
+				p, e := encode(param, text)
+				if e != nil {
+					return nil, e
+				}
+				out[i] = p
+			}
+			return out, nil
+		case len(first) > 0 && first[0] == '[':
+			if len(elems) > maxChoices {
+				return nil, badParam("prompt", "at most %d prompts per request, got %d", maxChoices, len(elems))
+			}
+			out := make([]promptIn, len(elems))
+			for i, el := range elems {
+				p, e := fromIDs(fmt.Sprintf("prompt[%d]", i), el)
+				if e != nil {
+					return nil, e
+				}
+				out[i] = p
+			}
+			return out, nil
+		}
+	}
+	return nil, wrongType
+}
+
+// resolveLengths truncates prompts (truncate_prompt_tokens), checks them against
+// max_model_len and settles each prompt's max_tokens: an explicit max_tokens that does not
+// fit is an error with the counts; the default is defaultMax (0 = all the room left),
+// capped by the room left.
+func (s *Server) resolveLengths(prompts []promptIn, truncateTo *int, explicit *int, maxParam string, defaultMax int, minTokens int, promptParam string) *APIError {
+	maxLen := s.cfg.MaxModelLen
+	for i := range prompts {
+		pr := &prompts[i]
+		if truncateTo != nil {
+			k := *truncateTo
+			if k == -1 {
+				k = maxLen
+			}
+			if len(pr.ids) > k {
+				pr.ids = pr.ids[len(pr.ids)-k:]
+			}
+		}
+		n := len(pr.ids)
+		if n >= maxLen {
+			return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeContextLength, Param: promptParam,
+				Message: fmt.Sprintf("This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input.", maxLen, n)}
+		}
+		room := maxLen - n
+		if explicit != nil {
+			if *explicit > room {
+				return &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeContextLength, Param: maxParam,
+					Message: fmt.Sprintf("This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the input, %d in the completion). Please reduce the length of the input or completion.", maxLen, n+*explicit, n, *explicit)}
+			}
+			pr.maxTokens = *explicit
+		} else {
+			pr.maxTokens = room
+			if defaultMax > 0 && defaultMax < room {
+				pr.maxTokens = defaultMax
+			}
+		}
+		if minTokens > pr.maxTokens {
+			return badParam("min_tokens", "min_tokens (%d) must not exceed max_tokens (%d)", minTokens, pr.maxTokens)
+		}
+	}
+	return nil
+}
+
+// checkModel answers 404 for a model this server does not serve; "" means the default.
+func (s *Server) checkModel(name string) (string, *APIError) {
+	if name == "" {
+		return s.modelName, nil
+	}
+	for _, n := range s.cfg.ServedModelNames {
+		if n == name {
+			return name, nil
+		}
+	}
+	return "", &APIError{Status: http.StatusNotFound, Type: typeNotFound, Code: codeModelNotFound, Param: "model",
+		Message: fmt.Sprintf("The model `%s` does not exist.", truncate(name, 200))}
+}
+
+// completionPlan validates a /v1/completions body.
+func (s *Server) completionPlan(body []byte) (*genPlan, *APIError) {
+	var req completionRequest
+	if e := decodeJSON(body, &req); e != nil {
+		return nil, e
+	}
+	model, e := s.checkModel(req.Model)
+	if e != nil {
+		return nil, e
+	}
+	params, n, e := s.samplingParams(&req.samplingFields)
+	if e != nil {
+		return nil, e
+	}
+	if req.Suffix != nil && *req.Suffix != "" {
+		return nil, unsupported("suffix", "suffix is not supported")
+	}
+	plan := &genPlan{model: model, n: n, logprobs: -1, stream: req.Stream, echo: req.Echo,
+		returnTokenIDs: req.ReturnTokensAsTokenIDs, priority: req.Priority}
+	if req.Logprobs != nil {
+		k := *req.Logprobs
+		if k < 0 || k > s.cfg.MaxLogprobs {
+			return nil, badParam("logprobs", "logprobs must be in [0, %d], got %d", s.cfg.MaxLogprobs, k)
+		}
+		if req.Echo {
+			return nil, unsupported("echo", "echo together with logprobs needs prompt logprobs, which this server does not support")
+		}
+		plan.logprobs = k
+		params.Logprobs = &k
+	}
+	if req.StreamOptions != nil {
+		plan.includeUsage = req.StreamOptions.IncludeUsage
+		plan.continuousUsage = req.StreamOptions.ContinuousUsageStats
+	}
+	addSpecial := true
+	if req.AddSpecialTokens != nil {
+		addSpecial = *req.AddSpecialTokens
+	}
+	prompts, e := s.parsePrompt(req.Prompt, addSpecial)
+	if e != nil {
+		return nil, e
+	}
+	if len(prompts)*n > maxChoices {
+		return nil, badParam("n", "prompts × n must be at most %d, got %d × %d", maxChoices, len(prompts), n)
+	}
+	// OpenAI's and vLLM's default max_tokens for completions is 16.
+	if e := s.resolveLengths(prompts, req.TruncatePromptTokens, req.MaxTokens, "max_tokens", 16, params.MinTokens, "prompt"); e != nil {
+		return nil, e
+	}
+	plan.prompts = prompts
+	plan.params = params
+	plan.id = newRequestID("cmpl-")
+	return plan, nil
+}
+
+// chatPlan validates a /v1/chat/completions body; echoText of its one prompt is the text
+// that echo prepends (the last message's content when it is the assistant's).
+func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
+	var req chatRequest
+	if e := decodeJSON(body, &req); e != nil {
+		return nil, e
+	}
+	model, e := s.checkModel(req.Model)
+	if e != nil {
+		return nil, e
+	}
+	if req.MaxCompletionTokens != nil {
+		if *req.MaxCompletionTokens < 1 {
+			return nil, badParam("max_completion_tokens", "max_completion_tokens must be at least 1, got %d", *req.MaxCompletionTokens)
+		}
+	}
+	params, n, e := s.samplingParams(&req.samplingFields)
+	if e != nil {
+		return nil, e
+	}
+	plan := &genPlan{model: model, n: n, logprobs: -1, stream: req.Stream,
+		returnTokenIDs: req.ReturnTokensAsTokenIDs, priority: req.Priority}
+	if req.TopLogprobs != nil {
+		k := *req.TopLogprobs
+		if k < 0 || k > s.cfg.MaxLogprobs {
+			return nil, badParam("top_logprobs", "top_logprobs must be in [0, %d], got %d", s.cfg.MaxLogprobs, k)
+		}
+		if k > 0 && !req.Logprobs {
+			return nil, badParam("top_logprobs", "top_logprobs needs logprobs set to true")
+		}
+	}
+	if req.Logprobs {
+		k := 0
+		if req.TopLogprobs != nil {
+			k = *req.TopLogprobs
+		}
+		plan.logprobs = k
+		params.Logprobs = &k
+	}
+	if req.StreamOptions != nil {
+		plan.includeUsage = req.StreamOptions.IncludeUsage
+		plan.continuousUsage = req.StreamOptions.ContinuousUsageStats
+	}
+	if req.ChatTemplate != nil {
+		return nil, unsupported("chat_template", "a custom chat_template is not supported; the model's template is used")
+	}
+	if req.ContinueFinalMessage {
+		return nil, unsupported("continue_final_message", "continue_final_message is not supported")
+	}
+	if hasElements(req.Tools) && !isJSONString(req.ToolChoice, "none") {
+		return nil, unsupported("tools", "tool calling is not supported")
+	}
+	msgs, e := convertMessages(req.Messages)
+	if e != nil {
+		return nil, e
+	}
+	addGen := true
+	if req.AddGenerationPrompt != nil {
+		addGen = *req.AddGenerationPrompt
+	}
+	rendered, err := s.tok.ApplyChatTemplate(msgs, addGen)
+	if err != nil {
+		return nil, badParam("messages", "messages cannot be rendered with the chat template: %v", err)
+	}
+	ids := s.tok.Encode(rendered, req.AddSpecialTokens)
+	if len(ids) == 0 {
+		return nil, badParam("messages", "messages render to an empty prompt")
+	}
+	pr := promptIn{ids: ids}
+	if req.Echo {
+		if last := msgs[len(msgs)-1]; last.Role == "assistant" {
+			pr.echoText = messageText(last)
+		}
+	}
+	prompts := []promptIn{pr}
+	explicit, maxParam := req.MaxTokens, "max_tokens"
+	if req.MaxCompletionTokens != nil {
+		explicit, maxParam = req.MaxCompletionTokens, "max_completion_tokens"
+	}
+	if e := s.resolveLengths(prompts, req.TruncatePromptTokens, explicit, maxParam, 0, params.MinTokens, "messages"); e != nil {
+		return nil, e
+	}
+	plan.echo = req.Echo
+	plan.prompts = prompts
+	plan.params = params
+	plan.id = newRequestID("chatcmpl-")
+	return plan, nil
+}
+
+func hasElements(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && string(raw) != "null" && string(raw) != "[]"
+}
+
+func isJSONString(raw json.RawMessage, want string) bool {
+	var s string
+	return json.Unmarshal(raw, &s) == nil && s == want
+}
+
+func messageText(m ChatMessage) string {
+	if m.Parts == nil {
+		return m.Content
+	}
+	var b strings.Builder
+	for _, p := range m.Parts {
+		b.WriteString(p.Text)
+	}
+	return b.String()
+}
+
+// convertMessages validates chat messages: known roles, text content only.
+func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
+	if len(in) == 0 {
+		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "messages",
+			Message: "messages must be a non-empty array"}
+	}
+	out := make([]ChatMessage, len(in))
+	for i, m := range in {
+		param := fmt.Sprintf("messages[%d]", i)
+		role := m.Role
+		switch role {
+		case "system", "user", "assistant":
+		case "developer":
+			role = "system"
+		case "":
+			return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: param + ".role",
+				Message: param + ".role is required"}
+		case "tool", "function":
+			return nil, unsupported(param+".role", "%s.role %q is not supported (no tool calling)", param, role)
+		default:
+			return nil, badParam(param+".role", "%s.role must be one of system, developer, user, assistant; got %q", param, truncate(role, 40))
+		}
+		if hasElements(m.ToolCalls) {
+			return nil, unsupported(param+".tool_calls", "%s.tool_calls is not supported", param)
+		}
+		msg := ChatMessage{Role: role}
+		content := bytes.TrimSpace(m.Content)
+		switch {
+		case len(content) == 0 || string(content) == "null":
+			if role != "assistant" {
+				return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: param + ".content",
+					Message: param + ".content is required"}
+			}
+		case content[0] == '"':
+			if err := json.Unmarshal(content, &msg.Content); err != nil {
+				return nil, badParam(param+".content", "%s.content is not a valid string", param)
+			}
+		case content[0] == '[':
+			var parts []contentPartIn
+			if err := json.Unmarshal(content, &parts); err != nil {
+				return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: param + ".content",
+					Message: param + ".content must be a string or an array of content parts"}
+			}
+			msg.Parts = make([]ContentPart, 0, len(parts))
+			for j, p := range parts {
+				pp := fmt.Sprintf("%s.content[%d]", param, j)
+				if p.Type != "text" {
+					return nil, unsupported(pp+".type", "%s.type %q is not supported; only \"text\" parts are", pp, truncate(p.Type, 40))
+				}
+				if p.Text == nil {
+					return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: pp + ".text",
+						Message: pp + ".text is required"}
+				}
+				msg.Parts = append(msg.Parts, ContentPart{Type: "text", Text: *p.Text})
+			}
+		default:
+			return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidType, Param: param + ".content",
+				Message: param + ".content must be a string or an array of content parts"}
+		}
+		out[i] = msg
+	}
+	return out, nil
+}

@@ -66,13 +66,13 @@ func TestToValidUTF8(t *testing.T) {
 		{"abc", "abc"},
 		{"\xff", "\uFFFD"},
 		{"a\xc3(b", "a\uFFFD(b"},
-		{"\xe4\xb8", "\uFFFD"},                    // one maximal subpart
-		{"\xed\xa0\x80", "\uFFFD\uFFFD\uFFFD"},    // surrogate: ED alone is the subpart
-		{"\xf0\x9f\x98", "\uFFFD"},                // truncated 4-byte
-		{"\xf0\x9f\x98\x80", "😀"},                 // valid
-		{"\xc0\xaf", "\uFFFD\uFFFD"},              // overlong lead is never valid
+		{"\xe4\xb8", "\uFFFD"},                           // one maximal subpart
+		{"\xed\xa0\x80", "\uFFFD\uFFFD\uFFFD"},           // surrogate: ED alone is the subpart
+		{"\xf0\x9f\x98", "\uFFFD"},                       // truncated 4-byte
+		{"\xf0\x9f\x98\x80", "😀"},                        // valid
+		{"\xc0\xaf", "\uFFFD\uFFFD"},                     // overlong lead is never valid
 		{"\xf4\x90\x80\x80", "\uFFFD\uFFFD\uFFFD\uFFFD"}, // beyond U+10FFFF
-		{"\xe0\x80\x80", "\uFFFD\uFFFD\uFFFD"},    // E0 needs A0..BF next
+		{"\xe0\x80\x80", "\uFFFD\uFFFD\uFFFD"},           // E0 needs A0..BF next
 		{"\xe4\xb8\xe4\xb8\x80", "\uFFFD一"},
 	}
 	for _, tt := range tests {

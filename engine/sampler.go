@@ -11,7 +11,7 @@ import (
 // combination is its own compiled program, so a batch of greedy requests never pays for
 // top-p bisection or top-20 logprobs.
 type samplerFeatures struct {
-	Penalties bool // presence/frequency/repetition penalties
+	Penalties bool // presence/frequency/repetition penalties and banned tokens (min_tokens)
 	Filters   bool // top-k, top-p, min-p
 	Logprobs  bool // chosen-token logprob and the top maxTopLogprobs alternatives
 }
@@ -33,7 +33,7 @@ const (
 func (f samplerFeatures) numInputs() int {
 	n := 3 // temperature, rng key, rng counter
 	if f.Penalties {
-		n += 5
+		n += 6
 	}
 	if f.Filters {
 		n += 3
@@ -56,6 +56,12 @@ type samplerRows struct {
 	// with the vocabulary size (a column that is dropped).
 	OutputTokens, PromptTokens []int32
 	L, Lp                      int
+	// Banned [N·Lb] are tokens that must not be sampled (EOS and stop tokens before
+	// min_tokens), padded with the vocabulary size.
+	Banned []int32
+	Lb     int
+	// The unpadded per-row lists that pad lays out into the three arrays above.
+	outLists, promptLists, bannedLists [][]int32
 }
 
 // inputs returns the program's extra inputs for rows, in the order buildSampler reads them.
@@ -73,6 +79,7 @@ func (r *samplerRows) inputs(f samplerFeatures) []any {
 			tensors.FromFlatDataAndDimensions(r.Repetition, n),
 			tensors.FromFlatDataAndDimensions(r.OutputTokens, n, r.L),
 			tensors.FromFlatDataAndDimensions(r.PromptTokens, n, r.Lp),
+			tensors.FromFlatDataAndDimensions(r.Banned, n, r.Lb),
 		)
 	}
 	if f.Filters {
@@ -107,8 +114,8 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 
 		if f.Penalties {
 			presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
-			outTok, promptTok := extra[next+3], extra[next+4]
-			next += 5
+			outTok, promptTok, banned := extra[next+3], extra[next+4], extra[next+5]
+			next += 6
 			outCounts := tokenCounts(outTok, N, V)
 			promptCounts := tokenCounts(promptTok, N, V)
 			seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
@@ -117,6 +124,8 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 			logits = Where(seen, penalized, logits)
 			logits = Sub(logits, Mul(InsertAxes(frequency, -1), outCounts))
 			logits = Sub(logits, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
+			isBanned := GreaterThan(tokenCounts(banned, N, V), ZerosLike(outCounts))
+			logits = Where(isBanned, BroadcastToDims(negInf, N, V), logits)
 		}
 		greedyTokens := ArgMax(logits, -1, dtypes.Int32)
 

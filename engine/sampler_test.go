@@ -43,7 +43,10 @@ func uniformRows(N int, temp float32, key uint32) *samplerRows {
 		r.Frequency = append(r.Frequency, 0)
 		r.Repetition = append(r.Repetition, 1)
 	}
-	r.L, r.Lp = 1, 1
+	r.L, r.Lp, r.Lb = 1, 1, 1
+	r.OutputTokens = make([]int32, N)
+	r.PromptTokens = make([]int32, N)
+	r.Banned = make([]int32, N)
 	return r
 }
 
@@ -249,11 +252,17 @@ func TestSamplerPenaltiesAndLogprobs(t *testing.T) {
 	// Output so far: token 0 twice; prompt: token 4. Token 15 is beyond the text vocabulary.
 	rows.OutputTokens, rows.L = []int32{0, 0, V, V}, 4
 	rows.PromptTokens, rows.Lp = []int32{4, V}, 2
+	rows.Banned, rows.Lb = []int32{V}, 1
 	f := samplerFeatures{Penalties: true, Logprobs: true}
 	out := runSampler(t, f, 15, logits, 1, V, rows)
 	// Host reference: token 0: 2/1.5 − 0.2·2 − 0.1 = 0.8333; token 4: 1.95/1.5 = 1.3; token 1: 1.9.
 	if got := tensors.MustCopyFlatData[int32](out[0])[0]; got != 1 {
 		t.Errorf("greedy with penalties picked %d, want 1", got)
+	}
+	// Banning token 1 (as min_tokens bans EOS) leaves token 4 the best.
+	rows.Banned = []int32{1}
+	if got := tensors.MustCopyFlatData[int32](runSampler(t, f, 15, logits, 1, V, rows)[0])[0]; got != 4 {
+		t.Errorf("greedy with token 1 banned picked %d, want 4", got)
 	}
 	// Logprobs are the raw model's (before penalties), over the text vocabulary.
 	var sum float64

@@ -205,3 +205,18 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 	}
 	return b, nil
 }
+
+// ZeroBatch is an all-padding batch of a shape: every token is padding and writes to the
+// null page. It is what compiling a bucket ahead of traffic runs on.
+func ZeroBatch(shape BatchShape) *Batch {
+	return &Batch{
+		Shape:  shape,
+		Tokens: make([]int32, shape.T), Positions: make([]int32, shape.T),
+		SlotsGlobal: make([]int32, shape.T), SlotsSliding: make([]int32, shape.T), TokenCell: make([]int32, shape.T),
+		GridIndex:        make([]int32, shape.B*shape.Q),
+		PageTableGlobal:  make([]int32, shape.B*shape.PG),
+		PageTableSliding: make([]int32, shape.B*shape.PS),
+		SlidingBase:      make([]int32, shape.B),
+		LogitsIndex:      make([]int32, shape.N),
+	}
+}

@@ -1,0 +1,469 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/tpuserve/tpuserve/kvcache"
+	"github.com/tpuserve/tpuserve/model"
+)
+
+// Engine errors returned by Submit (besides the scheduler's ErrInvalidRequest,
+// ErrPromptTooLong and kvcache.ErrKVCacheFull).
+var (
+	// ErrQueueFull: the waiting queue is at its limit; retry later (HTTP 429).
+	ErrQueueFull = errors.New("engine: request queue is full")
+	// ErrClosed: the engine is shutting down.
+	ErrClosed = errors.New("engine: closed")
+)
+
+// Precompile modes: which step programs are compiled before serving.
+const (
+	PrecompileNone = "none"
+	PrecompileAll  = "all" // every decode bucket and every single-sequence prefill bucket
+)
+
+// Config configures an Engine. Zero fields take the documented defaults.
+type Config struct {
+	Model *model.Model
+	// NewDecoder makes each request's incremental detokenizer (required).
+	NewDecoder NewDecoderFunc
+	// Scheduler limits; MaxModelLen defaults to min(8192, the model's max positions).
+	Scheduler SchedulerConfig
+	// PageSize is the number of positions per KV block (default 16).
+	PageSize int
+	// KVCacheBytes is the device memory for the KV pools (default 256 MiB).
+	KVCacheBytes int64
+	// DisablePrefixCaching turns the prefix cache off.
+	DisablePrefixCaching bool
+	// MaxQueueLen bounds the waiting queue: Submit returns ErrQueueFull beyond it
+	// (default 4 × MaxNumSeqs; negative = unbounded).
+	MaxQueueLen int
+	// SegmentLen is the attention row length for steps with prefill chunks (default 16).
+	SegmentLen int
+	// Precompile is PrecompileAll (default) or PrecompileNone.
+	Precompile string
+	Logger     *slog.Logger
+}
+
+// Engine runs continuous batching over a model. Create it with New; Close it when done.
+type Engine struct {
+	cfg    Config
+	log    *slog.Logger
+	runner *runner
+	eos    map[int32]bool
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	sched   *Scheduler
+	reqs    map[string]*reqState
+	closed  bool
+	rng     *rand.Rand
+	done    chan struct{}
+	stepErr error
+}
+
+// New sizes the KV cache, allocates the pools, compiles the step programs and starts the
+// step loop.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Model == nil || cfg.NewDecoder == nil {
+		return nil, fmt.Errorf("%w: Config.Model and Config.NewDecoder are required", ErrInvalidRequest)
+	}
+	mc := &cfg.Model.Config
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = 16
+	}
+	if cfg.KVCacheBytes == 0 {
+		cfg.KVCacheBytes = 256 << 20
+	}
+	if cfg.SegmentLen == 0 {
+		cfg.SegmentLen = 16
+	}
+	if cfg.Precompile == "" {
+		cfg.Precompile = PrecompileAll
+	}
+	sc := &cfg.Scheduler
+	if sc.MaxModelLen == 0 {
+		sc.MaxModelLen = min(8192, mc.MaxPositionEmbeddings)
+	}
+	if sc.MaxModelLen > mc.MaxPositionEmbeddings {
+		return nil, fmt.Errorf("%w: max model length %d exceeds the model's max_position_embeddings %d", ErrInvalidRequest, sc.MaxModelLen, mc.MaxPositionEmbeddings)
+	}
+	if err := sc.setDefaults(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxQueueLen == 0 {
+		cfg.MaxQueueLen = 4 * sc.MaxNumSeqs
+	}
+	if sc.Logger == nil {
+		sc.Logger = cfg.Logger
+	}
+	kvCfg, err := kvcache.ConfigForBudget(cfg.KVCacheBytes, kvcache.MemorySpec{
+		PageSize: cfg.PageSize, NumGlobalLayers: mc.NumGlobalLayers(), NumSlidingLayers: mc.NumSlidingLayers(),
+		KVHeads: mc.NumKeyValueHeads, HeadDim: mc.HeadDim, DTypeBytes: cfg.Model.DType.Size(),
+		SlidingWindow: mc.SlidingWindow, MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens,
+		MaxModelLen: sc.MaxModelLen, EnablePrefixCaching: !cfg.DisablePrefixCaching,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engine: sizing the KV cache: %w", err)
+	}
+	kv, err := kvcache.NewManager(kvCfg)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	sched, err := NewScheduler(*sc, kv)
+	if err != nil {
+		return nil, err
+	}
+	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
+	run, err := newRunner(cfg.Model, layout, cfg.SegmentLen, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	cfg.Logger.Info("KV cache", "bytes", model.PoolBytes(mc, layout, cfg.Model.DType), "page_size", cfg.PageSize,
+		"global_blocks", kvCfg.NumGlobalBlocks, "sliding_blocks", kvCfg.NumSlidingBlocks, "prefix_caching", !cfg.DisablePrefixCaching)
+	if cfg.Precompile == PrecompileAll {
+		if err := run.precompile(sc.MaxNumSeqs, sc.MaxNumBatchedTokens, sc.MaxModelLen); err != nil {
+			run.close()
+			return nil, fmt.Errorf("engine: %w", err)
+		}
+	} else if cfg.Precompile != PrecompileNone {
+		run.close()
+		return nil, fmt.Errorf("%w: Precompile %q (want %s or %s)", ErrInvalidRequest, cfg.Precompile, PrecompileAll, PrecompileNone)
+	}
+	e := &Engine{
+		cfg: cfg, log: cfg.Logger, runner: run, sched: sched, reqs: map[string]*reqState{},
+		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x7470)), done: make(chan struct{}), eos: map[int32]bool{},
+	}
+	for _, id := range mc.EOSTokenIDs {
+		e.eos[int32(id)] = true
+	}
+	e.cond = sync.NewCond(&e.mu)
+	go e.loop()
+	return e, nil
+}
+
+// validate checks what the scheduler does not: sampling ranges and token ids.
+func (e *Engine) validate(req *Request) error {
+	p := &req.Params
+	vocab := e.cfg.Model.Config.VocabSize
+	for i, id := range req.PromptIDs {
+		if id < 0 || int(id) >= vocab {
+			return fmt.Errorf("%w: prompt token %d (at %d) is outside the vocabulary [0, %d)", ErrInvalidRequest, id, i, vocab)
+		}
+	}
+	for _, id := range p.StopTokenIDs {
+		if id < 0 || int(id) >= vocab {
+			return fmt.Errorf("%w: stop token id %d is outside the vocabulary [0, %d)", ErrInvalidRequest, id, vocab)
+		}
+	}
+	bad := func(name string, v any, want string) error {
+		return fmt.Errorf("%w: %s = %v; want %s", ErrInvalidRequest, name, v, want)
+	}
+	switch {
+	case !(p.Temperature >= 0) || math.IsInf(float64(p.Temperature), 0):
+		return bad("temperature", p.Temperature, ">= 0")
+	case !(p.TopP > 0 && p.TopP <= 1):
+		return bad("top_p", p.TopP, "in (0, 1]")
+	case p.TopK < -1:
+		return bad("top_k", p.TopK, "-1, 0 (disabled) or > 0")
+	case !(p.MinP >= 0 && p.MinP <= 1):
+		return bad("min_p", p.MinP, "in [0, 1]")
+	case !(p.PresencePenalty >= -2 && p.PresencePenalty <= 2):
+		return bad("presence_penalty", p.PresencePenalty, "in [-2, 2]")
+	case !(p.FrequencyPenalty >= -2 && p.FrequencyPenalty <= 2):
+		return bad("frequency_penalty", p.FrequencyPenalty, "in [-2, 2]")
+	case !(p.RepetitionPenalty > 0) || math.IsInf(float64(p.RepetitionPenalty), 0):
+		return bad("repetition_penalty", p.RepetitionPenalty, "> 0")
+	case p.MaxTokens < 1:
+		return bad("max_tokens", p.MaxTokens, ">= 1")
+	case p.MinTokens < 0 || p.MinTokens > p.MaxTokens:
+		return bad("min_tokens", p.MinTokens, fmt.Sprintf("in [0, max_tokens=%d]", p.MaxTokens))
+	case p.Logprobs != nil && (*p.Logprobs < 0 || *p.Logprobs > maxTopLogprobs):
+		return bad("logprobs", *p.Logprobs, fmt.Sprintf("in [0, %d]", maxTopLogprobs))
+	}
+	return nil
+}
+
+// Submit queues a request and returns its event stream. The stream ends with an event
+// that has Finished or Err set, then is closed. Cancelling ctx aborts the request at the
+// next step (FinishAbort) and frees its blocks.
+func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) {
+	if err := e.validate(&req); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	if e.cfg.MaxQueueLen > 0 && e.sched.NumWaiting() >= e.cfg.MaxQueueLen {
+		return nil, fmt.Errorf("%w (%d waiting)", ErrQueueFull, e.sched.NumWaiting())
+	}
+	if req.ArrivalTime.IsZero() {
+		req.ArrivalTime = time.Now()
+	}
+	req.PromptIDs = append([]int32(nil), req.PromptIDs...)
+	if err := e.sched.Add(&req); err != nil {
+		return nil, err
+	}
+	seed := e.rng.Int64()
+	if req.Params.Seed != nil {
+		seed = *req.Params.Seed
+	}
+	maxStop := 0
+	for _, s := range req.Params.Stop {
+		maxStop = max(maxStop, len(s))
+	}
+	r := &reqState{
+		req: req, ctx: ctx, events: make(chan Event, 16), key: seedKey(seed),
+		decoder: e.cfg.NewDecoder(req.Params.SkipSpecialTokens), maxStop: maxStop, eos: e.eos,
+		metrics: RequestMetrics{ArrivalTime: req.ArrivalTime},
+	}
+	e.reqs[req.ID] = r
+	id := req.ID
+	r.stopCtx = context.AfterFunc(ctx, func() { e.abort(id) })
+	e.cond.Broadcast()
+	return r.events, nil
+}
+
+// abort ends a request whose context ended.
+func (e *Engine) abort(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.reqs[id]
+	if r == nil || r.finished {
+		return
+	}
+	_ = e.sched.Finish(id)
+	r.finish(FinishAbort, nil, nil)
+	e.cond.Broadcast()
+}
+
+// Stats is a snapshot for metrics.
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sched.Stats()
+}
+
+// Close stops the step loop, aborts every live request and frees the device memory.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		<-e.done
+		return
+	}
+	e.closed = true
+	e.cond.Broadcast()
+	e.mu.Unlock()
+	<-e.done
+	e.runner.close()
+}
+
+// CheckAllFree reports an error if any KV block is still held (for tests).
+func (e *Engine) CheckAllFree() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if n := len(e.reqs); n > 0 {
+		return fmt.Errorf("engine: %d requests still live", n)
+	}
+	return e.sched.KV().CheckAllFree()
+}
+
+// loop is the step loop: schedule, run on the device, process outputs, deliver events.
+func (e *Engine) loop() {
+	defer close(e.done)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for {
+		pending := e.deliverAll()
+		for !e.closed && !e.sched.HasUnfinished() && !pending {
+			e.cond.Wait()
+			pending = e.deliverAll()
+		}
+		if e.closed {
+			for id, r := range e.reqs {
+				_ = e.sched.Finish(id)
+				r.finish(FinishAbort, nil, nil)
+			}
+			e.deliverAll()
+			for id, r := range e.reqs {
+				if !r.closed {
+					close(r.events)
+				}
+				delete(e.reqs, id)
+			}
+			return
+		}
+		if !e.sched.HasUnfinished() {
+			// Only undelivered events: give the consumers a moment.
+			e.mu.Unlock()
+			time.Sleep(time.Millisecond)
+			e.mu.Lock()
+			continue
+		}
+		if err := e.step(); err != nil {
+			e.log.Error("engine step failed; aborting running requests", "err", err)
+			e.failAll(err)
+		}
+	}
+}
+
+// deliverAll hands out pending events and forgets closed streams; it reports whether any
+// event is still waiting for its consumer.
+func (e *Engine) deliverAll() bool {
+	pending := false
+	for id, r := range e.reqs {
+		if r.deliver() {
+			pending = true
+		}
+		if r.closed {
+			delete(e.reqs, id)
+		}
+	}
+	return pending
+}
+
+// failAll ends every request with err after a device failure and rebuilds the pools.
+func (e *Engine) failAll(err error) {
+	for id, r := range e.reqs {
+		if !r.finished {
+			_ = e.sched.Finish(id)
+			r.finish(FinishAbort, nil, fmt.Errorf("engine: step failed: %w", err))
+		}
+	}
+	if pools, perr := e.runner.m.NewKVPools(e.runner.layout); perr == nil {
+		e.runner.pools.Finalize()
+		e.runner.pools = pools
+	}
+}
+
+// step runs one scheduler step. Called with e.mu held; releases it around the device run.
+func (e *Engine) step() error {
+	plan, err := e.sched.Schedule()
+	if err != nil {
+		return err
+	}
+	if len(plan.Seqs) == 0 {
+		_, err := e.sched.UpdateFromOutput(plan, nil)
+		if err == nil {
+			// Nothing can run now (e.g. waiting for blocks): wait for a change.
+			e.mu.Unlock()
+			time.Sleep(time.Millisecond)
+			e.mu.Lock()
+		}
+		return err
+	}
+	now := time.Now()
+	chunks := make([]model.SeqChunk, len(plan.Seqs))
+	rows := &samplerRows{}
+	var f samplerFeatures
+	states := make([]*reqState, len(plan.Seqs))
+	for i := range plan.Seqs {
+		ps := &plan.Seqs[i]
+		r := e.reqs[ps.RequestID]
+		states[i] = r
+		if ps.Admitted && r.metrics.FirstScheduledTime.IsZero() {
+			r.metrics.FirstScheduledTime = now
+			r.numCache = ps.NumCachedTokens
+		}
+		chunks[i] = model.SeqChunk{
+			Tokens: ps.TokenIDs, StartPos: ps.StartPos, GlobalBlocks: ps.GlobalBlocks,
+			SlidingBlocks: ps.SlidingBlocks, SlidingFirstBlock: ps.SlidingFirstBlock,
+		}
+		e.addSamplerRow(rows, &f, r, ps)
+	}
+	e.mu.Unlock()
+	out, runErr := e.runner.run(chunks, rows, f)
+	e.mu.Lock()
+	if runErr != nil {
+		// The plan must still be retired before the next Schedule.
+		_, _ = e.sched.UpdateFromOutput(plan, make([]int32, len(plan.Seqs)))
+		return runErr
+	}
+	capped, err := e.sched.UpdateFromOutput(plan, out.tokens)
+	if err != nil {
+		return err
+	}
+	cappedSet := map[string]bool{}
+	for _, id := range capped {
+		cappedSet[id] = true
+	}
+	for i := range plan.Seqs {
+		ps := &plan.Seqs[i]
+		r := states[i]
+		if !ps.Sample || r == nil || r.finished {
+			continue
+		}
+		var lp *PositionLogprobs
+		if n := r.req.Params.Logprobs; n != nil {
+			lp = &PositionLogprobs{Chosen: TokenLogprob{TokenID: out.tokens[i], Logprob: out.chosenLP[i]}}
+			for j := 0; j < *n; j++ {
+				lp.Top = append(lp.Top, TokenLogprob{TokenID: out.topIDs[i*maxTopLogprobs+j], Logprob: out.topLP[i*maxTopLogprobs+j]})
+			}
+		}
+		res := r.addToken(out.tokens[i], lp, cappedSet[ps.RequestID])
+		if res.reason != "" {
+			if !cappedSet[ps.RequestID] {
+				_ = e.sched.Finish(ps.RequestID)
+			}
+			r.finish(res.reason, res.stopReason, nil)
+		}
+	}
+	return nil
+}
+
+// addSamplerRow appends one sequence's sampling parameters to the step's rows and widens
+// the feature set to what it needs.
+func (e *Engine) addSamplerRow(rows *samplerRows, f *samplerFeatures, r *reqState, ps *ScheduledSeq) {
+	p := &r.req.Params
+	rows.Temperature = append(rows.Temperature, p.Temperature)
+	rows.RNGKey = append(rows.RNGKey, r.key)
+	rows.RNGCounter = append(rows.RNGCounter, uint32(ps.NumOutputTokens))
+	rows.TopK = append(rows.TopK, int32(p.TopK))
+	rows.TopP = append(rows.TopP, p.TopP)
+	rows.MinP = append(rows.MinP, p.MinP)
+	rows.Presence = append(rows.Presence, p.PresencePenalty)
+	rows.Frequency = append(rows.Frequency, p.FrequencyPenalty)
+	rows.Repetition = append(rows.Repetition, p.RepetitionPenalty)
+	var banned []int32
+	if len(r.output) < p.MinTokens {
+		if !p.IgnoreEOS {
+			for id := range e.eos {
+				banned = append(banned, id)
+			}
+		}
+		banned = append(banned, p.StopTokenIDs...)
+	}
+	penalties := p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 || len(banned) > 0
+	if ps.Sample && penalties {
+		f.Penalties = true
+		rows.outLists = append(rows.outLists, r.output)
+		rows.promptLists = append(rows.promptLists, r.req.PromptIDs)
+		rows.bannedLists = append(rows.bannedLists, banned)
+	} else {
+		rows.outLists = append(rows.outLists, nil)
+		rows.promptLists = append(rows.promptLists, nil)
+		rows.bannedLists = append(rows.bannedLists, nil)
+	}
+	if ps.Sample && p.Temperature >= samplingEps && ((p.TopK > 0) || p.TopP < 1 || p.MinP > 0) {
+		f.Filters = true
+	}
+	if ps.Sample && p.Logprobs != nil {
+		f.Logprobs = true
+	}
+}

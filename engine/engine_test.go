@@ -1,0 +1,400 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"go.uber.org/goleak"
+
+	"github.com/tpuserve/tpuserve/internal/backendtest"
+	"github.com/tpuserve/tpuserve/kvcache"
+	"github.com/tpuserve/tpuserve/model"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/gomlx/gomlx/backends/simplego.(*workersPool).lockedRunTaskInGoroutine.func1"))
+}
+
+// fixtureDir is the HF golden fixture the model package tests against.
+var fixtureDir = filepath.Join("..", "model", "testdata", "gemma3-tiny")
+
+var (
+	fixtureOnce  sync.Once
+	fixtureModel *model.Model
+	fixtureErr   error
+)
+
+func tinyFixture(t testing.TB) *model.Model {
+	t.Helper()
+	backend := backendtest.Backend(t)
+	fixtureOnce.Do(func() {
+		fixtureModel, fixtureErr = model.Load(backend, model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}})
+	})
+	if fixtureErr != nil {
+		t.Fatal(fixtureErr)
+	}
+	return fixtureModel
+}
+
+// textDecoder is a stand-in detokenizer: token t reads "<t>", special tokens (0–3) read
+// "" when skipped.
+type textDecoder struct{ skip bool }
+
+func (d *textDecoder) Add(id int32) (string, error) {
+	if id < 0 || id >= 512 {
+		return "", fmt.Errorf("token %d out of range", id)
+	}
+	if d.skip && id < 4 {
+		return "", nil
+	}
+	return fmt.Sprintf("<%d>", id), nil
+}
+func (d *textDecoder) Flush() string { return "" }
+
+func newTestEngine(t *testing.T, mutate func(*Config)) *Engine {
+	t.Helper()
+	cfg := Config{
+		Model:      tinyFixture(t),
+		NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
+		Scheduler:  SchedulerConfig{MaxNumSeqs: 64, MaxNumBatchedTokens: 256, MaxModelLen: 512},
+		PageSize:   8,
+		Precompile: PrecompileNone,
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.CheckAllFree(); err != nil {
+			t.Errorf("after test: %v", err)
+		}
+		e.Close()
+	})
+	return e
+}
+
+type result struct {
+	tokens   []int32
+	text     string
+	logprobs []PositionLogprobs
+	final    Event
+}
+
+func collect(t testing.TB, ch <-chan Event) result {
+	t.Helper()
+	var r result
+	for ev := range ch {
+		r.tokens = append(r.tokens, ev.TokenIDs...)
+		r.text += ev.Text
+		r.logprobs = append(r.logprobs, ev.Logprobs...)
+		if ev.Finished || ev.Err != nil {
+			r.final = ev
+		}
+	}
+	if !r.final.Finished && r.final.Err == nil {
+		t.Errorf("stream closed without a final event")
+	}
+	return r
+}
+
+func greedyParams(maxTokens int) SamplingParams {
+	p := DefaultSamplingParams()
+	p.Temperature, p.MaxTokens, p.IgnoreEOS = 0, maxTokens, true
+	lp := 3
+	p.Logprobs = &lp
+	return p
+}
+
+func submit(t testing.TB, e *Engine, id string, prompt []int32, p SamplingParams) <-chan Event {
+	t.Helper()
+	ch, err := e.Submit(context.Background(), Request{ID: id, PromptIDs: prompt, Params: p})
+	if err != nil {
+		t.Fatalf("submit %s: %v", id, err)
+	}
+	return ch
+}
+
+type goldenGreedy struct {
+	Greedy []struct {
+		Prompt  []int32   `json:"prompt"`
+		Greedy  []int32   `json:"greedy_f32"`
+		Margins []float64 `json:"top1_margins"`
+	} `json:"greedy"`
+}
+
+func sameResult(a, b result) (bool, string) {
+	if len(a.tokens) != len(b.tokens) {
+		return false, fmt.Sprintf("%d tokens vs %d", len(a.tokens), len(b.tokens))
+	}
+	for i := range a.tokens {
+		if a.tokens[i] != b.tokens[i] {
+			return false, fmt.Sprintf("token %d: %d vs %d", i, a.tokens[i], b.tokens[i])
+		}
+		la, lb := a.logprobs[i], b.logprobs[i]
+		if math.Abs(float64(la.Chosen.Logprob-lb.Chosen.Logprob)) > 1e-5 {
+			return false, fmt.Sprintf("logprob %d: %v vs %v", i, la.Chosen.Logprob, lb.Chosen.Logprob)
+		}
+		for j := range la.Top {
+			if la.Top[j].TokenID != lb.Top[j].TokenID || math.Abs(float64(la.Top[j].Logprob-lb.Top[j].Logprob)) > 1e-5 {
+				return false, fmt.Sprintf("top logprob %d/%d differs", i, j)
+			}
+		}
+	}
+	return true, ""
+}
+
+// TestGreedyBatchInvariance: every request's greedy tokens and logprobs are the same alone
+// and among 64 concurrent requests of mixed lengths, with chunked prefill, with preemption
+// forced by a tiny cache and with prefix-cache hits; and equal to HF's greedy runs.
+func TestGreedyBatchInvariance(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(fixtureDir, "golden.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var golden goldenGreedy
+	if err := json.Unmarshal(data, &golden); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	type job struct {
+		id     string
+		prompt []int32
+		max    int
+	}
+	var jobs []job
+	for i, g := range golden.Greedy {
+		jobs = append(jobs, job{fmt.Sprintf("hf%d", i), g.Prompt, len(g.Greedy)})
+	}
+	shared := make([]int32, 40) // a common prefix: prefix-cache hits
+	shared[0] = 2
+	for i := 1; i < len(shared); i++ {
+		shared[i] = int32(3 + rng.IntN(500))
+	}
+	for len(jobs) < 64 {
+		n := 1 + rng.IntN(70)
+		var p []int32
+		if len(jobs)%3 == 0 {
+			p = append(append(p, shared...), int32(3+rng.IntN(500)))
+		} else {
+			p = []int32{2}
+			for len(p) < n {
+				p = append(p, int32(3+rng.IntN(500)))
+			}
+		}
+		jobs = append(jobs, job{fmt.Sprintf("r%d", len(jobs)), p, 1 + rng.IntN(24)})
+	}
+
+	// Alone, one at a time, on a roomy cache.
+	alone := map[string]result{}
+	{
+		e := newTestEngine(t, nil)
+		for _, j := range jobs {
+			alone[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
+		}
+	}
+	// Against HF's greedy continuations, wherever the margin is clear.
+	for i, g := range golden.Greedy {
+		got := alone[fmt.Sprintf("hf%d", i)].tokens
+		for s, want := range g.Greedy {
+			if g.Margins[s] <= 1e-3 {
+				break
+			}
+			if got[s] != want {
+				t.Fatalf("HF greedy run %d step %d: engine %d, HF %d", i, s, got[s], want)
+			}
+		}
+	}
+	scenarios := []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{"concurrent", nil},
+		{"chunked-prefill", func(c *Config) { c.Scheduler.MaxNumBatchedTokens = 64; c.SegmentLen = 4 }},
+		{"preemption", func(c *Config) { c.KVCacheBytes = 512 << 10; c.Scheduler.MaxNumBatchedTokens = 64 }},
+		{"no-prefix-cache", func(c *Config) { c.DisablePrefixCaching = true }},
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			e := newTestEngine(t, sc.mutate)
+			chans := map[string]<-chan Event{}
+			for _, j := range jobs {
+				chans[j.id] = submit(t, e, j.id, j.prompt, greedyParams(j.max))
+			}
+			for _, j := range jobs {
+				got := collect(t, chans[j.id])
+				if ok, why := sameResult(got, alone[j.id]); !ok {
+					t.Errorf("%s: batched differs from alone: %s", j.id, why)
+				}
+				if got.final.FinishReason != FinishLength || got.final.NumOutputTokens != j.max || got.final.NumPromptTokens != len(j.prompt) {
+					t.Errorf("%s: final %+v", j.id, got.final)
+				}
+			}
+			st := e.Stats()
+			if sc.name == "preemption" && st.NumPreemptions == 0 {
+				t.Errorf("the tiny cache forced no preemption")
+			}
+			if sc.name == "concurrent" && st.PrefixCacheHits == 0 {
+				t.Errorf("no prefix-cache hits with shared prompts")
+			}
+			t.Logf("%s: %+v", sc.name, st)
+		})
+	}
+}
+
+func TestSeededSampling(t *testing.T) {
+	e := newTestEngine(t, nil)
+	prompt := []int32{2, 10, 20, 30}
+	params := func(seed int64) SamplingParams {
+		p := DefaultSamplingParams()
+		p.Temperature, p.TopP, p.TopK, p.MaxTokens, p.Seed, p.IgnoreEOS = 1.0, 0.95, 50, 20, &seed, true
+		return p
+	}
+	alone := collect(t, submit(t, e, "alone", prompt, params(7)))
+	// The same seed among other requests.
+	var chans []<-chan Event
+	for i := 0; i < 8; i++ {
+		chans = append(chans, submit(t, e, fmt.Sprint("other", i), []int32{2, int32(40 + i)}, params(int64(100+i))))
+	}
+	batched := collect(t, submit(t, e, "batched", prompt, params(7)))
+	for _, ch := range chans {
+		collect(t, ch)
+	}
+	if fmt.Sprint(alone.tokens) != fmt.Sprint(batched.tokens) {
+		t.Errorf("seed 7: alone %v, batched %v", alone.tokens, batched.tokens)
+	}
+	other := collect(t, submit(t, e, "seed8", prompt, params(8)))
+	if fmt.Sprint(alone.tokens) == fmt.Sprint(other.tokens) {
+		t.Errorf("seeds 7 and 8 gave the same 20 tokens %v", other.tokens)
+	}
+}
+
+func TestStops(t *testing.T) {
+	e := newTestEngine(t, nil)
+	prompt := []int32{2, 10, 20, 30}
+	base := collect(t, submit(t, e, "base", prompt, greedyParams(12)))
+	if len(base.tokens) != 12 {
+		t.Fatalf("base: %d tokens", len(base.tokens))
+	}
+	third := base.tokens[2]
+	thirdText := fmt.Sprintf("<%d>", third)
+	firstIdx := -1
+	for i, tok := range base.tokens {
+		if tok == third {
+			firstIdx = i
+			break
+		}
+	}
+	cases := []struct {
+		name       string
+		mutate     func(p *SamplingParams)
+		wantText   string
+		wantReason FinishReason
+		wantStop   any
+		wantTokens int
+	}{
+		{"max_tokens", func(p *SamplingParams) { p.MaxTokens = 5 }, strings.Join(texts(base.tokens[:5]), ""), FinishLength, nil, 5},
+		{"stop string", func(p *SamplingParams) { p.Stop = []string{thirdText} }, strings.Join(texts(base.tokens[:firstIdx]), ""), FinishStop, thirdText, firstIdx + 1},
+		{"stop string kept", func(p *SamplingParams) { p.Stop = []string{"zzz", thirdText}; p.IncludeStopStrInOutput = true },
+			strings.Join(texts(base.tokens[:firstIdx+1]), ""), FinishStop, thirdText, firstIdx + 1},
+		{"stop token id", func(p *SamplingParams) { p.StopTokenIDs = []int32{third} }, strings.Join(texts(base.tokens[:firstIdx]), ""), FinishStop, int(third), firstIdx + 1},
+		{"eos", func(p *SamplingParams) { p.IgnoreEOS = false; e.eos[third] = true }, strings.Join(texts(base.tokens[:firstIdx]), ""), FinishStop, nil, firstIdx + 1},
+		{"min_tokens bans eos", func(p *SamplingParams) { p.IgnoreEOS = false; p.MinTokens = 12; e.eos[third] = true },
+			"", FinishLength, nil, 12},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := greedyParams(12)
+			tc.mutate(&p)
+			got := collect(t, submit(t, e, tc.name, prompt, p))
+			delete(e.eos, third)
+			if tc.wantText != "" && got.text != tc.wantText {
+				t.Errorf("text %q, want %q", got.text, tc.wantText)
+			}
+			if got.final.FinishReason != tc.wantReason || fmt.Sprint(got.final.StopReason) != fmt.Sprint(tc.wantStop) || len(got.tokens) != tc.wantTokens {
+				t.Errorf("finish %q stop %v after %d tokens, want %q %v %d", got.final.FinishReason, got.final.StopReason, len(got.tokens), tc.wantReason, tc.wantStop, tc.wantTokens)
+			}
+			if tc.name == "min_tokens bans eos" {
+				for _, tok := range got.tokens {
+					if tok == third {
+						t.Errorf("banned EOS %d sampled before min_tokens", third)
+					}
+				}
+			}
+		})
+	}
+}
+
+func texts(toks []int32) []string {
+	out := make([]string, len(toks))
+	for i, t := range toks {
+		out[i] = fmt.Sprintf("<%d>", t)
+	}
+	return out
+}
+
+func TestCancellationFreesBlocks(t *testing.T) {
+	e := newTestEngine(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := e.Submit(ctx, Request{ID: "c", PromptIDs: []int32{2, 3, 4}, Params: greedyParams(400)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ch // first token
+	cancel()
+	got := collect(t, ch)
+	if got.final.FinishReason != FinishAbort {
+		t.Errorf("finish %q, want abort", got.final.FinishReason)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Stats().NumRunning != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := e.Stats(); st.NumRunning != 0 || st.KVCacheUsage != 0 {
+		t.Errorf("after abort: %+v", st)
+	}
+}
+
+func TestSubmitErrors(t *testing.T) {
+	e := newTestEngine(t, func(c *Config) { c.KVCacheBytes = 64 << 10 })
+	bad := func(mut func(r *Request)) error {
+		r := Request{ID: "x", PromptIDs: []int32{2, 5}, Params: greedyParams(4)}
+		mut(&r)
+		_, err := e.Submit(context.Background(), r)
+		return err
+	}
+	cases := []struct {
+		name string
+		mut  func(r *Request)
+		is   error
+		want string
+	}{
+		{"token beyond vocab", func(r *Request) { r.PromptIDs = []int32{2, 600} }, ErrInvalidRequest, "prompt token 600"},
+		{"temperature", func(r *Request) { r.Params.Temperature = -1 }, ErrInvalidRequest, "temperature"},
+		{"top_p", func(r *Request) { r.Params.TopP = 0 }, ErrInvalidRequest, "top_p"},
+		{"logprobs", func(r *Request) { n := 21; r.Params.Logprobs = &n }, ErrInvalidRequest, "logprobs"},
+		{"min_tokens", func(r *Request) { r.Params.MinTokens = 9 }, ErrInvalidRequest, "min_tokens"},
+		{"empty prompt", func(r *Request) { r.PromptIDs = nil }, ErrInvalidRequest, "empty"},
+		{"too long", func(r *Request) { r.PromptIDs = make([]int32, 600) }, ErrPromptTooLong, "600"},
+		{"never fits", func(r *Request) { r.PromptIDs = make([]int32, 500); r.Params.MaxTokens = 10 }, kvcache.ErrKVCacheFull, ""},
+	}
+	for _, tc := range cases {
+		err := bad(tc.mut)
+		if err == nil || !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %v containing %q", tc.name, err, tc.is, tc.want)
+		}
+	}
+}

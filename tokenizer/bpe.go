@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"hash/maphash"
 	"math"
 	"math/bits"
 	"strings"
@@ -11,7 +10,7 @@ import (
 // bpeModel is HF's BPE model (tokenizers/src/models/bpe) for what tokenizer.json files
 // use: a vocab, ranked merges, byte fallback, an optional unk token.
 type bpeModel struct {
-	vocab        *pieceTable
+	vocab        map[string]int32
 	merges       mergeTable
 	charBMP      []int32 // id of the one-character piece for runes < 0x10000, or -1
 	charHi       map[rune]int32
@@ -115,7 +114,7 @@ func (m *bpeModel) appendWord(out []int32, word []byte, ws *workspace) []int32 {
 		return out
 	}
 	if m.ignoreMerges {
-		if id, ok := m.vocab.getBytes(word); ok {
+		if id, ok := m.vocab[string(word)]; ok {
 			return append(out, id)
 		}
 	}
@@ -430,74 +429,6 @@ func (t *mergeTable) each(fn func(a, b int32)) {
 	for _, s := range t.slots {
 		if s.key != emptyKey {
 			fn(int32(s.key>>32), int32(uint32(s.key)))
-		}
-	}
-}
-
-// pieceTable maps vocabulary pieces to ids. A Go map of 262k strings made the merges
-// (three lookups each) most of the load time; this open-addressing table of 8-byte slots
-// (hash tag, id) is about twice as fast and needs no key copies.
-type pieceTable struct {
-	slots  []uint64 // tag<<32 | (id+1); 0 where free
-	mask   uint64
-	pieces []string // id → piece
-	seed   maphash.Seed
-}
-
-func newPieceTable(pieces []string, n int) *pieceTable {
-	size := 1 << 4
-	for size < 2*n {
-		size <<= 1
-	}
-	return &pieceTable{slots: make([]uint64, size), mask: uint64(size - 1), pieces: pieces, seed: maphash.MakeSeed()}
-}
-
-// add inserts pieces[id]; if the piece is already there it returns the other id.
-func (t *pieceTable) add(id int32) (int32, bool) {
-	h := maphash.String(t.seed, t.pieces[id])
-	tag := h >> 32
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := t.slots[i]
-		if s == 0 {
-			t.slots[i] = tag<<32 | uint64(id+1)
-			return 0, false
-		}
-		if s>>32 == tag {
-			if other := int32(uint32(s)) - 1; t.pieces[other] == t.pieces[id] {
-				return other, true
-			}
-		}
-	}
-}
-
-func (t *pieceTable) getBytes(b []byte) (int32, bool) {
-	h := maphash.Bytes(t.seed, b)
-	tag := h >> 32
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := t.slots[i]
-		if s == 0 {
-			return -1, false
-		}
-		if s>>32 == tag {
-			if id := int32(uint32(s)) - 1; t.pieces[id] == string(b) {
-				return id, true
-			}
-		}
-	}
-}
-
-func (t *pieceTable) get(p string) (int32, bool) {
-	h := maphash.String(t.seed, p)
-	tag := h >> 32
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := t.slots[i]
-		if s == 0 {
-			return -1, false
-		}
-		if s>>32 == tag {
-			if id := int32(uint32(s)) - 1; t.pieces[id] == p {
-				return id, true
-			}
 		}
 	}
 }

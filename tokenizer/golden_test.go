@@ -373,3 +373,8 @@ func TestGoldenCorpus(t *testing.T) {
 	}
 	t.Logf("%d documents, %d bytes, %d tokens (%d encoded one by one)", len(docs), len(text), len(wholeIDs), len(all))
 }
+
+// TestCorpusGenerator needs no tokenizer: the Go and JavaScript generators must agree.
+func TestCorpusGenerator(t *testing.T) {
+	checkedCorpus(t)
+}

@@ -83,11 +83,8 @@ type rawModel struct {
 	vocabSeen     bool
 	mergesRaw     []byte // merges seen before vocab, parsed afterwards
 	mergesSeen    bool
-	vocabArena    []byte
-	vocabEnds     []int32
-	vocabIDs      []int32
 	pieces        []string
-	vocab         *pieceTable
+	vocab         map[string]int32
 	merges        mergeTable
 }
 
@@ -267,10 +264,10 @@ func (m *rawModel) parseVocab(r *jsonReader) error {
 		return errors.New("duplicate key")
 	}
 	m.vocabSeen = true
-	m.vocabArena = make([]byte, 0, len(r.data)/8)
-	m.vocabEnds = make([]int32, 0, 1<<18)
-	m.vocabIDs = make([]int32, 0, 1<<18)
-	// The vocab is an object, read by hand so that keys need no allocation each.
+	// The vocab is an object, read by hand: the pieces go into one arena (one string in
+	// the end) instead of one allocation each.
+	arenaBytes := make([]byte, 0, len(r.data)/8)
+	var ends, ids []int32
 	if r.peek() != '{' {
 		return r.fail("expected an object mapping pieces to ids, found %s", r.found())
 	}
@@ -285,8 +282,8 @@ func (m *rawModel) parseVocab(r *jsonReader) error {
 			if err != nil {
 				return err
 			}
-			m.vocabArena = append(m.vocabArena, piece...)
-			m.vocabEnds = append(m.vocabEnds, int32(len(m.vocabArena)))
+			arenaBytes = append(arenaBytes, piece...)
+			ends = append(ends, int32(len(arenaBytes)))
 			if err := r.expect(':'); err != nil {
 				return err
 			}
@@ -297,7 +294,7 @@ func (m *rawModel) parseVocab(r *jsonReader) error {
 			if id >= maxVocabID {
 				return r.fail("id %d is larger than the supported maximum %d", id, maxVocabID-1)
 			}
-			m.vocabIDs = append(m.vocabIDs, id)
+			ids = append(ids, id)
 			switch r.peek() {
 			case ',':
 				r.pos++
@@ -312,35 +309,34 @@ func (m *rawModel) parseVocab(r *jsonReader) error {
 	if err != nil {
 		return err
 	}
-	if len(m.vocabIDs) == 0 {
+	if len(ids) == 0 {
 		return errors.New("empty vocabulary")
 	}
-	arena := string(m.vocabArena)
-	m.vocabArena = nil
+	arena := string(arenaBytes)
 	maxID := int32(0)
-	for _, id := range m.vocabIDs {
+	for _, id := range ids {
 		maxID = max(maxID, id)
 	}
 	m.pieces = make([]string, maxID+1)
 	have := make([]bool, maxID+1)
-	m.vocab = newPieceTable(m.pieces, len(m.vocabIDs))
+	m.vocab = make(map[string]int32, len(ids))
 	start := int32(0)
-	for i, id := range m.vocabIDs {
-		piece := arena[start:m.vocabEnds[i]]
-		start = m.vocabEnds[i]
+	for i, id := range ids {
+		piece := arena[start:ends[i]]
+		start = ends[i]
 		if piece == "" {
 			return fmt.Errorf("id %d has an empty piece", id)
 		}
 		if have[id] {
 			return fmt.Errorf("id %d is given to both %q and %q", id, m.pieces[id], piece)
 		}
-		have[id] = true
-		m.pieces[id] = piece
-		if other, dup := m.vocab.add(id); dup {
+		if other, dup := m.vocab[piece]; dup {
 			return fmt.Errorf("piece %q has two ids, %d and %d", piece, other, id)
 		}
+		have[id] = true
+		m.pieces[id] = piece
+		m.vocab[piece] = id
 	}
-	m.vocabEnds, m.vocabIDs = nil, nil
 	return nil
 }
 
@@ -385,16 +381,16 @@ func (m *rawModel) parseMerges(r *jsonReader) error {
 		default:
 			return r.fail("merge %d: expected a pair or a string, found %s", i, r.found())
 		}
-		ia, ok := m.vocab.getBytes(a)
+		ia, ok := m.vocab[string(a)]
 		if !ok {
 			return fmt.Errorf("merge %d: %q is not in the vocab", i, a)
 		}
-		ib, ok := m.vocab.getBytes(b)
+		ib, ok := m.vocab[string(b)]
 		if !ok {
 			return fmt.Errorf("merge %d: %q is not in the vocab", i, b)
 		}
 		concat = append(append(concat[:0], a...), b...)
-		ic, ok := m.vocab.getBytes(concat)
+		ic, ok := m.vocab[string(concat)]
 		if !ok {
 			return fmt.Errorf("merge %d: the merged piece %q is not in the vocab", i, concat)
 		}
@@ -439,7 +435,7 @@ func (m *rawModel) finish() (*bpeModel, []string, error) {
 		ignoreMerges: m.ignoreMerges,
 	}
 	if m.unkToken != nil {
-		id, ok := m.vocab.get(*m.unkToken)
+		id, ok := m.vocab[*m.unkToken]
 		if !ok {
 			return nil, nil, fmt.Errorf("model.unk_token: %q is not in the vocab", *m.unkToken)
 		}
@@ -450,7 +446,7 @@ func (m *rawModel) finish() (*bpeModel, []string, error) {
 		b.byteFallback = true
 		for i := range b.byteIDs {
 			b.byteIDs[i] = -1
-			if id, ok := m.vocab.get(fmt.Sprintf("<0x%02X>", i)); ok {
+			if id, ok := m.vocab[fmt.Sprintf("<0x%02X>", i)]; ok {
 				b.byteIDs[i] = id
 			}
 		}
@@ -608,7 +604,7 @@ func (t *Tokenizer) lookupPiece(p string) (int32, bool) {
 	if id, ok := t.added.lookup(p); ok {
 		return id, true
 	}
-	id, ok := t.bpe.vocab.get(p)
+	id, ok := t.bpe.vocab[p]
 	return id, ok
 }
 

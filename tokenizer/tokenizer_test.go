@@ -363,3 +363,35 @@ func TestRandomRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentUse encodes and decodes from many goroutines at once (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	tok := newTinyFile().tokenizer(t)
+	texts := []string{"hello world", "abc aaa  <eos>", "a> <b ü\n\nx", strings.Repeat("hello ", 50)}
+	want := make([][]int32, len(texts))
+	for i, s := range texts {
+		want[i] = tok.Encode(s, true)
+	}
+	done := make(chan error)
+	for g := range 8 {
+		go func() {
+			for i := range 200 {
+				k := (g + i) % len(texts)
+				if got := tok.Encode(texts[k], true); !slices.Equal(got, want[k]) {
+					done <- errors.New("concurrent encode differs for " + texts[k])
+					return
+				}
+				if _, err := tok.Decode(want[k], true); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -98,7 +98,7 @@ record_hash() {
 file_hash() {
   local hex
   hex=$(sha256sum "$1" | cut -c1-64)
-  # shellcheck disable=SC2059 # the hex digits become \x escapes on purpose
+  # shellcheck disable=SC2059,SC2001 # the hex digits become \x escapes on purpose
   printf "$(sed 's/../\\x&/g' <<<"$hex")" | base64 -w0 | tr '+/' '-_' | tr -d '='
 }
 

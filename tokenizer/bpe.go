@@ -137,7 +137,7 @@ func (m *bpeModel) appendWord(out []int32, word []byte, ws *workspace) []int32 {
 			}
 			syms = append(syms, id)
 			last = r
-		} else if ok := m.byteFallback && m.hasBytes(word[i:i+size]); ok {
+		} else if m.byteFallback && m.hasBytes(word[i:i+size]) {
 			// HF adds the byte tokens without flushing a pending unk.
 			for j := i; j < i+size; j++ {
 				syms = append(syms, m.byteIDs[word[j]])

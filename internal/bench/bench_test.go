@@ -27,14 +27,14 @@ func TestMain(m *testing.M) {
 // by about one sample's spacing, not by a level). TPOT is 30..36 ms for three requests in
 // four and 55..61 ms for the rest: the goodput threshold sits in that gap, where timing
 // noise cannot move a request across it, and the gap lies near the 75th percentile, away
-// from the 50th, 90th and 99th that are checked. Early EOS stops at 3, 5 or 7 tokens:
-// always before max_tokens, and odd, so that with two tokens per chunk TPOT stays the
-// per-token delay.
+// from the 50th, 90th and 99th that are checked. Early EOS stops at 5, 7 or 9 tokens
+// (max_tokens is 9..15): odd, so that with two tokens per chunk TPOT stays the per-token
+// delay.
 func variedPlan(chunkSize int) func(promptLen, maxTokens int, ignoreEOS bool) fakePlan {
 	return func(promptLen, maxTokens int, ignoreEOS bool) fakePlan {
 		out := maxTokens
 		if !ignoreEOS {
-			out = min(maxTokens, 3+2*(promptLen%3))
+			out = min(maxTokens, 5+2*(promptLen%3))
 		}
 		tpot := 30 * time.Millisecond
 		if (promptLen/4)%4 == 0 {
@@ -54,29 +54,33 @@ func within(got, want float64) bool {
 	return math.Abs(got-want) <= 0.05*math.Abs(want)
 }
 
-// checkMean compares a mean with the configured truth, unless the server itself missed its
+// deviations collects timing comparisons that missed; exact checks fail the test at once.
+type deviations []string
+
+func (d *deviations) add(format string, args ...any) { *d = append(*d, fmt.Sprintf(format, args...)) }
+
+// mean compares a mean with the configured truth, unless the server itself missed its
 // configured schedule by more than 2.5% (then only the recorded truth is meaningful).
-func checkMean(t *testing.T, name string, got Summary, configured, recorded []float64) {
-	t.Helper()
+func (d *deviations) mean(t *testing.T, name string, got Summary, configured, recorded []float64) {
 	w := summarize(configured, nil).Mean
 	if r := summarize(recorded, nil).Mean; math.Abs(r-w) > 0.025*w {
 		t.Logf("%s: the server ran %.1f%% off its configured delays (machine busy); compared with what it did instead", name, 100*(r-w)/w)
 		return
 	}
 	if !within(got.Mean, w) {
-		t.Errorf("%s mean = %.3f ms, truth %.3f ms", name, got.Mean, w)
+		d.add("%s mean = %.3f ms, truth %.3f ms", name, got.Mean, w)
 	}
 }
 
-func checkSummary(t *testing.T, name string, got Summary, wantSeconds []float64, ps []float64) {
-	t.Helper()
+// summary compares every statistic of a metric with the truth.
+func (d *deviations) summary(t *testing.T, name string, got Summary, wantSeconds []float64, ps []float64) {
 	want := summarize(wantSeconds, ps)
 	if got.N != want.N {
-		t.Errorf("%s: %d samples, server produced %d", name, got.N, want.N)
+		t.Fatalf("%s: %d samples, server produced %d", name, got.N, want.N)
 	}
 	check := func(stat string, g, w float64) {
 		if !within(g, w) {
-			t.Errorf("%s %s = %.3f ms, truth %.3f ms (off by %.1f%%)", name, stat, g, w, 100*(g-w)/w)
+			d.add("%s %s = %.3f ms, truth %.3f ms (off by %.1f%%)", name, stat, g, w, 100*(g-w)/w)
 		}
 	}
 	check("mean", got.Mean, want.Mean)
@@ -87,9 +91,15 @@ func checkSummary(t *testing.T, name string, got Summary, wantSeconds []float64,
 	}
 }
 
+// maxAttempts bounds reruns of a timed run whose numbers a busy machine disturbed: the
+// client reads a chunk late when the OS deschedules it between the server's write and its
+// read, which no bookkeeping can see. A bench with a systematic error misses on every
+// attempt; a correct one needs a single quiet run.
+const maxAttempts = 4
+
 // TestMetricsMatchTheServersTruth runs the benchmark against a server with known delays and
-// checks every reported metric against what the server did (within 5%), the means and
-// medians also against what it was configured to do, and token counts exactly.
+// checks every reported metric against what the server did (within 5%), the means also
+// against what it was configured to do, and token counts exactly.
 func TestMetricsMatchTheServersTruth(t *testing.T) {
 	cases := []struct {
 		name      string
@@ -101,139 +111,181 @@ func TestMetricsMatchTheServersTruth(t *testing.T) {
 		{"one token per chunk, ignore_eos, capped concurrency", 1, true, 40, 8, math.Inf(1)},
 		{"two tokens per chunk, early EOS, paced", 2, false, 32, 0, 16},
 	}
-	ps := []float64{50, 90, 99}
-	goodput := map[string]float64{"tpot": 46}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			fake := newFakeServer(t, "fake-gemma", variedPlan(tc.chunkSize))
-			reqs, err := RandomDataset(RandomOptions{
-				NumPrompts: tc.n, InputLen: 100, OutputLen: 12, RangeRatio: 0.25,
-				TokenLo: DefaultTokenLo, TokenHi: DefaultTokenHi,
-			}, rand.New(rand.NewPCG(1, 2)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var progress bytes.Buffer
-			wallStart := time.Now()
-			res, err := Run(context.Background(), Config{
-				BaseURL: fake.srv.URL, RequestRate: tc.rate, MaxConcurrency: tc.conc,
-				IgnoreEOS: tc.ignoreEOS, Percentiles: ps, Goodput: goodput, Seed: 7,
-				Progress: &progress,
-			}, reqs)
-			wall := time.Since(wallStart).Seconds()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.ModelID != "fake-gemma" {
-				t.Errorf("model %q, want the server's first model", res.ModelID)
-			}
-			m := res.Metrics
-			if m.Completed != tc.n || m.Failed != 0 {
-				for _, o := range res.Outputs {
-					if !o.Success {
-						t.Logf("error: %s", o.Error)
+			for attempt := 1; ; attempt++ {
+				dev := accuracyRun(t, tc.chunkSize, tc.ignoreEOS, tc.n, tc.conc, tc.rate)
+				if len(dev) == 0 {
+					return
+				}
+				if attempt == maxAttempts {
+					for _, d := range dev {
+						t.Error(d)
 					}
+					return
 				}
-				t.Fatalf("completed %d, failed %d", m.Completed, m.Failed)
-			}
-			recs, _ := fake.snapshot()
-			rec, plan := recordedTruth(recs), plannedTruth(recs)
-
-			// Token counts: exactly the server's usage.
-			if m.TotalOutput != rec.out || m.TotalInput != rec.in {
-				t.Errorf("tokens in/out %d/%d, server's usage %d/%d", m.TotalInput, m.TotalOutput, rec.in, rec.out)
-			}
-			gotLens := slices.Clone(m.OutputLens)
-			slices.Sort(gotLens)
-			slices.Sort(rec.usage)
-			if !slices.Equal(gotLens, rec.usage) {
-				t.Errorf("output lens %v, server's usage %v", gotLens, rec.usage)
-			}
-			if !tc.ignoreEOS {
-				sumMax := 0
-				for _, r := range reqs {
-					sumMax += r.ExpectedOutputLen
-				}
-				if sumMax == rec.out {
-					t.Fatalf("the EOS case generated max_tokens everywhere; it tests nothing")
-				}
-			}
-
-			checkSummary(t, "TTFT", m.TTFT, rec.ttft, ps)
-			checkSummary(t, "TPOT", m.TPOT, rec.tpot, ps)
-			checkSummary(t, "ITL", m.ITL, rec.itl, ps)
-			checkSummary(t, "E2EL", m.E2EL, rec.e2el, ps)
-			// Means against the configured delays too, wherever the server kept its schedule
-			// (on a loaded machine its sleeps overrun; the checks above still hold).
-			checkMean(t, "TTFT vs configured", m.TTFT, plan.ttft, rec.ttft)
-			checkMean(t, "TPOT vs configured", m.TPOT, plan.tpot, rec.tpot)
-			checkMean(t, "ITL vs configured", m.ITL, plan.itl, rec.itl)
-			checkMean(t, "E2EL vs configured", m.E2EL, plan.e2el, rec.e2el)
-
-			// Throughputs against the wall clock around the run.
-			for _, th := range []struct {
-				name      string
-				got, want float64
-			}{
-				{"request throughput", m.RequestThroughput, float64(tc.n) / wall},
-				{"output throughput", m.OutputThroughput, float64(rec.out) / wall},
-				{"total token throughput", m.TotalTokenThroughput, float64(rec.in+rec.out) / wall},
-			} {
-				if !within(th.got, th.want) {
-					t.Errorf("%s %.2f/s, truth %.2f/s", th.name, th.got, th.want)
-				}
-			}
-			good := 0
-			for i := range plan.ttft {
-				if plan.allTPOT[i] <= 0.046 {
-					good++
-				}
-			}
-			if good == 0 || good == tc.n {
-				t.Fatalf("goodput SLOs pass %d of %d requests; pick thresholds that split them", good, tc.n)
-			}
-			if !within(m.RequestGoodput, float64(good)/wall) {
-				t.Errorf("goodput %.3f req/s, truth %d good requests / %.2fs = %.3f", m.RequestGoodput, good, wall, float64(good)/wall)
-			}
-			if tc.conc > 0 && m.MaxConcurrentRequests > tc.conc {
-				t.Errorf("%d requests in flight at once, cap %d", m.MaxConcurrentRequests, tc.conc)
-			}
-			if !strings.Contains(progress.String(), fmt.Sprintf("%d/%d", tc.n, tc.n)) {
-				t.Errorf("progress bar never reached %d/%d: %q", tc.n, tc.n, progress.String())
-			}
-
-			// The result JSON carries vLLM's keys with the same numbers.
-			b, err := json.Marshal(res)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got map[string]any
-			if err := json.Unmarshal(b, &got); err != nil {
-				t.Fatal(err)
-			}
-			for key, want := range map[string]float64{
-				"completed":           float64(m.Completed),
-				"total_output_tokens": float64(rec.out),
-				"mean_ttft_ms":        m.TTFT.Mean,
-				"p99_itl_ms":          m.ITL.Percentiles[2].Value,
-				"median_e2el_ms":      m.E2EL.Median,
-				"p90_tpot_ms":         m.TPOT.Percentiles[1].Value,
-				"output_throughput":   m.OutputThroughput,
-				"request_goodput":     m.RequestGoodput,
-			} {
-				if v, ok := got[key].(float64); !ok || v != want {
-					t.Errorf("result JSON %s = %v, want %v", key, got[key], want)
-				}
+				t.Logf("attempt %d: %d timing deviations, retrying: %q", attempt, len(dev), dev)
 			}
 		})
 	}
+}
+
+// accuracyRun is one timed run; it fails the test on exact mismatches and returns the
+// timing deviations.
+func accuracyRun(t *testing.T, chunkSize int, ignoreEOS bool, n, conc int, rate float64) deviations {
+	t.Helper()
+	ps := []float64{50, 90, 99}
+	goodput := map[string]float64{"tpot": 46}
+	var dev deviations
+	fake := newFakeServer(t, "fake-gemma", variedPlan(chunkSize))
+	reqs, err := RandomDataset(RandomOptions{
+		NumPrompts: n, InputLen: 100, OutputLen: 12, RangeRatio: 0.25,
+		TokenLo: DefaultTokenLo, TokenHi: DefaultTokenHi,
+	}, rand.New(rand.NewPCG(1, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	wallStart := time.Now()
+	res, err := Run(context.Background(), Config{
+		BaseURL: fake.srv.URL, RequestRate: rate, MaxConcurrency: conc,
+		IgnoreEOS: ignoreEOS, Percentiles: ps, Goodput: goodput, Seed: 7,
+		Progress: &progress,
+	}, reqs)
+	wall := time.Since(wallStart).Seconds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ModelID != "fake-gemma" {
+		t.Errorf("model %q, want the server's first model", res.ModelID)
+	}
+	m := res.Metrics
+	if m.Completed != n || m.Failed != 0 {
+		for _, o := range res.Outputs {
+			if !o.Success {
+				t.Logf("error: %s", o.Error)
+			}
+		}
+		t.Fatalf("completed %d, failed %d", m.Completed, m.Failed)
+	}
+	recs, _ := fake.snapshot()
+	rec, plan := recordedTruth(recs), plannedTruth(recs)
+
+	// Token counts: exactly the server's usage.
+	if m.TotalOutput != rec.out || m.TotalInput != rec.in {
+		t.Errorf("tokens in/out %d/%d, server's usage %d/%d", m.TotalInput, m.TotalOutput, rec.in, rec.out)
+	}
+	gotLens := slices.Clone(m.OutputLens)
+	slices.Sort(gotLens)
+	slices.Sort(rec.usage)
+	if !slices.Equal(gotLens, rec.usage) {
+		t.Errorf("output lens %v, server's usage %v", gotLens, rec.usage)
+	}
+	if !ignoreEOS {
+		sumMax := 0
+		for _, r := range reqs {
+			sumMax += r.ExpectedOutputLen
+		}
+		if sumMax == rec.out {
+			t.Fatalf("the EOS case generated max_tokens everywhere; it tests nothing")
+		}
+	}
+
+	dev.summary(t, "TTFT", m.TTFT, rec.ttft, ps)
+	dev.summary(t, "TPOT", m.TPOT, rec.tpot, ps)
+	dev.summary(t, "ITL", m.ITL, rec.itl, ps)
+	dev.summary(t, "E2EL", m.E2EL, rec.e2el, ps)
+	// Means against the configured delays too, wherever the server kept its schedule
+	// (on a loaded machine its sleeps overrun; the checks above still hold).
+	dev.mean(t, "TTFT vs configured", m.TTFT, plan.ttft, rec.ttft)
+	dev.mean(t, "TPOT vs configured", m.TPOT, plan.tpot, rec.tpot)
+	dev.mean(t, "ITL vs configured", m.ITL, plan.itl, rec.itl)
+	dev.mean(t, "E2EL vs configured", m.E2EL, plan.e2el, rec.e2el)
+
+	// Throughputs against the wall clock around the run.
+	for _, th := range []struct {
+		name      string
+		got, want float64
+	}{
+		{"request throughput", m.RequestThroughput, float64(n) / wall},
+		{"output throughput", m.OutputThroughput, float64(rec.out) / wall},
+		{"total token throughput", m.TotalTokenThroughput, float64(rec.in+rec.out) / wall},
+	} {
+		if !within(th.got, th.want) {
+			dev.add("%s %.2f/s, truth %.2f/s", th.name, th.got, th.want)
+		}
+	}
+	// Goodput: requests whose TPOT, as the server produced it, meets the SLO.
+	good, planGood := 0, 0
+	for i := range rec.allTPOT {
+		if rec.allTPOT[i] <= 0.046 {
+			good++
+		}
+		if plan.allTPOT[i] <= 0.046 {
+			planGood++
+		}
+	}
+	if planGood == 0 || planGood == n {
+		t.Fatalf("goodput SLO passes %d of %d planned requests; pick a threshold that splits them", planGood, n)
+	}
+	if !within(m.RequestGoodput, float64(good)/wall) {
+		dev.add("goodput %.3f req/s, truth %d good requests / %.2fs = %.3f", m.RequestGoodput, good, wall, float64(good)/wall)
+	}
+	if conc > 0 && m.MaxConcurrentRequests > conc {
+		t.Errorf("%d requests in flight at once, cap %d", m.MaxConcurrentRequests, conc)
+	}
+	if !strings.Contains(progress.String(), fmt.Sprintf("%d/%d", n, n)) {
+		t.Errorf("progress bar never reached %d/%d: %q", n, n, progress.String())
+	}
+
+	// The result JSON carries vLLM's keys with the same numbers.
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]float64{
+		"completed":           float64(m.Completed),
+		"total_output_tokens": float64(rec.out),
+		"mean_ttft_ms":        m.TTFT.Mean,
+		"p99_itl_ms":          m.ITL.Percentiles[2].Value,
+		"median_e2el_ms":      m.E2EL.Median,
+		"p90_tpot_ms":         m.TPOT.Percentiles[1].Value,
+		"output_throughput":   m.OutputThroughput,
+		"request_goodput":     m.RequestGoodput,
+	} {
+		if v, ok := got[key].(float64); !ok || v != want {
+			t.Errorf("result JSON %s = %v, want %v", key, got[key], want)
+		}
+	}
+	return dev
 }
 
 // TestPoissonArrivalsOnTheWire checks the send times the server saw: their mean gap is
 // 1/rate and the gaps are exponential (Kolmogorov–Smirnov at α = 0.001; evenly spaced
 // sends, the obvious bug, give D ≈ 0.63 against a critical value near 0.15).
 func TestPoissonArrivalsOnTheWire(t *testing.T) {
+	for attempt := 1; ; attempt++ {
+		dev := poissonRun(t)
+		if len(dev) == 0 {
+			return
+		}
+		if attempt == maxAttempts {
+			for _, d := range dev {
+				t.Error(d)
+			}
+			return
+		}
+		t.Logf("attempt %d: %q; retrying", attempt, dev)
+	}
+}
+
+func poissonRun(t *testing.T) deviations {
 	const n, rate = 160, 40.0
+	var dev deviations
 	fake := newFakeServer(t, "fake", func(int, int, bool) fakePlan {
 		return fakePlan{TTFT: time.Millisecond, TPOT: time.Millisecond, Out: 2, ChunkSize: 1}
 	})
@@ -260,11 +312,11 @@ func TestPoissonArrivalsOnTheWire(t *testing.T) {
 	}
 	mean /= float64(len(gaps))
 	if !within(mean, 1/rate) {
-		t.Errorf("mean inter-arrival %.4fs, want %.4fs", mean, 1/rate)
+		dev.add("mean inter-arrival %.4fs, want %.4fs", mean, 1/rate)
 	}
 	d := ksStatistic(gaps, func(x float64) float64 { return 1 - math.Exp(-rate*x) })
 	if crit := ksCritical(len(gaps)); d > crit {
-		t.Errorf("inter-arrival times are not exponential: KS D = %.3f > %.3f", d, crit)
+		dev.add("inter-arrival times are not exponential: KS D = %.3f > %.3f", d, crit)
 	}
 	// The same statistic rejects evenly spaced sends: the check has power.
 	even := make([]float64, len(gaps))
@@ -274,6 +326,7 @@ func TestPoissonArrivalsOnTheWire(t *testing.T) {
 	if d := ksStatistic(even, func(x float64) float64 { return 1 - math.Exp(-rate*x) }); d <= ksCritical(len(even)) {
 		t.Errorf("KS check cannot tell even spacing from Poisson (D = %.3f)", d)
 	}
+	return dev
 }
 
 func TestRunRefusesBadConfig(t *testing.T) {

@@ -172,9 +172,14 @@ func firstModel(ctx context.Context, c Config) (string, error) {
 // Run benchmarks the server with reqs and returns the measurements. It fails only when the
 // run cannot start (see the package doc); failed requests are counted in the result.
 func Run(ctx context.Context, cfg Config, reqs []SampleRequest) (*Result, error) {
+	ownClient := cfg.HTTPClient == nil
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if ownClient {
+		// Leave no keep-alive connections (and their goroutines) behind.
+		defer cfg.HTTPClient.CloseIdleConnections()
 	}
 	if len(reqs) == 0 {
 		return nil, fmt.Errorf("%w: no requests to send", ErrConfig)

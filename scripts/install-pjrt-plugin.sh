@@ -89,6 +89,28 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.arg
   fi
 }
 
+# extract_all WHEEL LIST DIR: extract the members named in LIST (one a line) under DIR,
+# keeping their paths; python3 does it in one process.
+extract_all() {
+  if [[ $extractor == python3 ]]; then
+    python3 -c '
+import os, shutil, sys, zipfile
+wheel, names, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z, open(names) as f:
+    for name in f.read().splitlines():
+        path = os.path.join(out, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with z.open(name) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)' "$1" "$2" "$3"
+  else
+    local m
+    while IFS= read -r m; do
+      mkdir -p "$3/$(dirname "$m")"
+      unzip -p "$1" "$m" >"$3/$m"
+    done <"$2"
+  fi
+}
+
 # record_hash RECORD MEMBER: the urlsafe-base64 sha256 RECORD lists for MEMBER.
 record_hash() {
   awk -F, -v m="$2" '$1 == m { sub(/^sha256=/, "", $2); print $2; found = 1 } END { exit !found }' "$1"
@@ -131,15 +153,20 @@ if [[ $nvidia_libs -eq 1 ]]; then
     [[ -f $whl ]] || die "$whl: no such file"
     list "$whl" >"$work/members"
     rec=$(record_of "$whl" "$work/members")
+    grep -E '^nvidia/.*[^/]$' "$work/members" >"$work/nv" || die "$whl: no files under nvidia/"
+    while IFS= read -r m; do
+      case $m in *../*) die "$whl: refusing unsafe member name '$m'" ;; esac
+    done <"$work/nv"
+    rm -rf "$work/x"
+    extract_all "$whl" "$work/nv" "$work/x"
     n=0
     while IFS= read -r m; do
-      [[ $m == nvidia/* && $m != */ ]] || continue
-      rel=${m#nvidia/}
-      mkdir -p "$stage/$(dirname "$rel")"
-      verified "$whl" "$m" "$stage/$rel" "$rec"
+      want=$(record_hash "$rec" "$m") || die "$whl: RECORD does not list $m"
+      got=$(file_hash "$work/x/$m")
+      [[ $got == "$want" ]] || die "$whl: $m does not match the wheel's RECORD (sha256 $got, RECORD says $want)"
       n=$((n + 1))
-    done <"$work/members"
-    [[ $n -gt 0 ]] || die "$whl: no files under nvidia/"
+    done <"$work/nv"
+    cp -a "$work/x/nvidia/." "$stage/"
     echo "$prog: $whl: $n files" >&2
   done
   # Shared objects must be executable by the loader; keep bin/ tools runnable.

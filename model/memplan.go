@@ -1,0 +1,394 @@
+package model
+
+// Tensor parallelism, part 2: the per-chip memory plan.
+//
+// PlanMemory splits one chip's memory between the model's weights (its share under the
+// ShardingPlan), the live activations of the largest step bucket the engine compiles, a
+// compile/runtime workspace allowance, and the KV cache, which gets the rest. The KV budget
+// is then cut into pages exactly as the engine does (kvcache.ConfigForBudget) to give the
+// capacity in tokens and in sequences of a given length. The server hands
+// MemoryPlan.KVBytesPerChip to the engine as its KV cache size (per device) and
+// MemoryPlan.KVHeadsPerChip as the kv heads each device stores.
+//
+// The activation figure is an estimate from the shapes the step program (graph.go's
+// Forward, plus the sampler's work on the logits) materialises, not a measurement: see
+// StepActivations. Errors wrap ErrMemory (does not fit, with the numbers) or ErrSharding.
+// Everything here is pure computation, safe for concurrent use.
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/tpuserve/tpuserve/kvcache"
+)
+
+// ErrMemory is wrapped when a configuration does not fit in device memory; the message
+// carries the numbers.
+var ErrMemory = errors.New("does not fit in device memory")
+
+// DefaultWorkspaceBytes is the per-chip allowance for what the activation estimate does not
+// cover: XLA's own temporaries and fusion scratch, the compiled programs of every bucket,
+// and the runtime's reserved memory. 1 GiB is about 6% of a 16 GiB v5e chip, close to the
+// 10% that vLLM leaves by default (gpu_memory_utilization 0.9); measure and override
+// (--workspace) once the program runs on the chip.
+const DefaultWorkspaceBytes int64 = 1 << 30
+
+// MemoryOptions configure PlanMemory. Zero fields take the documented defaults, which are
+// the engine's.
+type MemoryOptions struct {
+	// TP is the tensor-parallel size (default 1).
+	TP int
+	// DeviceMemoryBytes is one chip's memory (required).
+	DeviceMemoryBytes int64
+	// Format is the weight format (default bf16; int8 is a what-if).
+	Format WeightFormat
+	// MaxModelLen defaults to min(8192, max_position_embeddings).
+	MaxModelLen int
+	// MaxNumSeqs defaults to 256, MaxNumBatchedTokens to 8192.
+	MaxNumSeqs          int
+	MaxNumBatchedTokens int
+	// PageSize (positions per KV block) and SegmentLen (attention row length of prefill
+	// steps) default to 16, as in the engine.
+	PageSize   int
+	SegmentLen int
+	// WorkspaceBytes defaults to DefaultWorkspaceBytes.
+	WorkspaceBytes int64
+	// SeqLen is the sequence length the "sequences" capacity is given for (default
+	// MaxModelLen).
+	SeqLen int
+}
+
+// NamedBytes is one line of an estimate.
+type NamedBytes struct {
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+}
+
+// ActivationEstimate is the live device memory of one step of a bucket, per chip.
+type ActivationEstimate struct {
+	// Kind is "decode" or "prefill"; Shape is the bucket.
+	Kind  string     `json:"kind"`
+	Shape BatchShape `json:"shape"`
+	// Items are the tensors counted; Phase names the largest transient phase
+	// (attention, mlp or logits) whose items join the persistent ones in Peak.
+	Items []NamedBytes `json:"items"`
+	Phase string       `json:"phase"`
+	Peak  int64        `json:"peak_bytes"`
+}
+
+// MemoryPlan is the per-chip memory split and the KV capacity it gives.
+type MemoryPlan struct {
+	Options  MemoryOptions `json:"options"`
+	Sharding *ShardingPlan `json:"-"`
+
+	WeightBytes        int64 `json:"weight_bytes"`
+	WeightBytesPerChip int64 `json:"weight_bytes_per_chip"`
+	// Activations is the largest bucket's estimate (decode or prefill).
+	Activations    ActivationEstimate `json:"activations"`
+	WorkspaceBytes int64              `json:"workspace_bytes"`
+	// KVBytesPerChip is the KV cache budget to give the engine (per device).
+	KVBytesPerChip int64 `json:"kv_bytes_per_chip"`
+	KVHeadsPerChip int   `json:"kv_heads_per_chip"`
+	// GlobalBlocks and SlidingBlocks are the engine's block counts for that budget (null
+	// block included); KVPoolBytesPerChip is what those pools allocate (≤ the budget).
+	GlobalBlocks       int   `json:"global_blocks"`
+	SlidingBlocks      int   `json:"sliding_blocks"`
+	KVPoolBytesPerChip int64 `json:"kv_pool_bytes_per_chip"`
+	// KVTokens is how many token positions the global group holds (every token of a
+	// sequence needs one; the sliding group needs only the window).
+	KVTokens int `json:"kv_tokens"`
+	// SeqLen, the KV of one sequence of that length per chip, and how many such sequences
+	// the pools hold at once (page-granular, with the engine's split between the groups)
+	// and the budget would hold if it were split exactly for them.
+	SeqLen            int   `json:"seq_len"`
+	SeqKVBytesPerChip int64 `json:"seq_kv_bytes_per_chip"`
+	SeqsAtLen         int   `json:"seqs_at_len"`
+	SeqsAtLenByBytes  int64 `json:"seqs_at_len_by_bytes"`
+}
+
+// SeqKVBytes is the KV cache of one sequence of length L on one chip holding kvHeads kv
+// heads, with elemBytes per element: K and V for every position of each global layer and
+// for the last sliding_window positions of each sliding layer. For 27B in bf16 at TP=1
+// (16 kv heads) it is 80 KiB·L + 416 KiB·min(L, 1024).
+func SeqKVBytes(cfg *Config, L, kvHeads, elemBytes int) int64 {
+	perLayerToken := 2 * int64(kvHeads) * int64(cfg.HeadDim) * int64(elemBytes)
+	return perLayerToken * (int64(cfg.NumGlobalLayers())*int64(L) + int64(cfg.NumSlidingLayers())*int64(min(L, cfg.SlidingWindow)))
+}
+
+func (o *MemoryOptions) setDefaults(cfg *Config) error {
+	if o.TP == 0 {
+		o.TP = 1
+	}
+	if o.Format == "" {
+		o.Format = FormatBF16
+	}
+	if o.MaxModelLen == 0 {
+		o.MaxModelLen = min(8192, cfg.MaxPositionEmbeddings)
+	}
+	if o.MaxNumSeqs == 0 {
+		o.MaxNumSeqs = 256
+	}
+	if o.MaxNumBatchedTokens == 0 {
+		o.MaxNumBatchedTokens = 8192
+	}
+	if o.PageSize == 0 {
+		o.PageSize = 16
+	}
+	if o.SegmentLen == 0 {
+		o.SegmentLen = 16
+	}
+	if o.WorkspaceBytes == 0 {
+		o.WorkspaceBytes = DefaultWorkspaceBytes
+	}
+	if o.SeqLen == 0 {
+		o.SeqLen = o.MaxModelLen
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"DeviceMemoryBytes (--device-memory)", o.DeviceMemoryBytes}, {"MaxModelLen (--max-model-len)", int64(o.MaxModelLen)},
+		{"MaxNumSeqs (--max-num-seqs)", int64(o.MaxNumSeqs)}, {"MaxNumBatchedTokens (--max-num-batched-tokens)", int64(o.MaxNumBatchedTokens)},
+		{"PageSize", int64(o.PageSize)}, {"SegmentLen", int64(o.SegmentLen)}, {"SeqLen", int64(o.SeqLen)},
+	} {
+		if f.v <= 0 {
+			return fmt.Errorf("%w: MemoryOptions.%s must be > 0, got %d", ErrConfig, f.name, f.v)
+		}
+	}
+	if o.WorkspaceBytes < 0 {
+		return fmt.Errorf("%w: MemoryOptions.WorkspaceBytes (--workspace) must be >= 0, got %d", ErrConfig, o.WorkspaceBytes)
+	}
+	if o.MaxModelLen > cfg.MaxPositionEmbeddings {
+		return fmt.Errorf("%w: MemoryOptions.MaxModelLen (--max-model-len) %d exceeds the model's max_position_embeddings %d",
+			ErrConfig, o.MaxModelLen, cfg.MaxPositionEmbeddings)
+	}
+	if o.MaxNumBatchedTokens < o.MaxNumSeqs {
+		return fmt.Errorf("%w: MemoryOptions.MaxNumBatchedTokens (--max-num-batched-tokens) %d must be >= MaxNumSeqs (--max-num-seqs) %d",
+			ErrConfig, o.MaxNumBatchedTokens, o.MaxNumSeqs)
+	}
+	return nil
+}
+
+// bucketPow2 rounds n up to a power of two, at least lo (the engine's bucket rule).
+func bucketPow2(n, lo int) int {
+	n = max(n, lo, 1)
+	p := 1
+	for p < n {
+		p *= 2
+	}
+	return p
+}
+
+// LargestBuckets are the largest decode and prefill buckets the engine compiles for the
+// options (engine/runner.go's precompile): decode rows of one query for up to
+// bucketPow2(MaxNumSeqs) sequences, prefill rows of SegmentLen queries for up to
+// bucketPow2(MaxNumBatchedTokens) tokens, both with page tables as wide as bucketPow2(MaxModelLen/PageSize).
+func LargestBuckets(cfg *Config, o MemoryOptions) (decode, prefill BatchShape) {
+	pg := bucketPow2((o.MaxModelLen+o.PageSize-1)/o.PageSize, 1)
+	n := bucketPow2(o.MaxNumSeqs, 1)
+	decode = BatchShape{T: n, B: n, Q: 1, PG: pg, PS: SlidingPagesPerRow(cfg, o.PageSize, 1), N: n}
+	t := bucketPow2(o.MaxNumBatchedTokens, o.SegmentLen)
+	prefill = BatchShape{T: t, B: t / o.SegmentLen, Q: o.SegmentLen, PG: pg, PS: SlidingPagesPerRow(cfg, o.PageSize, o.SegmentLen), N: 1}
+	return decode, prefill
+}
+
+// StepActivations estimates the live memory of one step of bucket s on one chip. It counts
+// the tensors graph.go's Forward materialises, with heads, kv heads, the intermediate size
+// and the vocabulary divided as the plan splits them (b = compute dtype bytes):
+//
+//	persistent (all layers): hidden states [T, H]·b ×3 (residual, normed input, branch
+//	  output), the global and sliding masks [B, Q, C] (bool), RoPE tables, step inputs;
+//	attention (one layer): q/k/v [T, heads·D]·b ×2 (before and after RoPE), the gathered
+//	  K and V pages [B, C, kvHeads, D]·b, scores [B, heads, Q, C] in f32 plus the
+//	  probabilities in b, the output on the grid and per token;
+//	mlp (one layer): gate, up and their product [T, I/N]·b;
+//	logits (after the layers): [N, V/N] f32 ×3 (logits and two sampler temporaries);
+//
+// with C the wider of the global and sliding page tables in positions. Peak is the
+// persistent part plus the largest phase. It is an upper bound of the live set as the
+// graph is written (XLA may fuse some of it away), not a measurement.
+func StepActivations(cfg *Config, plan *ShardingPlan, s BatchShape, pageSize int) ActivationEstimate {
+	b := int64(plan.Format.ComputeBytes())
+	T, B, Q, N := int64(s.T), int64(s.B), int64(s.Q), int64(s.N)
+	H, D := int64(cfg.HiddenSize), int64(cfg.HeadDim)
+	heads, kvh := int64(plan.HeadsPerChip), int64(plan.KVHeadsPerChip)
+	cg, cs := int64(s.PG*pageSize), int64(s.PS*pageSize)
+	c := max(cg, cs)
+	ic := int64(cfg.IntermediateSize / plan.TP)
+	vc := int64(cfg.VocabSize / plan.TP)
+	persistent := []NamedBytes{
+		{"hidden states [T, H] x3", 3 * T * H * b},
+		{"attention masks [B, Q, C] global+sliding", B * Q * (cg + cs)},
+		{"rope tables [T, D] x4", 4 * T * D * b},
+		{"step inputs (int32)", 4 * (5*T + B*Q + B*int64(s.PG) + B*int64(s.PS) + B + N)},
+	}
+	attention := []NamedBytes{
+		{"q/k/v [T, heads*D] x2", 2 * T * (heads + 2*kvh) * D * b},
+		{"gathered K+V pages [B, C, kvHeads, D] x2", 2 * B * c * kvh * D * b},
+		{"scores f32 + probs [B, heads, Q, C]", B * heads * Q * c * (4 + b)},
+		{"attention output [B*Q + T, heads*D]", (B*Q + T) * heads * D * b},
+	}
+	mlp := []NamedBytes{{"mlp gate/up/product [T, I/N] x3", 3 * T * ic * b}}
+	logits := []NamedBytes{{"logits + sampler [N, V/N] f32 x3", 3 * N * vc * 4}}
+	sum := func(items []NamedBytes) int64 {
+		var n int64
+		for _, it := range items {
+			n += it.Bytes
+		}
+		return n
+	}
+	e := ActivationEstimate{Shape: s}
+	e.Items = append(e.Items, persistent...)
+	e.Items = append(e.Items, attention...)
+	e.Items = append(e.Items, mlp...)
+	e.Items = append(e.Items, logits...)
+	phase, peak := "attention", sum(attention)
+	if m := sum(mlp); m > peak {
+		phase, peak = "mlp", m
+	}
+	if l := sum(logits); l > peak {
+		phase, peak = "logits", l
+	}
+	e.Phase = phase
+	e.Peak = sum(persistent) + peak
+	return e
+}
+
+// PlanMemory splits one chip's memory for cfg under opts. On ErrMemory the returned plan is
+// filled as far as the computation got (weights, activations, workspace, and the KV budget
+// when it is positive) so that a caller can show the numbers; on other errors it is nil.
+func PlanMemory(cfg *Config, opts MemoryOptions) (*MemoryPlan, error) {
+	if err := opts.setDefaults(cfg); err != nil {
+		return nil, err
+	}
+	sp, err := NewShardingPlan(cfg, opts.TP, opts.Format)
+	if err != nil {
+		return nil, err
+	}
+	p := &MemoryPlan{
+		Options: opts, Sharding: sp, WeightBytes: sp.WeightBytes, WeightBytesPerChip: sp.WeightBytesPerChip,
+		WorkspaceBytes: opts.WorkspaceBytes, KVHeadsPerChip: sp.KVHeadsPerChip, SeqLen: opts.SeqLen,
+	}
+	decode, prefill := LargestBuckets(cfg, opts)
+	de := StepActivations(cfg, sp, decode, opts.PageSize)
+	de.Kind = "decode"
+	pe := StepActivations(cfg, sp, prefill, opts.PageSize)
+	pe.Kind = "prefill"
+	p.Activations = de
+	if pe.Peak > de.Peak {
+		p.Activations = pe
+	}
+	elem := opts.Format.ComputeBytes()
+	p.SeqKVBytesPerChip = SeqKVBytes(cfg, opts.SeqLen, sp.KVHeadsPerChip, elem)
+	fixed := p.WeightBytesPerChip + p.Activations.Peak + p.WorkspaceBytes
+	p.KVBytesPerChip = opts.DeviceMemoryBytes - fixed
+	if p.KVBytesPerChip <= 0 {
+		p.KVBytesPerChip = 0
+		return p, fmt.Errorf("%w: %s per chip before any KV cache: weights %s + activations %s (largest %s bucket %s) + workspace %s, the device has %s (TP=%d, %s)",
+			ErrMemory, FormatBytes(fixed), FormatBytes(p.WeightBytesPerChip), FormatBytes(p.Activations.Peak),
+			p.Activations.Kind, shapeString(p.Activations.Shape), FormatBytes(p.WorkspaceBytes), FormatBytes(opts.DeviceMemoryBytes), opts.TP, opts.Format)
+	}
+	p.SeqsAtLenByBytes = p.KVBytesPerChip / p.SeqKVBytesPerChip
+	spec := kvcache.MemorySpec{
+		PageSize: opts.PageSize, NumGlobalLayers: cfg.NumGlobalLayers(), NumSlidingLayers: cfg.NumSlidingLayers(),
+		KVHeads: sp.KVHeadsPerChip, HeadDim: cfg.HeadDim, DTypeBytes: elem, SlidingWindow: cfg.SlidingWindow,
+		MaxNumSeqs: opts.MaxNumSeqs, MaxNumBatchedTokens: opts.MaxNumBatchedTokens, MaxModelLen: opts.MaxModelLen,
+	}
+	kv, err := kvcache.ConfigForBudget(p.KVBytesPerChip, spec)
+	if err != nil {
+		return p, fmt.Errorf("%w: KV budget %s per chip (device %s − weights %s − activations %s − workspace %s): %w",
+			ErrMemory, FormatBytes(p.KVBytesPerChip), FormatBytes(opts.DeviceMemoryBytes), FormatBytes(p.WeightBytesPerChip),
+			FormatBytes(p.Activations.Peak), FormatBytes(p.WorkspaceBytes), err)
+	}
+	p.GlobalBlocks, p.SlidingBlocks = kv.NumGlobalBlocks, kv.NumSlidingBlocks
+	gB, sB := spec.BlockBytes()
+	p.KVPoolBytesPerChip = int64(p.GlobalBlocks)*gB + int64(p.SlidingBlocks)*sB
+	ps := opts.PageSize
+	if cfg.NumGlobalLayers() > 0 {
+		p.KVTokens = (p.GlobalBlocks - 1) * ps
+	} else {
+		p.KVTokens = (p.SlidingBlocks - 1) * ps
+	}
+	p.SeqsAtLen = seqsAtLen(cfg, p.GlobalBlocks, p.SlidingBlocks, ps, opts.SeqLen)
+	if need := seqsAtLen(cfg, p.GlobalBlocks, p.SlidingBlocks, ps, opts.MaxModelLen); need < 1 {
+		return p, fmt.Errorf("%w: KV budget %s per chip (device %s − weights %s − activations %s − workspace %s) holds %d tokens in %d global and %d sliding blocks; one sequence of max model length %d needs %s per chip",
+			ErrMemory, FormatBytes(p.KVBytesPerChip), FormatBytes(opts.DeviceMemoryBytes), FormatBytes(p.WeightBytesPerChip),
+			FormatBytes(p.Activations.Peak), FormatBytes(p.WorkspaceBytes), p.KVTokens, p.GlobalBlocks, p.SlidingBlocks,
+			opts.MaxModelLen, FormatBytes(SeqKVBytes(cfg, opts.MaxModelLen, sp.KVHeadsPerChip, elem)))
+	}
+	return p, nil
+}
+
+// seqsAtLen is how many sequences of length L the block pools hold at once: each needs
+// ceil(L/page) global blocks and, for the sliding layers, the blocks covering its window
+// (at most ceil(window/page)+1 when the window is not page-aligned). Null blocks excluded.
+func seqsAtLen(cfg *Config, global, sliding, pageSize, L int) int {
+	n := math.MaxInt
+	if cfg.NumGlobalLayers() > 0 {
+		n = min(n, (global-1)/((L+pageSize-1)/pageSize))
+	}
+	if cfg.NumSlidingLayers() > 0 {
+		per := min((L+pageSize-1)/pageSize, (cfg.SlidingWindow+pageSize-1)/pageSize+1)
+		n = min(n, (sliding-1)/per)
+	}
+	return n
+}
+
+func shapeString(s BatchShape) string {
+	return fmt.Sprintf("T=%d B=%d Q=%d PG=%d PS=%d N=%d", s.T, s.B, s.Q, s.PG, s.PS, s.N)
+}
+
+// FormatBytes writes n in binary units with three significant digits (e.g. "6.29 GiB").
+func FormatBytes(n int64) string {
+	v := float64(n)
+	for _, u := range []string{"B", "KiB", "MiB", "GiB", "TiB"} {
+		if math.Abs(v) < 1024 || u == "TiB" {
+			switch {
+			case u == "B":
+				return fmt.Sprintf("%d B", n)
+			case math.Abs(v) >= 100:
+				return fmt.Sprintf("%.0f %s", v, u)
+			case math.Abs(v) >= 10:
+				return fmt.Sprintf("%.1f %s", v, u)
+			}
+			return fmt.Sprintf("%.2f %s", v, u)
+		}
+		v /= 1024
+	}
+	return ""
+}
+
+// ParseByteSize parses a memory size: a plain number of bytes, or a number with a binary
+// suffix (Ki, Mi, Gi, Ti, optionally followed by B) or a decimal one (K, M, G, T, optionally
+// followed by B): "16GiB" = 16·2³⁰, "16Gi" likewise, "16GB" = 16·10⁹.
+func ParseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	if t == "" {
+		return 0, fmt.Errorf("%w: empty memory size", ErrConfig)
+	}
+	i := len(t)
+	for i > 0 && (t[i-1] < '0' || t[i-1] > '9') && t[i-1] != '.' {
+		i--
+	}
+	num, unit := strings.TrimSpace(t[:i]), strings.TrimSpace(t[i:])
+	mult := map[string]float64{
+		"": 1, "B": 1,
+		"K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
+		"KI": 1 << 10, "KIB": 1 << 10, "MI": 1 << 20, "MIB": 1 << 20, "GI": 1 << 30, "GIB": 1 << 30,
+		"TI": 1 << 40, "TIB": 1 << 40,
+	}[strings.ToUpper(unit)]
+	if mult == 0 {
+		return 0, fmt.Errorf("%w: memory size %q: unknown unit %q (want B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)", ErrConfig, s, unit)
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("%w: memory size %q is not a non-negative number with a unit", ErrConfig, s)
+	}
+	if v*mult > math.MaxInt64/2 {
+		return 0, fmt.Errorf("%w: memory size %q is too large", ErrConfig, s)
+	}
+	return int64(math.Round(v * mult)), nil
+}

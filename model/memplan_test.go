@@ -1,0 +1,253 @@
+package model_test
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/tpuserve/tpuserve/model"
+)
+
+const gib = int64(1) << 30
+
+// TestSeqKVBytes checks the sliding-window rule against ../shared/docs/gemma3.md:
+// 27B bf16 KV per sequence = 80 KiB·L + 416 KiB·min(L, 1024): 0.56 GiB at 2k, 1.03 GiB at
+// 8k, 10.4 GiB at 128k (62 GiB if the local layers kept everything); per chip ÷ kv shards.
+func TestSeqKVBytes(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	const kib = 1024
+	for _, tc := range []struct {
+		L       int
+		docGiB  float64 // gemma3.md's figure, where it gives one
+		docPrec float64
+	}{
+		{1, 0, 0}, {1023, 0, 0}, {1024, 0, 0}, {1025, 0, 0},
+		{2048, 0.56, 0.005}, {8192, 1.03, 0.005}, {131072, 10.4, 0.05},
+	} {
+		t.Run(fmt.Sprint(tc.L), func(t *testing.T) {
+			got := model.SeqKVBytes(&cfg, tc.L, cfg.NumKeyValueHeads, 2)
+			if want := int64(80*kib*tc.L + 416*kib*min(tc.L, 1024)); got != want {
+				t.Errorf("L=%d: %d bytes, want 80 KiB·L + 416 KiB·min(L,1024) = %d", tc.L, got, want)
+			}
+			if tc.docGiB > 0 {
+				if g := float64(got) / float64(gib); math.Abs(g-tc.docGiB) > tc.docPrec {
+					t.Errorf("L=%d: %.3f GiB, gemma3.md says %.2f", tc.L, g, tc.docGiB)
+				}
+			}
+			for _, tp := range []int{2, 4, 8} {
+				p, err := model.NewShardingPlan(&cfg, tp, model.FormatBF16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if chip := model.SeqKVBytes(&cfg, tc.L, p.KVHeadsPerChip, 2); chip*int64(tp) != got {
+					t.Errorf("TP=%d: %d bytes per chip × %d != %d", tp, chip, tp, got)
+				}
+			}
+		})
+	}
+	all := cfg
+	all.SlidingWindow = 1 << 20 // the local layers keep everything
+	if g := float64(model.SeqKVBytes(&all, 131072, 16, 2)) / float64(gib); g != 62 {
+		t.Errorf("128k without the window: %.2f GiB, gemma3.md says 62", g)
+	}
+}
+
+// TestPlanMemory runs every size at TP 1/2/4/8 on a chip large enough for all of them
+// and checks that the split adds up and agrees with the engine's own sizing code.
+func TestPlanMemory(t *testing.T) {
+	for _, name := range []string{"gemma3-1b", "gemma3-4b", "gemma3-12b", "gemma3-27b"} {
+		cfg := preset(t, name)
+		var prevWeights int64
+		for _, tp := range []int{1, 2, 4, 8} {
+			t.Run(fmt.Sprintf("%s/tp%d", name, tp), func(t *testing.T) {
+				opts := model.MemoryOptions{TP: tp, DeviceMemoryBytes: 80 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
+				p, err := model.PlanMemory(&cfg, opts)
+				if name == "gemma3-1b" && tp == 8 {
+					if !errors.Is(err, model.ErrSharding) {
+						t.Fatalf("1B at TP=8: %v, want ErrSharding", err)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sum := p.WeightBytesPerChip + p.Activations.Peak + p.WorkspaceBytes + p.KVBytesPerChip; sum != opts.DeviceMemoryBytes {
+					t.Errorf("weights + activations + workspace + KV = %d, device has %d", sum, opts.DeviceMemoryBytes)
+				}
+				if p.WorkspaceBytes != model.DefaultWorkspaceBytes || p.Options.MaxModelLen != min(8192, cfg.MaxPositionEmbeddings) {
+					t.Errorf("defaults not applied: %+v", p.Options)
+				}
+				layout := model.KVLayout{PageSize: 16, NumGlobalPages: p.GlobalBlocks, NumSlidingPages: p.SlidingBlocks}
+				kvShards := int64(cfg.NumKeyValueHeads / p.KVHeadsPerChip)
+				if full := model.PoolBytes(&cfg, layout, dtypes.BFloat16); p.KVPoolBytesPerChip*kvShards != full {
+					t.Errorf("pools %d bytes per chip × %d kv shards, PoolBytes of the layout is %d", p.KVPoolBytesPerChip, kvShards, full)
+				}
+				if p.KVPoolBytesPerChip > p.KVBytesPerChip {
+					t.Errorf("pools %d bytes exceed the budget %d", p.KVPoolBytesPerChip, p.KVBytesPerChip)
+				}
+				if p.KVTokens != (p.GlobalBlocks-1)*16 {
+					t.Errorf("KV tokens %d from %d global blocks of 16", p.KVTokens, p.GlobalBlocks)
+				}
+				L := p.SeqLen
+				if need := p.SeqsAtLen * ((L + 15) / 16); need > p.GlobalBlocks-1 {
+					t.Errorf("%d sequences of %d need %d global blocks, there are %d", p.SeqsAtLen, L, need, p.GlobalBlocks-1)
+				}
+				if by := p.KVBytesPerChip / model.SeqKVBytes(&cfg, L, p.KVHeadsPerChip, 2); by != p.SeqsAtLenByBytes || int64(p.SeqsAtLen) > by+1 {
+					t.Errorf("sequences at %d: %d from blocks, %d by bytes (want %d)", L, p.SeqsAtLen, p.SeqsAtLenByBytes, by)
+				}
+				if prevWeights != 0 && p.WeightBytesPerChip >= prevWeights {
+					t.Errorf("weights per chip %d did not shrink from %d", p.WeightBytesPerChip, prevWeights)
+				}
+				prevWeights = p.WeightBytesPerChip
+			})
+		}
+	}
+}
+
+// Test27BOnV5e8 is the production case: 27B bf16 at TP=8 on 16 GiB chips. gemma3.md says
+// a v5e-8 holds the 54 GB of weights and about 55–60 GB of KV; with step buckets sized
+// for 64 sequences and 2048-token chunks the plan agrees. With the engine's defaults
+// (256 sequences, 8192-token steps) the gather-based attention's activations take most of
+// the room (the figure the plan exists to show).
+func Test27BOnV5e8(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	tuned, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total := float64(tuned.KVBytesPerChip*8) / 1e9; total < 55 || total > 65 {
+		t.Errorf("KV for the v5e-8: %.1f GB, gemma3.md says about 55–60", total)
+	}
+	if tuned.KVHeadsPerChip != 2 || tuned.Activations.Kind != "prefill" {
+		t.Errorf("kv heads per chip %d, largest bucket %s", tuned.KVHeadsPerChip, tuned.Activations.Kind)
+	}
+	defaults, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if defaults.KVBytesPerChip >= tuned.KVBytesPerChip || defaults.Activations.Peak < 4*gib {
+		t.Errorf("default buckets: activations %d, KV %d (tuned %d)", defaults.Activations.Peak, defaults.KVBytesPerChip, tuned.KVBytesPerChip)
+	}
+	int8, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, Format: model.FormatInt8, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gained := int8.KVBytesPerChip - tuned.KVBytesPerChip; gained != tuned.WeightBytesPerChip-int8.WeightBytesPerChip {
+		t.Errorf("int8 weights free %d bytes of KV, the weights shrank by %d", gained, tuned.WeightBytesPerChip-int8.WeightBytesPerChip)
+	}
+}
+
+// TestStepActivations recomputes the estimate of one small bucket by hand.
+func TestStepActivations(t *testing.T) {
+	cfg := preset(t, "tiny") // H 64, I 128, 4 heads, 2 kv heads, D 16, V 262208
+	p, err := model.NewShardingPlan(&cfg, 2, model.FormatBF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := model.BatchShape{T: 32, B: 2, Q: 16, PG: 4, PS: 3, N: 2}
+	e := model.StepActivations(&cfg, p, s, 16)
+	items := map[string]int64{}
+	for _, it := range e.Items {
+		items[it.Name] = it.Bytes
+	}
+	C := int64(4 * 16) // the global table is the wider one
+	want := map[string]int64{
+		"hidden states [T, H] x3":                  3 * 32 * 64 * 2,
+		"gathered K+V pages [B, C, kvHeads, D] x2": 2 * 2 * C * 1 * 16 * 2,
+		"scores f32 + probs [B, heads, Q, C]":      2 * 2 * 16 * C * 6,
+		"mlp gate/up/product [T, I/N] x3":          3 * 32 * 64 * 2,
+		"logits + sampler [N, V/N] f32 x3":         3 * 2 * 131104 * 4,
+		"attention masks [B, Q, C] global+sliding": 2 * 16 * (64 + 48),
+		"q/k/v [T, heads*D] x2":                    2 * 32 * (2 + 2) * 16 * 2,
+		"attention output [B*Q + T, heads*D]":      (32 + 32) * 2 * 16 * 2,
+		"rope tables [T, D] x4":                    4 * 32 * 16 * 2,
+		"step inputs (int32)":                      4 * (5*32 + 32 + 8 + 6 + 2 + 2),
+	}
+	for name, w := range want {
+		if items[name] != w {
+			t.Errorf("%s: %d bytes, want %d", name, items[name], w)
+		}
+	}
+	persistent := want["hidden states [T, H] x3"] + want["attention masks [B, Q, C] global+sliding"] + want["rope tables [T, D] x4"] + want["step inputs (int32)"]
+	if e.Phase != "logits" || e.Peak != persistent+want["logits + sampler [N, V/N] f32 x3"] {
+		t.Errorf("peak %d in phase %s, want %d in logits (tiny's vocabulary dominates)", e.Peak, e.Phase, persistent+want["logits + sampler [N, V/N] f32 x3"])
+	}
+}
+
+// TestLargestBuckets mirrors the engine's precompiled buckets for its defaults.
+func TestLargestBuckets(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	d, p := model.LargestBuckets(&cfg, model.MemoryOptions{MaxModelLen: 8192, MaxNumSeqs: 200, MaxNumBatchedTokens: 5000, PageSize: 16, SegmentLen: 16})
+	if want := (model.BatchShape{T: 256, B: 256, Q: 1, PG: 512, PS: 65, N: 256}); d != want {
+		t.Errorf("decode bucket %+v, want %+v", d, want)
+	}
+	if want := (model.BatchShape{T: 8192, B: 512, Q: 16, PG: 512, PS: 66, N: 1}); p != want {
+		t.Errorf("prefill bucket %+v, want %+v", p, want)
+	}
+}
+
+func TestPlanMemoryErrors(t *testing.T) {
+	c27 := preset(t, "gemma3-27b")
+	for _, tc := range []struct {
+		name string
+		opts model.MemoryOptions
+		is   error
+		want []string
+	}{
+		{"27B on one chip", model.MemoryOptions{TP: 1, DeviceMemoryBytes: 16 * gib}, model.ErrMemory,
+			[]string{"weights 50.3 GiB", "the device has 16.0 GiB", "TP=1"}},
+		{"no device memory", model.MemoryOptions{TP: 8}, model.ErrConfig, []string{"--device-memory"}},
+		{"too long", model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxModelLen: 200000}, model.ErrConfig,
+			[]string{"--max-model-len", "200000", "131072"}},
+		{"batch below seqs", model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 512, MaxNumBatchedTokens: 256}, model.ErrConfig,
+			[]string{"--max-num-batched-tokens", "--max-num-seqs"}},
+		{"bad tp", model.MemoryOptions{TP: 5, DeviceMemoryBytes: 16 * gib}, model.ErrSharding, []string{"q_proj"}},
+		// Room for the weights but not one 128k sequence (10.4 GiB, 1.3 GiB per chip).
+		{"KV too small", model.MemoryOptions{TP: 8, DeviceMemoryBytes: 17 * gib / 2, MaxModelLen: 131072, MaxNumSeqs: 1, MaxNumBatchedTokens: 16, SegmentLen: 16},
+			model.ErrMemory, []string{"one sequence of max model length 131072 needs 1.30 GiB per chip"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := model.PlanMemory(&c27, tc.opts)
+			if err == nil || !errors.Is(err, tc.is) {
+				t.Fatalf("got %v, want %v", err, tc.is)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if errors.Is(err, model.ErrMemory) && (p == nil || p.WeightBytesPerChip == 0) {
+				t.Errorf("ErrMemory without the partial plan: %+v", p)
+			}
+		})
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{"16GiB", 16 << 30, false}, {"16Gi", 16 << 30, false}, {"16 GiB", 16 << 30, false}, {"16gib", 16 << 30, false},
+		{"16GB", 16e9, false}, {"16G", 16e9, false}, {"1.5GiB", 3 << 29, false}, {"512MiB", 512 << 20, false},
+		{"1024", 1024, false}, {"80KB", 80000, false}, {"1TiB", 1 << 40, false},
+		{"", 0, true}, {"GiB", 0, true}, {"16XB", 0, true}, {"-1GiB", 0, true}, {"1e30TiB", 0, true},
+	} {
+		got, err := model.ParseByteSize(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d (error %v)", tc.in, got, err, tc.want, tc.err)
+		}
+		if err != nil && !errors.Is(err, model.ErrConfig) {
+			t.Errorf("ParseByteSize(%q): %v is not ErrConfig", tc.in, err)
+		}
+	}
+	for n, want := range map[int64]string{512: "512 B", 1536: "1.50 KiB", 16 << 30: "16.0 GiB", 6754706944: "6.29 GiB", 200 << 20: "200 MiB"} {
+		if got := model.FormatBytes(n); got != want {
+			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

@@ -1,0 +1,332 @@
+package model_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/tpuserve/tpuserve/model"
+)
+
+func preset(t testing.TB, name string) model.Config {
+	t.Helper()
+	c, err := model.Preset(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestShardingPlanSizes checks every published size at TP 1/2/4/8: which sizes are
+// refused, the per-chip head counts, every tensor's split, and that the bytes add up.
+func TestShardingPlanSizes(t *testing.T) {
+	for _, tc := range []struct {
+		preset            string
+		tp                int
+		err               string // substring of the refusal; "" = accepted
+		heads, kvh, kvrep int
+	}{
+		{"gemma3-1b", 1, "", 4, 1, 1},
+		{"gemma3-1b", 2, "", 2, 1, 2}, // 1 kv head: replicated on both chips
+		{"gemma3-1b", 4, "", 1, 1, 4},
+		{"gemma3-1b", 8, "q_proj.weight [1024 1152]: 4 attention heads over 8 chips", 0, 0, 0},
+		{"gemma3-4b", 1, "", 8, 4, 1},
+		{"gemma3-4b", 2, "", 4, 2, 1},
+		{"gemma3-4b", 4, "", 2, 1, 1},
+		{"gemma3-4b", 8, "", 1, 1, 2}, // 4 kv heads over 8 chips: each on 2
+		{"gemma3-12b", 1, "", 16, 8, 1},
+		{"gemma3-12b", 2, "", 8, 4, 1},
+		{"gemma3-12b", 4, "", 4, 2, 1},
+		{"gemma3-12b", 8, "", 2, 1, 1},
+		{"gemma3-27b", 1, "", 32, 16, 1},
+		{"gemma3-27b", 2, "", 16, 8, 1},
+		{"gemma3-27b", 4, "", 8, 4, 1},
+		{"gemma3-27b", 8, "", 4, 2, 1},
+		{"gemma3-27b", 3, "q_proj.weight [4096 5376]: 32 attention heads over 3 chips", 0, 0, 0},
+	} {
+		t.Run(fmt.Sprintf("%s/tp%d", tc.preset, tc.tp), func(t *testing.T) {
+			cfg := preset(t, tc.preset)
+			p, err := model.NewShardingPlan(&cfg, tc.tp, model.FormatBF16)
+			if tc.err != "" {
+				if err == nil || !errors.Is(err, model.ErrSharding) || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want an ErrSharding containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.HeadsPerChip != tc.heads || p.KVHeadsPerChip != tc.kvh || p.KVReplicas != tc.kvrep {
+				t.Errorf("heads/kv heads/kv replicas per chip = %d/%d/%d, want %d/%d/%d",
+					p.HeadsPerChip, p.KVHeadsPerChip, p.KVReplicas, tc.heads, tc.kvh, tc.kvrep)
+			}
+			mesh := 1
+			for _, s := range p.MeshAxisSizes {
+				mesh *= s
+			}
+			if mesh != tc.tp {
+				t.Errorf("mesh %v %v has %d devices, want %d", p.MeshAxisNames, p.MeshAxisSizes, mesh, tc.tp)
+			}
+			specs := model.WeightSpecs(&cfg)
+			if len(p.Weights) != len(specs) {
+				t.Fatalf("%d tensors planned, the model has %d", len(p.Weights), len(specs))
+			}
+			var sum, sumChip, onAllChips int64
+			for i, w := range p.Weights {
+				if w.Name != specs[i].Name || fmt.Sprint(w.Shape) != fmt.Sprint(specs[i].Shape) {
+					t.Fatalf("tensor %d is %s %v, want %s %v (WeightSpecs order)", i, w.Name, w.Shape, specs[i].Name, specs[i].Shape)
+				}
+				// The rule, restated from the names.
+				wantAxis, wantShards := -1, 1
+				if tc.tp > 1 {
+					switch {
+					case len(w.Shape) == 1:
+					case strings.Contains(w.Name, "k_proj"), strings.Contains(w.Name, "v_proj"):
+						wantAxis, wantShards = 0, tc.tp/tc.kvrep
+					case strings.Contains(w.Name, "embed_tokens"), strings.Contains(w.Name, "q_proj"),
+						strings.Contains(w.Name, "gate_proj"), strings.Contains(w.Name, "up_proj"):
+						wantAxis, wantShards = 0, tc.tp
+					case strings.Contains(w.Name, "o_proj"), strings.Contains(w.Name, "down_proj"):
+						wantAxis, wantShards = 1, tc.tp
+					}
+				}
+				if w.Axis != wantAxis || w.Shards != wantShards {
+					t.Errorf("%s: split on axis %d in %d shards, want axis %d in %d", w.Name, w.Axis, w.Shards, wantAxis, wantShards)
+				}
+				elems := int64(1)
+				for a, d := range w.ShardShape {
+					full := w.Shape[a]
+					if a == w.Axis {
+						full /= w.Shards
+					}
+					if d != full {
+						t.Errorf("%s: shard shape %v of %v split on %d in %d", w.Name, w.ShardShape, w.Shape, w.Axis, w.Shards)
+					}
+					elems *= int64(d)
+				}
+				if w.BytesPerChip != 2*elems {
+					t.Errorf("%s: %d bytes per chip, want 2·%d", w.Name, w.BytesPerChip, elems)
+				}
+				sum += w.Bytes
+				sumChip += w.BytesPerChip
+				// What the N chips hold together: the tensor once per replica of each piece.
+				onAllChips += w.BytesPerChip * int64(tc.tp)
+				if want := w.Bytes * int64(tc.tp/w.Shards); w.BytesPerChip*int64(tc.tp) != want {
+					t.Errorf("%s: %d chips × %d bytes != %d replicas × %d bytes", w.Name, tc.tp, w.BytesPerChip, tc.tp/w.Shards, w.Bytes)
+				}
+			}
+			if sum != p.WeightBytes || sumChip != p.WeightBytesPerChip {
+				t.Errorf("plan totals %d / %d per chip, tensors sum to %d / %d", p.WeightBytes, p.WeightBytesPerChip, sum, sumChip)
+			}
+			if want := 2 * cfg.NumParams(); p.WeightBytes != want {
+				t.Errorf("model bytes %d, want 2·NumParams = %d", p.WeightBytes, want)
+			}
+			if onAllChips < p.WeightBytes {
+				t.Errorf("the chips hold %d bytes together, less than the model's %d", onAllChips, p.WeightBytes)
+			}
+			if p.KVPool.Axis != map[bool]int{true: -1, false: 2}[tc.tp == 1] || p.KVPool.BytesPerChip != int64(2*tc.kvh*cfg.HeadDim) {
+				t.Errorf("KV pool split on axis %d with %d bytes per slot per chip", p.KVPool.Axis, p.KVPool.BytesPerChip)
+			}
+		})
+	}
+}
+
+// Test27BPerChipBytes recomputes 27B's bf16 share per chip at TP=8 from the config.
+func Test27BPerChipBytes(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	p, err := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	H, I, D, L, V := int64(5376), int64(21504), int64(128), int64(62), int64(262208)
+	split := V*H + L*(32*D*H+2*16*D*H+32*D*H+3*H*I)
+	replicated := L*(4*H+2*D) + H
+	if want := 2 * (split/8 + replicated); p.WeightBytesPerChip != want {
+		t.Errorf("27B TP=8: %d bytes per chip, want %d", p.WeightBytesPerChip, want)
+	}
+	// 54.0 GB in all, 6.75 GB per chip.
+	if gb := float64(p.WeightBytesPerChip) / 1e9; gb < 6.7 || gb > 6.8 {
+		t.Errorf("27B TP=8: %.2f GB per chip, want about 6.75", gb)
+	}
+}
+
+func TestShardingPlanRefusals(t *testing.T) {
+	custom := func(mut func(c *model.Config)) model.Config {
+		c := model.DefaultConfig()
+		c.TextVocabSize = c.VocabSize
+		mut(&c)
+		return c
+	}
+	for _, tc := range []struct {
+		name   string
+		cfg    model.Config
+		tp     int
+		format model.WeightFormat
+		want   string
+	}{
+		{"zero", preset(t, "gemma3-27b"), 0, model.FormatBF16, "must be >= 1, got 0"},
+		{"format", preset(t, "gemma3-27b"), 8, "fp8", `weight format "fp8"`},
+		{"kv heads", custom(func(c *model.Config) { c.NumAttentionHeads, c.NumKeyValueHeads = 6, 3 }), 2, model.FormatBF16,
+			"neither divides nor is a multiple of the 3 kv heads of model.layers.*.self_attn.k_proj.weight [768 1152]"},
+		{"intermediate", custom(func(c *model.Config) { c.NumAttentionHeads, c.NumKeyValueHeads, c.IntermediateSize = 8, 8, 100 }), 8, model.FormatBF16,
+			"model.layers.*.mlp.gate_proj.weight [100 1152]: intermediate_size 100 over 8 chips"},
+		{"vocab", custom(func(c *model.Config) {
+			c.NumAttentionHeads, c.NumKeyValueHeads, c.VocabSize, c.TextVocabSize = 4, 4, 1001, 1001
+		}), 4, model.FormatBF16,
+			"model.embed_tokens.weight [1001 1152]: vocab_size 1001 over 4 chips"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := model.NewShardingPlan(&tc.cfg, tc.tp, tc.format)
+			if err == nil || !errors.Is(err, model.ErrSharding) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an ErrSharding containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestShardIndex checks which piece each chip holds, on a 1-D and a 2-D (kv-replicating) mesh.
+func TestShardIndex(t *testing.T) {
+	cfg := preset(t, "gemma3-4b") // 4 kv heads
+	p, err := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, k, o, norm := p.Weights[2], p.Weights[3], p.Weights[5], p.Weights[1]
+	for d := 0; d < 8; d++ {
+		if got := p.ShardIndex(q, d); got != d {
+			t.Errorf("q_proj on chip %d: piece %d, want %d", d, got, d)
+		}
+		if got := p.ShardIndex(o, d); got != d {
+			t.Errorf("o_proj on chip %d: piece %d, want %d", d, got, d)
+		}
+		// Chip d computes q heads [d, d+1) (1 per chip); they use kv head d·1/2 = d/2.
+		if got, want := p.ShardIndex(k, d), d*p.HeadsPerChip/(cfg.NumAttentionHeads/cfg.NumKeyValueHeads); got != want {
+			t.Errorf("k_proj on chip %d: piece %d, want the kv head of its q heads, %d", d, got, want)
+		}
+		if got := p.ShardIndex(norm, d); got != 0 {
+			t.Errorf("norm on chip %d: piece %d", d, got)
+		}
+	}
+}
+
+// TestShardBytes slices a tensor on each axis and puts it back together.
+func TestShardBytes(t *testing.T) {
+	const elem = 2
+	shape := []int{4, 6, 3}
+	src := make([]byte, 4*6*3*elem)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	at := func(i, j, k int) []byte { o := ((i*6+j)*3 + k) * elem; return src[o : o+elem] }
+	for _, tc := range []struct{ axis, shards int }{{0, 2}, {0, 4}, {1, 3}, {1, 2}, {2, 3}, {-1, 1}} {
+		t.Run(fmt.Sprintf("axis%d/%d", tc.axis, tc.shards), func(t *testing.T) {
+			tp := model.TensorPlan{Name: "x", Shape: shape, Axis: tc.axis, Shards: tc.shards, ShardShape: append([]int(nil), shape...)}
+			if tc.axis >= 0 {
+				tp.ShardShape[tc.axis] /= tc.shards
+			}
+			ss := tp.ShardShape
+			for s := 0; s < tc.shards; s++ {
+				dst := make([]byte, ss[0]*ss[1]*ss[2]*elem)
+				if err := tp.ShardBytes(dst, src, elem, s); err != nil {
+					t.Fatal(err)
+				}
+				for i := 0; i < ss[0]; i++ {
+					for j := 0; j < ss[1]; j++ {
+						for k := 0; k < ss[2]; k++ {
+							gi := [3]int{i, j, k}
+							if tc.axis >= 0 {
+								gi[tc.axis] += s * ss[tc.axis]
+							}
+							o := ((i*ss[1]+j)*ss[2] + k) * elem
+							if !bytes.Equal(dst[o:o+elem], at(gi[0], gi[1], gi[2])) {
+								t.Fatalf("shard %d [%d %d %d] = %v, want element %v = %v", s, i, j, k, dst[o:o+elem], gi, at(gi[0], gi[1], gi[2]))
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+	tp := model.TensorPlan{Name: "x", Shape: shape, Axis: 0, Shards: 2, ShardShape: []int{2, 6, 3}}
+	if err := tp.ShardBytes(make([]byte, 10), src, elem, 0); err == nil || !errors.Is(err, model.ErrSharding) {
+		t.Errorf("wrong shard buffer size: %v", err)
+	}
+	if err := tp.ShardBytes(make([]byte, 2*6*3*elem), src, elem, 2); err == nil {
+		t.Error("shard index out of range accepted")
+	}
+	if err := tp.ShardBytes(make([]byte, 2*6*3*elem), src[1:], elem, 0); err == nil {
+		t.Error("short source accepted")
+	}
+}
+
+// TestInt8Bytes checks the int8 what-if: int8 elements plus one bf16 scale per output row
+// (all rows for a row-parallel piece), norms in bf16.
+func TestInt8Bytes(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	p, err := model.NewShardingPlan(&cfg, 8, model.FormatInt8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]model.TensorPlan{}
+	for _, w := range p.Weights {
+		byName[w.Name] = w
+	}
+	for name, want := range map[string]int64{
+		"model.layers.0.self_attn.q_proj.weight": 512*5376 + 2*512,  // [4096/8, 5376]
+		"model.layers.0.self_attn.o_proj.weight": 5376*512 + 2*5376, // [5376, 4096/8], every row's scale
+		"model.layers.0.mlp.down_proj.weight":    5376*2688 + 2*5376,
+		"model.layers.0.input_layernorm.weight":  2 * 5376,
+		"model.embed_tokens.weight":              32776*5376 + 2*32776,
+	} {
+		if got := byName[name].BytesPerChip; got != want {
+			t.Errorf("%s: %d bytes per chip in int8, want %d", name, got, want)
+		}
+	}
+	bf, err := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := float64(p.WeightBytesPerChip) / float64(bf.WeightBytesPerChip); r < 0.5 || r > 0.51 {
+		t.Errorf("int8/bf16 bytes per chip = %.4f, want just over 0.5", r)
+	}
+	if p.KVPool.BytesPerChip != bf.KVPool.BytesPerChip {
+		t.Errorf("int8 weights changed the KV cache size: %d vs %d", p.KVPool.BytesPerChip, bf.KVPool.BytesPerChip)
+	}
+}
+
+// TestPoolPlans checks the KV pools' split against PoolBytes.
+func TestPoolPlans(t *testing.T) {
+	for _, tc := range []struct {
+		preset string
+		tp     int
+	}{{"gemma3-27b", 8}, {"gemma3-4b", 8}, {"gemma3-1b", 2}, {"gemma3-12b", 1}} {
+		cfg := preset(t, tc.preset)
+		p, err := model.NewShardingPlan(&cfg, tc.tp, model.FormatBF16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layout := model.KVLayout{PageSize: 16, NumGlobalPages: 100, NumSlidingPages: 30}
+		pools := p.PoolPlans(layout)
+		if len(pools) != 2*cfg.NumHiddenLayers {
+			t.Fatalf("%s: %d pool plans", tc.preset, len(pools))
+		}
+		var chip int64
+		for l, pp := range pools {
+			pages := 30
+			if cfg.IsGlobal(l / 2) {
+				pages = 100
+			}
+			if pp.Shape[0] != pages || pp.ShardShape[2] != p.KVHeadsPerChip || (tc.tp > 1 && pp.Axis != 2) {
+				t.Errorf("%s: pool %d: %+v", tc.preset, l, pp)
+			}
+			chip += pp.BytesPerChip
+		}
+		full := model.PoolBytes(&cfg, layout, dtypes.BFloat16)
+		if kvShards := int64(cfg.NumKeyValueHeads / p.KVHeadsPerChip); chip*kvShards != full {
+			t.Errorf("%s TP=%d: %d pool bytes per chip × %d kv shards != PoolBytes %d", tc.preset, tc.tp, chip, kvShards, full)
+		}
+	}
+}

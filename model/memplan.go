@@ -54,7 +54,7 @@ type MemoryOptions struct {
 	// steps) default to 16, as in the engine.
 	PageSize   int
 	SegmentLen int
-	// WorkspaceBytes defaults to DefaultWorkspaceBytes.
+	// WorkspaceBytes defaults to DefaultWorkspaceBytes; a negative value means none.
 	WorkspaceBytes int64
 	// SeqLen is the sequence length the "sequences" capacity is given for (default
 	// MaxModelLen).
@@ -140,8 +140,11 @@ func (o *MemoryOptions) setDefaults(cfg *Config) error {
 	if o.SegmentLen == 0 {
 		o.SegmentLen = 16
 	}
-	if o.WorkspaceBytes == 0 {
+	switch {
+	case o.WorkspaceBytes == 0:
 		o.WorkspaceBytes = DefaultWorkspaceBytes
+	case o.WorkspaceBytes < 0:
+		o.WorkspaceBytes = 0
 	}
 	if o.SeqLen == 0 {
 		o.SeqLen = o.MaxModelLen
@@ -157,9 +160,6 @@ func (o *MemoryOptions) setDefaults(cfg *Config) error {
 		if f.v <= 0 {
 			return fmt.Errorf("%w: MemoryOptions.%s must be > 0, got %d", ErrConfig, f.name, f.v)
 		}
-	}
-	if o.WorkspaceBytes < 0 {
-		return fmt.Errorf("%w: MemoryOptions.WorkspaceBytes (--workspace) must be >= 0, got %d", ErrConfig, o.WorkspaceBytes)
 	}
 	if o.MaxModelLen > cfg.MaxPositionEmbeddings {
 		return fmt.Errorf("%w: MemoryOptions.MaxModelLen (--max-model-len) %d exceeds the model's max_position_embeddings %d",

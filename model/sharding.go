@@ -91,6 +91,17 @@ func (s SplitKind) String() string {
 // MarshalText writes the split's name (for JSON).
 func (s SplitKind) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads a name MarshalText wrote.
+func (s *SplitKind) UnmarshalText(b []byte) error {
+	for k := Replicated; k <= KVHeadParallel; k++ {
+		if k.String() == string(b) {
+			*s = k
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: unknown split %q", ErrSharding, b)
+}
+
 // WeightFormat is how weights are stored on the chips.
 type WeightFormat string
 

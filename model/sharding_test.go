@@ -2,8 +2,10 @@ package model_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -209,6 +211,33 @@ func TestShardIndex(t *testing.T) {
 		if got := p.ShardIndex(norm, d); got != 0 {
 			t.Errorf("norm on chip %d: piece %d", d, got)
 		}
+	}
+}
+
+// TestPlanJSON round-trips a plan through JSON (what `tpuserve plan --json` writes).
+func TestPlanJSON(t *testing.T) {
+	cfg := preset(t, "gemma3-4b")
+	p, err := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back model.ShardingPlan
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back.Weights, p.Weights) || back.KVPool.Split != model.KVHeadParallel || back.KVReplicas != 2 {
+		t.Errorf("JSON round trip changed the plan:\n%s", data)
+	}
+	if !strings.Contains(string(data), `"split":"row"`) {
+		t.Errorf("splits are not written by name: %s", data)
+	}
+	var k model.SplitKind
+	if err := k.UnmarshalText([]byte("diagonal")); !errors.Is(err, model.ErrSharding) {
+		t.Errorf("unknown split name: %v", err)
 	}
 }
 

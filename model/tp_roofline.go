@@ -89,11 +89,13 @@ type RooflineResult struct {
 	// PrefillAllReduceBytesPerToken is the all-reduce payload per prompt token.
 	PrefillAllReduceBytesPerToken int64 `json:"prefill_all_reduce_bytes_per_token"`
 	// From the memory plan.
-	WeightBytesPerChip int64 `json:"weight_bytes_per_chip"`
-	KVBytesPerChip     int64 `json:"kv_bytes_per_chip"`
-	KVTokens           int   `json:"kv_tokens"`
-	SeqLen             int   `json:"seq_len"`
-	SeqsAtLen          int   `json:"seqs_at_len"`
+	Memory                 MemoryOptions `json:"memory_options"`
+	ActivationBytesPerChip int64         `json:"activation_bytes_per_chip"`
+	WeightBytesPerChip     int64         `json:"weight_bytes_per_chip"`
+	KVBytesPerChip         int64         `json:"kv_bytes_per_chip"`
+	KVTokens               int           `json:"kv_tokens"`
+	SeqLen                 int           `json:"seq_len"`
+	SeqsAtLen              int           `json:"seqs_at_len"`
 }
 
 // layerMatmulParams is the number of weights of one layer's projections.
@@ -135,6 +137,7 @@ func Roofline(cfg *Config, plan *MemoryPlan, opts RooflineOptions) (*RooflineRes
 	collectives := int64(2*cfg.NumHiddenLayers + 1)
 	r := &RooflineResult{
 		Chip: ch, TP: tp, Format: plan.Options.Format, DecodeContext: opts.DecodeContext, PromptLen: opts.PromptLen,
+		Memory: plan.Options, ActivationBytesPerChip: plan.Activations.Peak,
 		WeightBytesPerChip: plan.WeightBytesPerChip, KVBytesPerChip: plan.KVBytesPerChip, KVTokens: plan.KVTokens,
 		SeqLen: plan.SeqLen, SeqsAtLen: plan.SeqsAtLen,
 		WeightOnlyMS:                  float64(plan.WeightBytesPerChip) / ch.HBMBytesPerSec * 1e3,

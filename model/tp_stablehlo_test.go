@@ -50,7 +50,7 @@ func setField(ptr any, name string, value any) bool {
 
 // pluginlessXLA is an xla backend that can build programs for numDevices devices but not
 // compile or run them.
-func pluginlessXLA(t *testing.T, numDevices int) *xla.Backend {
+func pluginlessXLA(t testing.TB, numDevices int) *xla.Backend {
 	t.Helper()
 	b := &xla.Backend{}
 	if !(setField(b, "plugin", &pjrt.Plugin{}) && setField(b, "client", &pjrt.Client{}) &&

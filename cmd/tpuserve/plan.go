@@ -1,0 +1,268 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/tpuserve/tpuserve/model"
+)
+
+func init() {
+	register("plan", "print the tensor-parallel sharding and per-chip memory plan (KV capacity, roofline) of a model", runPlan)
+}
+
+// planOutput is what --json writes.
+type planOutput struct {
+	Model    string                  `json:"model"`
+	Config   model.Config            `json:"config"`
+	Sharding *model.ShardingPlan     `json:"sharding,omitempty"`
+	Memory   *model.MemoryPlan       `json:"memory,omitempty"`
+	Error    string                  `json:"error,omitempty"`
+	Roofline []*model.RooflineResult `json:"roofline,omitempty"`
+}
+
+func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	modelSpec := fs.String("model", "gemma3-27b", "checkpoint directory (its config.json) or a preset: "+strings.Join(model.PresetNames(), ", "))
+	tp := fs.Int("tp", 1, "tensor-parallel size: chips the model is split across")
+	fs.IntVar(tp, "tensor-parallel-size", 1, "same as --tp")
+	deviceMem := fs.String("device-memory", "16GiB", "memory of one chip (16GiB: a TPU v5e chip); binary units GiB/MiB, decimal GB/MB")
+	dtype := fs.String("dtype", "bf16", "weight format: bf16, f32, or int8 (a what-if: int8 weights with per-row scales, bf16 KV and activations)")
+	maxModelLen := fs.Int("max-model-len", 0, "longest sequence (default min(8192, the model's max positions))")
+	maxSeqs := fs.Int("max-num-seqs", 256, "most sequences running at once (decode bucket size)")
+	maxBatched := fs.Int("max-num-batched-tokens", 8192, "most tokens in one step (prefill bucket size)")
+	pageSize := fs.Int("page-size", 16, "positions per KV block")
+	workspace := fs.String("workspace", "1GiB", "per-chip allowance for XLA temporaries, compiled programs and the runtime")
+	seqLen := fs.Int("seq-len", 0, "sequence length the capacity in sequences is given for (default --max-model-len)")
+	asJSON := fs.Bool("json", false, "write the plan as JSON")
+	roofline := fs.Bool("roofline", false, "print the TPU v5e roofline of the plan, for bf16 and int8 weights whatever --dtype, as markdown tables (instead of the plan)")
+	tensors := fs.Bool("tensors", false, "list every tensor (default: one line per kind of layer tensor)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg, err := planConfig(*modelSpec)
+	if err != nil {
+		return err
+	}
+	format, err := model.ParseWeightFormat(*dtype)
+	if err != nil {
+		return fmt.Errorf("--dtype: %w", err)
+	}
+	mem, err := model.ParseByteSize(*deviceMem)
+	if err != nil {
+		return fmt.Errorf("--device-memory: %w", err)
+	}
+	ws, err := model.ParseByteSize(*workspace)
+	if err != nil {
+		return fmt.Errorf("--workspace: %w", err)
+	}
+	if ws == 0 {
+		ws = -1 // an explicit 0: PlanMemory's 0 means the default, a negative value none
+	}
+	opts := model.MemoryOptions{
+		TP: *tp, DeviceMemoryBytes: mem, Format: format, MaxModelLen: *maxModelLen, MaxNumSeqs: *maxSeqs,
+		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen,
+	}
+	var roofs []*model.RooflineResult
+	if *roofline {
+		if roofs, err = planRooflines(&cfg, opts); err != nil {
+			return err
+		}
+		if !*asJSON {
+			if len(roofs) == 0 {
+				return fmt.Errorf("roofline: neither bf16 nor int8 weights fit: %w", model.ErrMemory)
+			}
+			writeRoofline(stdout, *modelSpec, roofs)
+			return nil
+		}
+	}
+	plan, planErr := model.PlanMemory(&cfg, opts)
+	if planErr != nil && plan == nil {
+		return planErr
+	}
+	if *asJSON {
+		out := planOutput{Model: *modelSpec, Config: cfg, Sharding: plan.Sharding, Memory: plan, Roofline: roofs}
+		if planErr != nil {
+			out.Error = planErr.Error()
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+		return planErr
+	}
+	writePlan(stdout, *modelSpec, &cfg, plan, *tensors)
+	return planErr
+}
+
+// planConfig resolves --model: a directory with config.json wins over a preset name.
+func planConfig(spec string) (model.Config, error) {
+	if st, err := os.Stat(spec); err == nil && st.IsDir() {
+		return model.LoadConfig(spec)
+	}
+	for _, n := range model.PresetNames() {
+		if n == spec {
+			return model.Preset(spec)
+		}
+	}
+	return model.Config{}, fmt.Errorf("--model %q is neither a checkpoint directory nor a preset (%s)", spec, strings.Join(model.PresetNames(), ", "))
+}
+
+// planRooflines plans bf16 and int8 weights with the same options and computes their
+// v5e rooflines; a format that does not fit is left out with a note in the table.
+func planRooflines(cfg *model.Config, opts model.MemoryOptions) ([]*model.RooflineResult, error) {
+	var out []*model.RooflineResult
+	for _, f := range []model.WeightFormat{model.FormatBF16, model.FormatInt8} {
+		o := opts
+		o.Format = f
+		p, err := model.PlanMemory(cfg, o)
+		if err != nil {
+			if errors.Is(err, model.ErrMemory) {
+				continue
+			}
+			return nil, err
+		}
+		r, err := model.Roofline(cfg, p, model.RooflineOptions{Chip: model.TPUv5e})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func writePlan(w io.Writer, name string, cfg *model.Config, p *model.MemoryPlan, allTensors bool) {
+	o := p.Options
+	sp := p.Sharding
+	mesh := make([]string, len(sp.MeshAxisNames))
+	for i, a := range sp.MeshAxisNames {
+		mesh[i] = fmt.Sprintf("%s=%d", a, sp.MeshAxisSizes[i])
+	}
+	fmt.Fprintf(w, "plan: %s, %s weights, TP=%d (mesh %s), %s per chip\n", name, o.Format, o.TP, strings.Join(mesh, " × "), model.FormatBytes(o.DeviceMemoryBytes))
+	fmt.Fprintf(w, "model: %.2f B parameters, %d layers (%d global, %d sliding, window %d), %d heads, %d kv heads, head dim %d, vocabulary %d\n",
+		float64(cfg.NumParams())/1e9, cfg.NumHiddenLayers, cfg.NumGlobalLayers(), cfg.NumSlidingLayers(), cfg.SlidingWindow,
+		cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, cfg.VocabSize)
+	rep := ""
+	if sp.KVReplicas > 1 {
+		rep = fmt.Sprintf(" (fewer kv heads than chips: each kv head on %d chips)", sp.KVReplicas)
+	}
+	fmt.Fprintf(w, "per chip: %d heads, %d kv heads%s\n\n", sp.HeadsPerChip, sp.KVHeadsPerChip, rep)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "tensor\tshape\tsplit\taxis\tshards\tper chip\tall chips")
+	rows := map[string]int{}
+	var order []string
+	var perKind = map[string][2]int64{}
+	var first = map[string]model.TensorPlan{}
+	for _, t := range sp.Weights {
+		key := t.Name
+		if !allTensors && strings.HasPrefix(t.Name, "model.layers.") {
+			parts := strings.SplitN(t.Name, ".", 4)
+			key = "model.layers.*." + parts[3]
+		}
+		if _, ok := rows[key]; !ok {
+			order = append(order, key)
+			first[key] = t
+		}
+		rows[key]++
+		v := perKind[key]
+		perKind[key] = [2]int64{v[0] + t.BytesPerChip, v[1] + t.BytesPerChip*int64(o.TP)}
+	}
+	for _, key := range order {
+		t := first[key]
+		label := key
+		if n := rows[key]; n > 1 {
+			label = fmt.Sprintf("%s ×%d", key, n)
+		}
+		axis := "-"
+		if t.Axis >= 0 {
+			axis = fmt.Sprintf("%d (%s)", t.Axis, strings.Join(t.MeshAxes, ","))
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%d\t%s\t%s\n", label, t.Shape, t.Split, axis, t.Shards,
+			model.FormatBytes(perKind[key][0]), model.FormatBytes(perKind[key][1]))
+	}
+	kvAxis := "-"
+	if sp.KVPool.Axis >= 0 {
+		kvAxis = fmt.Sprintf("%d (%s)", sp.KVPool.Axis, strings.Join(sp.KVPool.MeshAxes, ","))
+	}
+	fmt.Fprintf(tw, "KV pools (K and V per layer) ×%d\t[pages %d %d %d]\t%s\t%s\t%d\t%s\t%s\n", 2*cfg.NumHiddenLayers, o.PageSize, cfg.NumKeyValueHeads, cfg.HeadDim,
+		sp.KVPool.Split, kvAxis, sp.KVPool.Shards, model.FormatBytes(p.KVPoolBytesPerChip), model.FormatBytes(p.KVPoolBytesPerChip*int64(o.TP)))
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nmemory per chip\n")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "  weights\t%s\t(%s for the model)\n", model.FormatBytes(p.WeightBytesPerChip), model.FormatBytes(p.WeightBytes))
+	a := p.Activations
+	fmt.Fprintf(tw, "  activations\t%s\tlargest bucket: %s T=%d B=%d Q=%d PG=%d PS=%d N=%d, peak in %s\n", model.FormatBytes(a.Peak), a.Kind,
+		a.Shape.T, a.Shape.B, a.Shape.Q, a.Shape.PG, a.Shape.PS, a.Shape.N, a.Phase)
+	for _, it := range a.Items {
+		if it.Bytes*50 >= a.Peak { // the items that matter
+			fmt.Fprintf(tw, "    %s\t%s\t\n", it.Name, model.FormatBytes(it.Bytes))
+		}
+	}
+	fmt.Fprintf(tw, "  workspace\t%s\tallowance (--workspace)\n", model.FormatBytes(p.WorkspaceBytes))
+	fmt.Fprintf(tw, "  KV cache\t%s\t(%s on %d chips; pools allocate %s)\n", model.FormatBytes(p.KVBytesPerChip),
+		model.FormatBytes(p.KVBytesPerChip*int64(o.TP)), o.TP, model.FormatBytes(p.KVPoolBytesPerChip))
+	fmt.Fprintf(tw, "  device\t%s\t\n", model.FormatBytes(o.DeviceMemoryBytes))
+	tw.Flush()
+
+	if p.GlobalBlocks == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nKV capacity (max model len %d, %d sequences, %d tokens per step)\n", o.MaxModelLen, o.MaxNumSeqs, o.MaxNumBatchedTokens)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "  blocks\t%d global + %d sliding of %d positions (null blocks included)\n", p.GlobalBlocks, p.SlidingBlocks, o.PageSize)
+	fmt.Fprintf(tw, "  tokens\t%d\n", p.KVTokens)
+	fmt.Fprintf(tw, "  KV of one sequence of %d\t%s per chip (%s in all)\n", p.SeqLen, model.FormatBytes(p.SeqKVBytesPerChip),
+		model.FormatBytes(model.SeqKVBytes(cfg, p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeBytes())))
+	fmt.Fprintf(tw, "  sequences of %d\t%d at once in the engine's pools; %d if the budget were split for this length\n", p.SeqLen, p.SeqsAtLen, p.SeqsAtLenByBytes)
+	tw.Flush()
+}
+
+// writeRoofline writes the rooflines as markdown tables.
+func writeRoofline(w io.Writer, name string, rs []*model.RooflineResult) {
+	r0 := rs[0]
+	ch := r0.Chip
+	fmt.Fprintf(w, "Roofline: %s on %d × %s (TP=%d). Ceilings per chip: %.0f GB/s HBM, %.0f TFLOP/s bf16, %.0f TOPS int8, %.0f GB/s ICI (bidirectional); %s.\n\n",
+		name, r0.TP, ch.Name, r0.TP, ch.HBMBytesPerSec/1e9, ch.BF16FLOPS/1e12, ch.Int8OPS/1e12, ch.ICIBytesPerSec/1e9, ch.Source)
+	fmt.Fprintf(w, "| weights | weights/chip | decode floor, weights only (ms/token) | decode floor, batch 1 @ %d (ms/token) | prefill floor, %d-token prompts (tokens/s) | all-reduce per decode token (KiB; per chip over ICI) | KV/chip | KV tokens | sequences of %d |\n",
+		r0.DecodeContext, r0.PromptLen, r0.SeqLen)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	for _, r := range rs {
+		prefill := fmt.Sprintf("%.0f", r.PrefillTokensPerSec)
+		if r.Format == model.FormatInt8 {
+			prefill += fmt.Sprintf(" (%.0f at the int8 peak, w8a8)", r.PrefillTokensPerSecInt8)
+		}
+		d1 := r.Decode[0]
+		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %s | %.0f; %.0f | %s | %d | %d |\n", r.Format, model.FormatBytes(r.WeightBytesPerChip),
+			r.WeightOnlyMS, d1.StepMS, prefill, float64(d1.AllReduceBytes)/1024/float64(d1.Batch), float64(d1.ICIBytesPerChip)/1024/float64(d1.Batch),
+			model.FormatBytes(r.KVBytesPerChip), r.KVTokens, r.SeqsAtLen)
+	}
+	m := r0.Memory
+	fmt.Fprintf(w, "\nKV per chip = %s device − weights − activations of the largest bucket (%s for bf16; --max-num-seqs %d, --max-num-batched-tokens %d, --max-model-len %d) − %s workspace.\n",
+		model.FormatBytes(m.DeviceMemoryBytes), model.FormatBytes(r0.ActivationBytesPerChip), m.MaxNumSeqs, m.MaxNumBatchedTokens, m.MaxModelLen, model.FormatBytes(m.WorkspaceBytes))
+	for _, r := range rs {
+		fmt.Fprintf(w, "\nDecode floors, %s weights, every sequence at context %d:\n\n", r.Format, r.DecodeContext)
+		fmt.Fprintln(w, "| batch | bytes/chip/step | memory floor (ms) | compute floor (ms) | step floor = ms/token (ms) | tokens/s (slice) | all-reduce payload (MiB) | ICI floor (ms) | fits the KV pools |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+		for _, p := range r.Decode {
+			fits := "yes"
+			if !p.FitsKV {
+				fits = "no"
+			}
+			fmt.Fprintf(w, "| %d | %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.3f | %s |\n", p.Batch, model.FormatBytes(p.BytesPerChip),
+				p.MemoryMS, p.ComputeMS, p.StepMS, p.TokensPerSec, float64(p.AllReduceBytes)/(1<<20), p.ICIMS, fits)
+		}
+	}
+}

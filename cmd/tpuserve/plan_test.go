@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/tpuserve/tpuserve/model"
+)
+
+var updateDocs = flag.Bool("update-docs", false, "rewrite the `tpuserve plan` outputs quoted in docs/*.md")
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestPlanTable(t *testing.T) {
+	code, out, errs := runCLI(t, "plan", "--model", "gemma3-27b", "--tp", "8", "--device-memory", "16GiB")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		"plan: gemma3-27b, bf16 weights, TP=8 (mesh tp=8), 16.0 GiB per chip",
+		"per chip: 4 heads, 2 kv heads",
+		"model.layers.*.mlp.down_proj.weight ×62", "row", "vocab", "kv-head",
+		"weights", "6.29 GiB", "(50.3 GiB for the model)",
+		"largest bucket: prefill T=8192 B=512 Q=16 PG=512 PS=66 N=1",
+		"KV cache", "sequences of 8192",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan output lacks %q:\n%s", want, out)
+		}
+	}
+	// --tensor-parallel-size is the same flag; --tensors lists every layer.
+	_, out2, _ := runCLI(t, "plan", "--model", "gemma3-27b", "--tensor-parallel-size", "8", "--tensors")
+	if !strings.Contains(out2, "model.layers.61.mlp.down_proj.weight") || strings.Contains(out2, "×62") {
+		t.Errorf("--tensors did not list every tensor")
+	}
+}
+
+func TestPlanJSON(t *testing.T) {
+	code, out, errs := runCLI(t, "plan", "--model", "gemma3-12b", "--tp", "4", "--device-memory", "16GB", "--dtype", "int8",
+		"--max-model-len", "4096", "--max-num-seqs", "32", "--max-num-batched-tokens", "1024", "--workspace", "512MiB", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var got planOutput
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	cfg, err := model.Preset("gemma3-12b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 4, DeviceMemoryBytes: 16e9, Format: model.FormatInt8, MaxModelLen: 4096,
+		MaxNumSeqs: 32, MaxNumBatchedTokens: 1024, WorkspaceBytes: 512 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Memory == nil || got.Memory.KVBytesPerChip != want.KVBytesPerChip || got.Memory.GlobalBlocks != want.GlobalBlocks ||
+		got.Memory.WeightBytesPerChip != want.WeightBytesPerChip {
+		t.Errorf("JSON memory plan %+v, want %+v", got.Memory, want)
+	}
+	if got.Sharding == nil || got.Sharding.TP != 4 || len(got.Sharding.Weights) != len(model.WeightSpecs(&cfg)) || got.Error != "" {
+		t.Errorf("JSON sharding plan: %+v (error %q)", got.Sharding, got.Error)
+	}
+}
+
+func TestPlanCheckpointDir(t *testing.T) {
+	cfg, err := model.Preset("gemma3-4b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := model.HubConfig(&cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), hub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCLI(t, "plan", "--model", dir, "--tp", "8", "--max-num-seqs", "16", "--max-num-batched-tokens", "512")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "TP=8 (mesh tp=4 × tp_rep=2)") || !strings.Contains(out, "each kv head on 2 chips") {
+		t.Errorf("4B at TP=8 should replicate each kv head on 2 chips:\n%s", out)
+	}
+}
+
+func TestPlanErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		stderr string
+		stdout string // the partial plan, when it does not fit
+	}{
+		{"tp", []string{"--tp", "3"}, "q_proj.weight [4096 5376]: 32 attention heads over 3 chips", ""},
+		{"one chip", []string{"--tp", "1"}, "does not fit in device memory: ", "weights"},
+		{"dtype", []string{"--dtype", "fp8"}, "--dtype", ""},
+		{"memory", []string{"--device-memory", "16XB"}, "--device-memory", ""},
+		{"model", []string{"--model", "no-such-model"}, "neither a checkpoint directory nor a preset", ""},
+		{"args", []string{"extra"}, "unexpected arguments", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := runCLI(t, append([]string{"plan"}, tc.args...)...)
+			if code != 1 || !strings.Contains(errs, tc.stderr) {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, errs, tc.stderr)
+			}
+			if tc.stdout != "" && !strings.Contains(out, tc.stdout) {
+				t.Errorf("stdout lacks the partial plan (%q):\n%s", tc.stdout, out)
+			}
+		})
+	}
+}
+
+// docBlockRE finds the plan outputs quoted in the docs: the command in an HTML comment,
+// its output (fenced or not), and an end marker.
+var docBlockRE = regexp.MustCompile("(?s)<!-- tpuserve (plan [^>]*?) -->\n(.*?)<!-- end -->")
+
+// TestPlanDocs checks that every `tpuserve plan` output quoted in docs/*.md is what the
+// command prints now (the roofline figures in docs/perf-tp.md are generated this way);
+// -update-docs rewrites them.
+func TestPlanDocs(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("..", "..", "docs", "*.md"))
+	blocks := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed := false
+		text := docBlockRE.ReplaceAllStringFunc(string(data), func(block string) string {
+			m := docBlockRE.FindStringSubmatch(block)
+			blocks++
+			code, out, errs := runCLI(t, strings.Fields(m[1])...)
+			if code != 0 {
+				t.Errorf("%s: tpuserve %s: exit %d: %s", f, m[1], code, errs)
+				return block
+			}
+			body := out
+			if strings.HasPrefix(m[2], "```") {
+				body = "```\n" + out + "```\n"
+			}
+			if m[2] != body {
+				if !*updateDocs {
+					t.Errorf("%s: the output of `tpuserve %s` changed; run go test ./cmd/tpuserve -run TestPlanDocs -update-docs", f, m[1])
+				}
+				changed = true
+			}
+			return "<!-- tpuserve " + m[1] + " -->\n" + body + "<!-- end -->"
+		})
+		if changed && *updateDocs {
+			if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if blocks == 0 {
+		t.Skip("no `<!-- tpuserve plan … -->` blocks in docs/*.md")
+	}
+}

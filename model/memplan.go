@@ -40,25 +40,25 @@ const DefaultWorkspaceBytes int64 = 1 << 30
 // the engine's.
 type MemoryOptions struct {
 	// TP is the tensor-parallel size (default 1).
-	TP int
+	TP int `json:"tp"`
 	// DeviceMemoryBytes is one chip's memory (required).
-	DeviceMemoryBytes int64
+	DeviceMemoryBytes int64 `json:"device_memory_bytes"`
 	// Format is the weight format (default bf16; int8 is a what-if).
-	Format WeightFormat
+	Format WeightFormat `json:"format"`
 	// MaxModelLen defaults to min(8192, max_position_embeddings).
-	MaxModelLen int
+	MaxModelLen int `json:"max_model_len"`
 	// MaxNumSeqs defaults to 256, MaxNumBatchedTokens to 8192.
-	MaxNumSeqs          int
-	MaxNumBatchedTokens int
+	MaxNumSeqs          int `json:"max_num_seqs"`
+	MaxNumBatchedTokens int `json:"max_num_batched_tokens"`
 	// PageSize (positions per KV block) and SegmentLen (attention row length of prefill
 	// steps) default to 16, as in the engine.
-	PageSize   int
-	SegmentLen int
+	PageSize   int `json:"page_size"`
+	SegmentLen int `json:"segment_len"`
 	// WorkspaceBytes defaults to DefaultWorkspaceBytes; a negative value means none.
-	WorkspaceBytes int64
+	WorkspaceBytes int64 `json:"workspace_bytes"`
 	// SeqLen is the sequence length the "sequences" capacity is given for (default
 	// MaxModelLen).
-	SeqLen int
+	SeqLen int `json:"seq_len"`
 }
 
 // NamedBytes is one line of an estimate.

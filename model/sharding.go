@@ -309,11 +309,9 @@ func formatBytes(shape []int, format WeightFormat) int64 {
 	return 2 * n
 }
 
-// Config is the model configuration the plan was made for.
+// Config is the model configuration the plan was made for (a plan decoded from JSON is
+// data only: it has none, and PoolPlans needs one).
 func (p *ShardingPlan) Config() *Config { return &p.cfg }
-
-// NumChips is TP.
-func (p *ShardingPlan) NumChips() int { return p.TP }
 
 // Mesh is the gomlx device mesh of the plan.
 func (p *ShardingPlan) Mesh() (*distributed.DeviceMesh, error) {

@@ -54,10 +54,10 @@ type Config struct {
 
 // Engine runs continuous batching over a model. Create it with New; Close it when done.
 type Engine struct {
-	cfg    Config
-	log    *slog.Logger
-	runner *runner
-	eos    map[int32]bool
+	cfg Config
+	log *slog.Logger
+	dev stepDevice
+	eos map[int32]bool
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -140,8 +140,21 @@ func New(cfg Config) (*Engine, error) {
 		run.close()
 		return nil, fmt.Errorf("%w: Precompile %q (want %s or %s)", ErrInvalidRequest, cfg.Precompile, PrecompileAll, PrecompileNone)
 	}
+	return start(cfg, sched, run), nil
+}
+
+// stepDevice runs steps: the real one is *runner; tests use fakes to measure the host side.
+type stepDevice interface {
+	run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatures) (*stepOutput, error)
+	resetPools() error
+	close()
+}
+
+// start builds the Engine around a scheduler and a device and starts the step loop.
+func start(cfg Config, sched *Scheduler, dev stepDevice) *Engine {
+	mc := &cfg.Model.Config
 	e := &Engine{
-		cfg: cfg, log: cfg.Logger, runner: run, sched: sched, reqs: map[string]*reqState{},
+		cfg: cfg, log: cfg.Logger, dev: dev, sched: sched, reqs: map[string]*reqState{},
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x7470)), done: make(chan struct{}), eos: map[int32]bool{},
 	}
 	for _, id := range mc.EOSTokenIDs {
@@ -149,7 +162,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.cond = sync.NewCond(&e.mu)
 	go e.loop()
-	return e, nil
+	return e
 }
 
 // validate checks what the scheduler does not: sampling ranges and token ids.
@@ -271,7 +284,7 @@ func (e *Engine) Close() {
 	e.cond.Broadcast()
 	e.mu.Unlock()
 	<-e.done
-	e.runner.close()
+	e.dev.close()
 }
 
 // CheckAllFree reports an error if any KV block is still held (for tests).
@@ -346,9 +359,8 @@ func (e *Engine) failAll(err error) {
 			r.finish(FinishAbort, nil, fmt.Errorf("engine: step failed: %w", err))
 		}
 	}
-	if pools, perr := e.runner.m.NewKVPools(e.runner.layout); perr == nil {
-		e.runner.pools.Finalize()
-		e.runner.pools = pools
+	if perr := e.dev.resetPools(); perr != nil {
+		e.log.Error("engine: reallocating KV pools failed", "err", perr)
 	}
 }
 
@@ -388,7 +400,7 @@ func (e *Engine) step() error {
 		e.addSamplerRow(rows, &f, r, ps)
 	}
 	e.mu.Unlock()
-	out, runErr := e.runner.run(chunks, rows, f)
+	out, runErr := e.dev.run(chunks, rows, f)
 	e.mu.Lock()
 	if runErr != nil {
 		// The plan must still be retired before the next Schedule.

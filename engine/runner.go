@@ -42,6 +42,17 @@ func newRunner(m *model.Model, layout model.KVLayout, segLen int, log *slog.Logg
 	}, nil
 }
 
+// resetPools replaces the pools after a failed step lost them (they were donated).
+func (r *runner) resetPools() error {
+	pools, err := r.m.NewKVPools(r.layout)
+	if err != nil {
+		return err
+	}
+	r.pools.Finalize()
+	r.pools = pools
+	return nil
+}
+
 func (r *runner) close() {
 	for _, e := range r.execs {
 		e.Finalize()
@@ -70,15 +81,19 @@ func pow2(n, lo int) int {
 // bucket pads a step's needs to a bucket: powers of two on every axis; a step of one-token
 // decodes runs rows of 1 query, anything else rows of segLen queries.
 func (r *runner) bucket(chunks []model.SeqChunk) model.BatchShape {
+	return bucketFor(&r.m.Config, r.layout, r.segLen, chunks)
+}
+
+func bucketFor(cfg *model.Config, layout model.KVLayout, segLen int, chunks []model.SeqChunk) model.BatchShape {
 	decode := true
 	for _, c := range chunks {
 		decode = decode && len(c.Tokens) == 1
 	}
-	q := r.segLen
+	q := segLen
 	if decode {
 		q = 1
 	}
-	need := model.NeededShape(&r.m.Config, r.layout, chunks, q)
+	need := model.NeededShape(cfg, layout, chunks, q)
 	s := need
 	s.PG = pow2(need.PG, 1)
 	s.N = pow2(need.N, 1)

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/kvcache"
+	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/server"
+	"github.com/tpuserve/tpuserve/tokenizer"
+)
+
+func init() {
+	register("serve", "serve the OpenAI-compatible HTTP API and gRPC (default: the built-in tiny demo model on the CPU)", runServe)
+}
+
+// serveOptions are the serve command's settings: flags, each also read from the
+// environment as TPUSERVE_<FLAG> (upper case, dashes as underscores) when not given.
+type serveOptions struct {
+	model, tokenizerDir, backend, dtype   string
+	host                                  string
+	port, grpcPort                        int
+	servedModelName                       string
+	maxModelLen, maxNumSeqs, maxBatched   int
+	kvCacheMemory                         string
+	apiKey                                string
+	tensorParallel, maxQueueLen, pageSize int
+	shutdownTimeout                       time.Duration
+	seed                                  uint64
+	precompile                            string
+	disablePrefixCaching                  bool
+	logLevel                              string
+}
+
+func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
+	o := &serveOptions{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.model, "model", "tiny", "checkpoint directory, or a preset with seeded random weights ("+strings.Join(model.PresetNames(), ", ")+")")
+	fs.StringVar(&o.tokenizerDir, "tokenizer", defaultTokenizerDir(), "directory with tokenizer.json and tokenizer_config.json (default: the model directory, else .cache/tokenizer)")
+	fs.StringVar(&o.backend, "backend", "go", "compute backend: go (pure-Go CPU), xla:cpu, xla:cuda, xla:tpu or xla:/abs/plugin.so")
+	fs.StringVar(&o.dtype, "dtype", "f32", "compute dtype: f32 or bf16")
+	fs.StringVar(&o.host, "host", server.DefaultHost, "HTTP listen host")
+	fs.IntVar(&o.port, "port", server.DefaultPort, "HTTP port")
+	fs.IntVar(&o.grpcPort, "grpc-port", server.DefaultGRPCPort, "gRPC port (negative: off)")
+	fs.StringVar(&o.servedModelName, "served-model-name", "", "model name(s) clients use, comma-separated (default: the --model value)")
+	fs.IntVar(&o.maxModelLen, "max-model-len", 2048, "most tokens (prompt + output) per request")
+	fs.IntVar(&o.maxNumSeqs, "max-num-seqs", 32, "most requests running at once")
+	fs.IntVar(&o.maxBatched, "max-num-batched-tokens", 512, "most tokens computed in one step")
+	fs.StringVar(&o.kvCacheMemory, "kv-cache-memory", "256MiB", "device memory for the KV cache (e.g. 4GiB)")
+	fs.StringVar(&o.apiKey, "api-key", "", "require 'Authorization: Bearer KEY' on /v1/* and gRPC")
+	fs.IntVar(&o.tensorParallel, "tensor-parallel-size", 1, "devices to split the model over (see docs/tpu.md)")
+	fs.IntVar(&o.maxQueueLen, "max-queue-len", 0, "most waiting requests before 429 (default 4 × max-num-seqs)")
+	fs.IntVar(&o.pageSize, "block-size", 16, "tokens per KV cache block")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight requests may finish after SIGTERM")
+	fs.Uint64Var(&o.seed, "seed", 0, "seed of a preset's random weights")
+	fs.StringVar(&o.precompile, "precompile", engine.PrecompileAll, "compile step programs at start-up: all or none")
+	fs.BoolVar(&o.disablePrefixCaching, "no-enable-prefix-caching", false, "turn the prefix cache off")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return fs, o
+}
+
+// defaultTokenizerDir is where `make tokenizer` puts the real tokenizer.
+func defaultTokenizerDir() string {
+	return envOr("TPUSERVE_TOKENIZER_DIR", filepath.Join(".cache", "tokenizer"))
+}
+
+// applyEnv sets every flag not given on the command line from TPUSERVE_<NAME>.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		env := "TPUSERVE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	return err
+}
+
+func runServe(args []string, _ io.Reader, _, stderr io.Writer) error {
+	fs, o := serveFlags(stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := applyEnv(fs); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, o, log, nil)
+}
+
+// serve builds everything from the options and serves until ctx ends. ready, if not nil,
+// receives the server once it listens (tests use it).
+func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*server.Server)) error {
+	log.Info("tpuserve starting", "version", version, "model", o.model, "tokenizer", o.tokenizerDir,
+		"backend", o.backend, "dtype", o.dtype, "host", o.host, "port", o.port, "grpc_port", o.grpcPort,
+		"max_model_len", o.maxModelLen, "max_num_seqs", o.maxNumSeqs, "max_num_batched_tokens", o.maxBatched,
+		"kv_cache_memory", o.kvCacheMemory, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
+		"max_queue_len", o.maxQueueLen, "shutdown_timeout", o.shutdownTimeout, "prefix_caching", !o.disablePrefixCaching,
+		"api_key_set", o.apiKey != "", "precompile", o.precompile)
+	if o.tensorParallel != 1 {
+		return fmt.Errorf("--tensor-parallel-size %d: the sharded step program exists (model.ShardedStepExec, checked by tpuserve plan) but the engine does not drive it yet; serve with 1", o.tensorParallel)
+	}
+	kvBytes, err := model.ParseByteSize(o.kvCacheMemory)
+	if err != nil {
+		return fmt.Errorf("--kv-cache-memory: %w", err)
+	}
+	dtype, err := model.ParseDType(o.dtype)
+	if err != nil {
+		return err
+	}
+	tokDir := o.tokenizerDir
+	if tokDir == defaultTokenizerDir() && isDirWith(o.model, "tokenizer.json") {
+		tokDir = o.model // a checkpoint that ships its tokenizer
+	}
+	t0 := time.Now()
+	tok, err := tokenizer.LoadDir(tokDir)
+	if err != nil {
+		return fmt.Errorf("loading the tokenizer from %s (run `make tokenizer` to fetch Gemma 3's): %w", tokDir, err)
+	}
+	log.Info("tokenizer loaded", "dir", tokDir, "vocab", tok.VocabSize(), "elapsed", time.Since(t0).Round(time.Millisecond))
+	backend, err := model.NewBackend(o.backend)
+	if err != nil {
+		return err
+	}
+	m, err := model.Load(backend, model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if tok.VocabSize() > m.Config.VocabSize {
+		return fmt.Errorf("the tokenizer has %d tokens but the model only %d embedding rows", tok.VocabSize(), m.Config.VocabSize)
+	}
+	// Rows beyond the tokenizer's vocabulary (multimodal padding) are never sampled.
+	m.Config.TextVocabSize = min(m.Config.TextVocabSize, tok.VocabSize())
+	// Instruction-tuned Gemma 3 stops on <eos> and <end_of_turn>.
+	for _, id := range tok.StopIDs() {
+		if !containsInt(m.Config.EOSTokenIDs, int(id)) {
+			m.Config.EOSTokenIDs = append(m.Config.EOSTokenIDs, int(id))
+		}
+	}
+	t0 = time.Now()
+	eng, err := engine.New(engine.Config{
+		Model:      m,
+		NewDecoder: func(skip bool) engine.StreamDecoder { return tok.NewStreamDecoder(skip) },
+		Scheduler: engine.SchedulerConfig{
+			MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, MaxModelLen: o.maxModelLen, Logger: log,
+		},
+		PageSize: o.pageSize, KVCacheBytes: kvBytes, DisablePrefixCaching: o.disablePrefixCaching,
+		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	log.Info("engine ready", "elapsed", time.Since(t0).Round(time.Millisecond))
+	names := []string{}
+	for _, n := range strings.Split(o.servedModelName, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		names = []string{o.model}
+	}
+	cfg := server.DefaultConfig()
+	cfg.Host, cfg.Port, cfg.GRPCPort = o.host, o.port, o.grpcPort
+	cfg.ServedModelNames, cfg.ModelRoot, cfg.MaxModelLen = names, o.model, o.maxModelLen
+	cfg.APIKey, cfg.ShutdownTimeout, cfg.Version, cfg.Logger = o.apiKey, o.shutdownTimeout, version, log
+	srv, err := server.New(cfg, engineAdapter{eng}, tokenizerAdapter{tok})
+	if err != nil {
+		return err
+	}
+	if ready != nil {
+		go func() {
+			select {
+			case <-srv.Ready():
+				ready(srv)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return srv.Serve(ctx)
+}
+
+func isDirWith(dir, file string) bool {
+	fi, err := os.Stat(filepath.Join(dir, file))
+	return err == nil && !fi.IsDir()
+}
+
+func containsInt(xs []int, x int) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// engineAdapter maps the engine's errors onto the server's classes (429, 400, 503).
+type engineAdapter struct{ e *engine.Engine }
+
+func (a engineAdapter) Submit(ctx context.Context, req engine.Request) (<-chan engine.Event, error) {
+	ch, err := a.e.Submit(ctx, req)
+	switch {
+	case err == nil:
+		return ch, nil
+	case errors.Is(err, engine.ErrQueueFull):
+		return nil, fmt.Errorf("%w: %w", server.ErrQueueFull, err)
+	case errors.Is(err, kvcache.ErrKVCacheFull):
+		return nil, fmt.Errorf("%w: %w", server.ErrRequestTooLarge, err)
+	case errors.Is(err, engine.ErrInvalidRequest), errors.Is(err, engine.ErrPromptTooLong):
+		return nil, fmt.Errorf("%w: %w", server.ErrInvalidRequest, err)
+	case errors.Is(err, engine.ErrClosed):
+		return nil, fmt.Errorf("%w: %w", server.ErrShuttingDown, err)
+	}
+	return nil, err
+}
+
+func (a engineAdapter) Stats() engine.Stats { return a.e.Stats() }
+
+// tokenizerAdapter gives the server the tokenizer with the server's chat message type.
+type tokenizerAdapter struct{ *tokenizer.Tokenizer }
+
+func (a tokenizerAdapter) ApplyChatTemplate(msgs []server.ChatMessage, addGenerationPrompt bool) (string, error) {
+	out := make([]tokenizer.Message, len(msgs))
+	for i, m := range msgs {
+		out[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+		if m.Parts != nil {
+			out[i].Parts = make([]tokenizer.ContentPart, len(m.Parts))
+			for j, p := range m.Parts {
+				out[i].Parts[j] = tokenizer.ContentPart{Type: p.Type, Text: p.Text}
+			}
+		}
+	}
+	return a.Tokenizer.ApplyChatTemplate(out, addGenerationPrompt)
+}

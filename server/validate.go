@@ -99,7 +99,9 @@ func finiteIn(name string, v *float64, lo, hi float64, loOpen bool, into *float3
 		return nil
 	}
 	x := *v
-	if math.IsNaN(x) || math.IsInf(x, 0) || x > hi || x < lo || (loOpen && x == lo) {
+	// Check the float32 the engine will get too: 1e-100 rounds to 0.
+	x32 := float64(float32(x))
+	if math.IsNaN(x) || math.IsInf(x32, 0) || x > hi || x < lo || x32 > hi || x32 < lo || (loOpen && (x == lo || x32 == lo)) {
 		lb := "["
 		if loOpen {
 			lb = "("

@@ -4,13 +4,17 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/tpuserve/tpuserve/server/proto/enginepb"
 )
 
 func TestModelsVersionHealth(t *testing.T) {
@@ -191,5 +195,36 @@ func TestDisconnectAborts(t *testing.T) {
 				t.Errorf("abort counter %g", got)
 			}
 		})
+	}
+}
+
+// healthEngine is a fake engine whose health the test sets.
+type healthEngine struct {
+	*fakeEngine
+	err atomic.Pointer[error]
+}
+
+func (h *healthEngine) Health() error {
+	if e := h.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func TestEngineHealth(t *testing.T) {
+	eng := &healthEngine{fakeEngine: &fakeEngine{}}
+	ts := startTestServerWith(t, eng, eng.fakeEngine, nil)
+	c, _ := dialGRPC(t, ts)
+	if status, _, _ := ts.get(t, "/health"); status != 200 {
+		t.Errorf("healthy: %d", status)
+	}
+	bad := errors.New("device lost")
+	eng.err.Store(&bad)
+	if status, _, _ := ts.get(t, "/health"); status != http.StatusServiceUnavailable {
+		t.Errorf("unhealthy: %d", status)
+	}
+	h, err := c.HealthCheck(context.Background(), &enginepb.HealthCheckRequest{})
+	if err != nil || h.Healthy || !strings.Contains(h.Message, "device lost") {
+		t.Errorf("gRPC health %v %v", h, err)
 	}
 }

@@ -195,10 +195,11 @@ func (p *genPlan) engineRequests() []engine.Request {
 			}
 			idx := pi*p.n + k
 			reqs = append(reqs, engine.Request{
-				ID:        p.id + "-" + strconv.Itoa(idx),
-				PromptIDs: pr.ids,
-				Params:    params,
-				Priority:  p.priority,
+				ID:          p.id + "-" + strconv.Itoa(idx),
+				PromptIDs:   pr.ids,
+				Params:      params,
+				Priority:    p.priority,
+				ArrivalTime: p.arrival,
 			})
 		}
 	}

@@ -60,6 +60,12 @@ func testConfig() Config {
 
 func startTestServer(t testing.TB, eng *fakeEngine, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startTestServerWith(t, eng, eng, mutate)
+}
+
+// startTestServerWith serves eng (which wraps the fake engine fake).
+func startTestServerWith(t testing.TB, eng Engine, fake *fakeEngine, mutate func(*Config)) *testServer {
+	t.Helper()
 	cfg := testConfig()
 	if mutate != nil {
 		mutate(&cfg)
@@ -78,7 +84,7 @@ func startTestServer(t testing.TB, eng *fakeEngine, mutate func(*Config)) *testS
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{s: s, eng: eng, stop: cancel, done: make(chan error, 1),
+	ts := &testServer{s: s, eng: fake, stop: cancel, done: make(chan error, 1),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}}}
 	go func() { ts.done <- s.Serve(ctx) }()
 	select {

@@ -38,6 +38,7 @@ func (s *Server) handleChat(c *gin.Context) {
 func (s *Server) generate(c *gin.Context, plan *genPlan, chat bool) {
 	ctx := c.Request.Context()
 	plan.created = time.Now().Unix()
+	plan.arrival = c.GetTime(arrivalKey)
 	r, err := s.startRun(ctx, plan.engineRequests())
 	if err != nil {
 		s.writeError(c, s.classifyEngineError(plan.id, err))
@@ -206,6 +207,7 @@ type streamState struct {
 func (s *Server) streamCompletion(c *gin.Context, plan *genPlan, r *run) {
 	w := startSSE(c)
 	states := make([]streamState, len(r.subs))
+	prefix := chunkPrefix(plan, "text_completion")
 	failed := false
 	for {
 		i, ev, ok := r.next()
@@ -240,6 +242,17 @@ func (s *Server) streamCompletion(c *gin.Context, plan *genPlan, r *run) {
 		}
 		if text == "" && !ev.Finished && (plan.logprobs < 0 || len(positions) == 0) {
 			continue
+		}
+		fast := plan.logprobs < 0 && !(plan.includeUsage && plan.continuousUsage)
+		if fast {
+			var ok bool
+			if w.scratch, ok = appendCompletionChunk(w.scratch[:0], prefix, i, text, ev.Finished, ev.FinishReason, ev.StopReason); ok {
+				w.raw(w.scratch)
+				if !r.ready() {
+					w.flush()
+				}
+				continue
+			}
 		}
 		ch := completionChoice{Index: i, Text: text}
 		if plan.logprobs >= 0 {
@@ -295,6 +308,7 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 		}
 	}
 	w.flush()
+	prefix := chunkPrefix(plan, "chat.completion.chunk")
 	failed := false
 	for {
 		i, ev, ok := r.next()
@@ -322,6 +336,16 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 		}
 		if ev.Text == "" && !ev.Finished && (plan.logprobs < 0 || len(positions) == 0) {
 			continue
+		}
+		if plan.logprobs < 0 && !(plan.includeUsage && plan.continuousUsage) {
+			var ok bool
+			if w.scratch, ok = appendChatChunk(w.scratch[:0], prefix, i, ev.Text, ev.Finished, ev.FinishReason, ev.StopReason); ok {
+				w.raw(w.scratch)
+				if !r.ready() {
+					w.flush()
+				}
+				continue
+			}
 		}
 		delta := &chatDelta{}
 		if ev.Text != "" {

@@ -276,11 +276,21 @@ func (s *Server) recovery(c *gin.Context) {
 }
 
 // track counts in-flight handlers, so that shutdown knows when they are done.
+// It also stamps the arrival time (the engine's ArrivalTime, so TTFT and e2e latency
+// include decoding and tokenizing) and logs each request at debug level.
 func (s *Server) track(c *gin.Context) {
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
+	start := time.Now()
+	c.Set(arrivalKey, start)
 	c.Next()
+	if s.log.Enabled(c.Request.Context(), slog.LevelDebug) {
+		s.log.Debug("http request", "method", c.Request.Method, "path", c.Request.URL.Path, "status", c.Writer.Status(),
+			"request_id", c.Writer.Header().Get("X-Request-Id"), "took", time.Since(start))
+	}
 }
+
+const arrivalKey = "tpuserve.arrival"
 
 // auth checks the Bearer API key on /v1/*.
 func (s *Server) auth(c *gin.Context) {

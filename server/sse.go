@@ -16,6 +16,8 @@ type sseWriter struct {
 	buf bytes.Buffer
 	enc *json.Encoder
 	err error // first write error (the client is gone); later writes are skipped
+	// scratch is reused by the hand-encoded chunks (jsonfast.go).
+	scratch []byte
 }
 
 func startSSE(c *gin.Context) *sseWriter {
@@ -41,6 +43,16 @@ func (w *sseWriter) data(v any) {
 		return
 	}
 	w.buf.WriteByte('\n')
+}
+
+// raw writes an event whose JSON the caller encoded.
+func (w *sseWriter) raw(js []byte) {
+	if w.err != nil {
+		return
+	}
+	w.buf.WriteString("data: ")
+	w.buf.Write(js)
+	w.buf.WriteString("\n\n")
 }
 
 func (w *sseWriter) done() {

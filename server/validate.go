@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tpuserve/tpuserve/engine"
 )
@@ -32,6 +33,8 @@ type genPlan struct {
 	continuousUsage bool
 	echo            bool
 	priority        int
+	// arrival is when the request reached the server (zero: when it is submitted).
+	arrival time.Time
 }
 
 // promptIn is one prompt: its token ids, the text echo prepends, and the max_tokens it

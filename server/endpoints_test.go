@@ -59,8 +59,8 @@ func TestTokenizeDetokenize(t *testing.T) {
 		name, path, body, want string
 	}{
 		{"prompt", "/tokenize", `{"prompt":"hi"}`, `{"count":3,"max_model_len":256,"tokens":[2,110,111],"token_strs":null}`},
-		{"no special", "/tokenize", `{"prompt":"hi","add_special_tokens":false,"return_token_strs":true}`,
-			`{"count":2,"max_model_len":256,"tokens":[110,111],"token_strs":["h","i"]}`},
+		{"no special", "/tokenize", `{"prompt":"h i","add_special_tokens":false,"return_token_strs":true}`,
+			`{"count":3,"max_model_len":256,"tokens":[110,38,111],"token_strs":["h","▁","i"]}`},
 		{"messages", "/tokenize", `{"model":"alias","messages":[{"role":"user","content":"x"}],"add_generation_prompt":false}`,
 			`{"count":10,"max_model_len":256,"tokens":[2,3,123,121,107,120,16,126,4,16],"token_strs":null}`},
 		{"detokenize", "/detokenize", `{"tokens":[2,110,111]}`, `{"prompt":"<bos>hi"}`},

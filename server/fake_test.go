@@ -71,10 +71,14 @@ func (fakeTokenizer) Decode(ids []int32, skipSpecial bool) (string, error) {
 	return b.String(), nil
 }
 
+// TokenString returns raw pieces: SentencePiece's "▁" for a space, so tests can tell it
+// from the decoded text.
 func (fakeTokenizer) TokenString(id int32) (string, bool) {
 	switch {
 	case id >= 0 && id < fakeByteBase:
 		return fakeSpecials[id], true
+	case id == fakeByteBase+' ':
+		return "▁", true
 	case id >= fakeByteBase && id < fakeVocabSize:
 		return string([]byte{byte(id - fakeByteBase)}), true
 	}

@@ -32,10 +32,9 @@ type Tokenizer interface {
 	// Decode turns ids into text; ids outside the vocabulary are an error.
 	Decode(ids []int32, skipSpecialTokens bool) (string, error)
 	VocabSize() int
-	// TokenString is the text of one token on its own, as the tokenizer's decoder renders it
-	// (vLLM's convert_tokens_to_string([token])): a SentencePiece "▁" becomes a space and a
-	// byte-fallback token its raw byte, which may be invalid UTF-8. ok is false for ids
-	// outside the vocabulary. It names tokens in logprobs and /tokenize's token_strs.
+	// TokenString is the raw vocabulary piece of id ("▁Hello", "<0x0A>", "<bos>"), as HF's
+	// convert_ids_to_tokens; ok is false outside the vocabulary. It fills /tokenize's
+	// token_strs. (Logprobs name tokens by decoding each one alone, as vLLM does.)
 	TokenString(id int32) (s string, ok bool)
 	// ApplyChatTemplate renders messages with the model's chat template. The result starts
 	// with the BOS token's text, so the server encodes it with addSpecialTokens=false. An

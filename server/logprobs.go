@@ -19,14 +19,14 @@ func jsonLogprob(v float32) float64 {
 	return f
 }
 
-// tokenText names a token in logprobs: its text, or "token_id:N" when the request asked
-// return_tokens_as_token_ids.
+// tokenText names a token in logprobs: the token decoded on its own (" Hello" for the piece
+// "▁Hello", U+FFFD for a lone byte-fallback piece), as vLLM does, or "token_id:N" when the
+// request asked return_tokens_as_token_ids.
 func (s *Server) tokenText(id int32, asIDs bool) string {
-	if asIDs {
-		return "token_id:" + strconv.Itoa(int(id))
-	}
-	if t, ok := s.tok.TokenString(id); ok {
-		return t
+	if !asIDs {
+		if t, err := s.tok.Decode([]int32{id}, false); err == nil {
+			return t
+		}
 	}
 	return "token_id:" + strconv.Itoa(int(id))
 }
@@ -54,7 +54,7 @@ func (s *Server) appendCompletionLogprobs(lp *completionLogprobs, pos []engine.P
 	return offset
 }
 
-// tokenBytes are the raw bytes of a token's text as JSON numbers (a []byte would be
+// tokenBytes are the UTF-8 bytes of a token's text as JSON numbers (a []byte would be
 // base64).
 func tokenBytes(t string) []int {
 	b := make([]int, len(t))

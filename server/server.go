@@ -473,7 +473,7 @@ func (s *Server) handleTokenize(c *gin.Context) {
 	if req.ReturnTokenStrs {
 		resp.TokenStrs = make([]string, len(ids))
 		for i, id := range ids {
-			resp.TokenStrs[i] = s.tokenText(id, false)
+			resp.TokenStrs[i], _ = s.tok.TokenString(id)
 		}
 	}
 	s.writeJSON(c, http.StatusOK, resp)

@@ -208,9 +208,7 @@ func TestBenchAgainstServeTiny(t *testing.T) {
 	grpcLn.Close()
 
 	serveArgs := []string{"serve", "--model", "tiny", "--host", "127.0.0.1", "--port", fmt.Sprint(port), "--grpc-port", fmt.Sprint(grpcPort)}
-	if dir := os.Getenv("TPUSERVE_TOKENIZER_DIR"); dir != "" {
-		serveArgs = append(serveArgs, "--tokenizer", dir)
-	}
+	serveArgs = append(serveArgs, "--tokenizer", tokenizerDirForTest(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestHelperRunMain$", "--"}, serveArgs...)...)

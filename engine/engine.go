@@ -265,6 +265,16 @@ func (e *Engine) abort(id string) {
 	e.cond.Broadcast()
 }
 
+// Health reports an error once the engine is closed or its last step failed.
+func (e *Engine) Health() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	return e.stepErr
+}
+
 // Stats is a snapshot for metrics.
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
@@ -329,10 +339,12 @@ func (e *Engine) loop() {
 			e.mu.Lock()
 			continue
 		}
-		if err := e.step(); err != nil {
+		err := e.step()
+		if err != nil {
 			e.log.Error("engine step failed; aborting running requests", "err", err)
 			e.failAll(err)
 		}
+		e.stepErr = err
 	}
 }
 

@@ -247,6 +247,9 @@ func (a engineAdapter) Submit(ctx context.Context, req engine.Request) (<-chan e
 
 func (a engineAdapter) Stats() engine.Stats { return a.e.Stats() }
 
+// Health makes /health and the gRPC health checks follow the engine.
+func (a engineAdapter) Health() error { return a.e.Health() }
+
 // tokenizerAdapter gives the server the tokenizer with the server's chat message type.
 type tokenizerAdapter struct{ *tokenizer.Tokenizer }
 

@@ -1,6 +1,3 @@
-// Command tpuserve is the one binary of the project: serve, forward, tokenize, deploy,
-// bench, cost, plan and version are its subcommands. Each subcommand lives in its own file
-// and registers itself in init with register.
 package main
 
 import (

@@ -1,0 +1,24 @@
+// Package model owns Gemma 3 itself: hub config.json parsing (Config, presets), memory-
+// mapped safetensors checkpoints in the three hub layouts (Checkpoint, LoadWeights), seeded
+// random weights (RandomWeights), the forward pass as a gomlx graph over a flat batch of new
+// tokens with paged K/V pools (Forward, Batch, StepExec), backends (NewBackend), and tensor
+// parallelism: the sharding plan, the per-chip memory plan and the sharded program
+// (sharding.go, memplan.go, tp.go).
+//
+// The math follows docs/gemma3.md (Hugging Face transformers is the reference). The graph
+// takes page tables and slot indices as inputs; which pages a sequence owns is kvcache's
+// business, and which sequences run in a step is the engine's. The model never schedules.
+//
+// Lifecycle: Load (or New with weights) puts the weights on a device for the model's life;
+// NewKVPools allocates the pools; NewStepExec builds a program that is compiled once per
+// bucket shape (BatchShape) and cached. StepExec.Run donates the pools, so the K/V writes
+// are in place, and replaces them with the updated ones.
+//
+// Errors: configuration problems wrap ErrConfig and name the field; checkpoint problems wrap
+// ErrWeights and name the tensor and file; bad step inputs (token ids, positions, pages) wrap
+// ErrInput; backend creation ErrBackend; sharding ErrSharding; memory plans ErrMemory. Graph
+// building panics only inside gomlx's graph functions, which StepExec turns into errors.
+//
+// Concurrency: a Model's weights are read-only and may be shared; a StepExec and its KVPools
+// belong to one goroutine (the engine's step loop).
+package model

@@ -140,8 +140,8 @@ func TestServeEndToEnd(t *testing.T) {
 	})
 	t.Run("chat", func(t *testing.T) {
 		resp, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-			Model:    "tiny",
-			Messages: []openai.ChatCompletionMessageParamUnion{openai.SystemMessage("Be brief."), openai.UserMessage("Hello!")},
+			Model:     "tiny",
+			Messages:  []openai.ChatCompletionMessageParamUnion{openai.SystemMessage("Be brief."), openai.UserMessage("Hello!")},
 			MaxTokens: openai.Int(6), Seed: openai.Int(5),
 		})
 		if err != nil {

@@ -63,8 +63,8 @@ func BenchmarkHostOverheadPerStep(b *testing.B) {
 				b.Fatal(err)
 			}
 			dev := &fakeDevice{cfg: &cfg, layout: model.KVLayout{PageSize: 16, NumGlobalPages: kvCfg.NumGlobalBlocks, NumSlidingPages: kvCfg.NumSlidingBlocks}}
-			e := start(Config{Model: &model.Model{Config: cfg}, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
-				Scheduler: sc, MaxQueueLen: -1, Logger: discardLogger()}, sched, dev)
+			e := start(Config{NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
+				Scheduler: sc, MaxQueueLen: -1, Logger: discardLogger()}, &cfg, sched, dev)
 			defer e.Close()
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
@@ -122,7 +122,7 @@ func BenchmarkGenerateTiny(b *testing.B) {
 	defer m.Close()
 	for _, batch := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			e, err := New(Config{Model: m, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
+			e, err := New(Config{Model: m, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip, vocab: int32(cfg.VocabSize)} },
 				Scheduler:  SchedulerConfig{MaxNumSeqs: 32, MaxNumBatchedTokens: 512, MaxModelLen: 256},
 				Precompile: PrecompileNone, KVCacheBytes: 32 << 20, Logger: discardLogger()})
 			if err != nil {
@@ -135,7 +135,7 @@ func BenchmarkGenerateTiny(b *testing.B) {
 				for i := 0; i < batch; i++ {
 					prompt := make([]int32, 16)
 					for j := range prompt {
-						prompt[j] = int32(2 + (round*977+i*131+j*7)%100000)
+						prompt[j] = int32(2 + ((round+1)*977+i*131+j*7)%100000)
 					}
 					p := greedyParams(32)
 					p.Logprobs = nil

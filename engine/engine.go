@@ -31,7 +31,9 @@ const (
 
 // Config configures an Engine. Zero fields take the documented defaults.
 type Config struct {
-	Model *model.Model
+	// Model is the single-device model; Sharded the tensor-parallel one. Set exactly one.
+	Model   *model.Model
+	Sharded *model.ShardedModel
 	// NewDecoder makes each request's incremental detokenizer (required).
 	NewDecoder NewDecoderFunc
 	// Scheduler limits; MaxModelLen defaults to min(8192, the model's max positions).
@@ -54,10 +56,11 @@ type Config struct {
 
 // Engine runs continuous batching over a model. Create it with New; Close it when done.
 type Engine struct {
-	cfg Config
-	log *slog.Logger
-	dev stepDevice
-	eos map[int32]bool
+	cfg  Config
+	mcfg *model.Config
+	log  *slog.Logger
+	dev  stepDevice
+	eos  map[int32]bool
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -72,10 +75,19 @@ type Engine struct {
 // New sizes the KV cache, allocates the pools, compiles the step programs and starts the
 // step loop.
 func New(cfg Config) (*Engine, error) {
-	if cfg.Model == nil || cfg.NewDecoder == nil {
-		return nil, fmt.Errorf("%w: Config.Model and Config.NewDecoder are required", ErrInvalidRequest)
+	var dev deviceModel
+	switch {
+	case cfg.Model != nil && cfg.Sharded == nil:
+		dev = &plainDevice{m: cfg.Model}
+	case cfg.Sharded != nil && cfg.Model == nil:
+		dev = &shardedDevice{m: cfg.Sharded}
+	default:
+		return nil, fmt.Errorf("%w: set exactly one of Config.Model and Config.Sharded", ErrInvalidRequest)
 	}
-	mc := &cfg.Model.Config
+	if cfg.NewDecoder == nil {
+		return nil, fmt.Errorf("%w: Config.NewDecoder is required", ErrInvalidRequest)
+	}
+	mc := dev.config()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -109,7 +121,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	kvCfg, err := kvcache.ConfigForBudget(cfg.KVCacheBytes, kvcache.MemorySpec{
 		PageSize: cfg.PageSize, NumGlobalLayers: mc.NumGlobalLayers(), NumSlidingLayers: mc.NumSlidingLayers(),
-		KVHeads: mc.NumKeyValueHeads, HeadDim: mc.HeadDim, DTypeBytes: cfg.Model.DType.Size(),
+		KVHeads: dev.kvHeadsPerDevice(), HeadDim: mc.HeadDim, DTypeBytes: dev.dtype().Size(),
 		SlidingWindow: mc.SlidingWindow, MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens,
 		MaxModelLen: sc.MaxModelLen, EnablePrefixCaching: !cfg.DisablePrefixCaching,
 	})
@@ -125,11 +137,11 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
-	run, err := newRunner(cfg.Model, layout, cfg.SegmentLen, cfg.Logger)
+	run, err := newRunner(dev, layout, cfg.SegmentLen, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	cfg.Logger.Info("KV cache", "bytes", model.PoolBytes(mc, layout, cfg.Model.DType), "page_size", cfg.PageSize,
+	cfg.Logger.Info("KV cache", "pool_bytes_per_device", poolBytes(mc, layout, dev), "budget", cfg.KVCacheBytes, "page_size", cfg.PageSize,
 		"global_blocks", kvCfg.NumGlobalBlocks, "sliding_blocks", kvCfg.NumSlidingBlocks, "prefix_caching", !cfg.DisablePrefixCaching)
 	if cfg.Precompile == PrecompileAll {
 		if err := run.precompile(sc.MaxNumSeqs, sc.MaxNumBatchedTokens, sc.MaxModelLen); err != nil {
@@ -140,7 +152,7 @@ func New(cfg Config) (*Engine, error) {
 		run.close()
 		return nil, fmt.Errorf("%w: Precompile %q (want %s or %s)", ErrInvalidRequest, cfg.Precompile, PrecompileAll, PrecompileNone)
 	}
-	return start(cfg, sched, run), nil
+	return start(cfg, mc, sched, run), nil
 }
 
 // stepDevice runs steps: the real one is *runner; tests use fakes to measure the host side.
@@ -151,10 +163,9 @@ type stepDevice interface {
 }
 
 // start builds the Engine around a scheduler and a device and starts the step loop.
-func start(cfg Config, sched *Scheduler, dev stepDevice) *Engine {
-	mc := &cfg.Model.Config
+func start(cfg Config, mc *model.Config, sched *Scheduler, dev stepDevice) *Engine {
 	e := &Engine{
-		cfg: cfg, log: cfg.Logger, dev: dev, sched: sched, reqs: map[string]*reqState{},
+		cfg: cfg, mcfg: mc, log: cfg.Logger, dev: dev, sched: sched, reqs: map[string]*reqState{},
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x7470)), done: make(chan struct{}), eos: map[int32]bool{},
 	}
 	for _, id := range mc.EOSTokenIDs {
@@ -168,7 +179,7 @@ func start(cfg Config, sched *Scheduler, dev stepDevice) *Engine {
 // validate checks what the scheduler does not: sampling ranges and token ids.
 func (e *Engine) validate(req *Request) error {
 	p := &req.Params
-	vocab := e.cfg.Model.Config.VocabSize
+	vocab := e.mcfg.VocabSize
 	for i, id := range req.PromptIDs {
 		if id < 0 || int(id) >= vocab {
 			return fmt.Errorf("%w: prompt token %d (at %d) is outside the vocabulary [0, %d)", ErrInvalidRequest, id, i, vocab)

@@ -51,10 +51,17 @@ func tinyFixture(t testing.TB) *model.Model {
 
 // textDecoder is a stand-in detokenizer: token t reads "<t>", special tokens (0–3) read
 // "" when skipped.
-type textDecoder struct{ skip bool }
+type textDecoder struct {
+	skip  bool
+	vocab int32 // 0 = the fixture's 512
+}
 
 func (d *textDecoder) Add(id int32) (string, error) {
-	if id < 0 || id >= 512 {
+	vocab := d.vocab
+	if vocab == 0 {
+		vocab = 512
+	}
+	if id < 0 || id >= vocab {
 		return "", fmt.Errorf("token %d out of range", id)
 	}
 	if d.skip && id < 4 {

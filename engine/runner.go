@@ -13,12 +13,12 @@ import (
 // program for the sampler features the step needs, runs it and returns what the host needs
 // (token ids and requested logprobs only). It is used by the step loop alone.
 type runner struct {
-	m         *model.Model
+	dev       deviceModel
+	cfg       *model.Config
 	layout    model.KVLayout
-	pools     *model.KVPools
 	segLen    int
 	textVocab int
-	execs     map[samplerFeatures]*model.StepExec
+	programs  map[samplerFeatures]program
 	log       *slog.Logger
 }
 
@@ -31,45 +31,36 @@ type stepOutput struct {
 	topLP    []float32
 }
 
-func newRunner(m *model.Model, layout model.KVLayout, segLen int, log *slog.Logger) (*runner, error) {
-	pools, err := m.NewKVPools(layout)
-	if err != nil {
+func newRunner(dev deviceModel, layout model.KVLayout, segLen int, log *slog.Logger) (*runner, error) {
+	if err := dev.allocPools(layout); err != nil {
 		return nil, err
 	}
 	return &runner{
-		m: m, layout: layout, pools: pools, segLen: segLen,
-		textVocab: m.Config.TextVocabSize, execs: map[samplerFeatures]*model.StepExec{}, log: log,
+		dev: dev, cfg: dev.config(), layout: layout, segLen: segLen,
+		textVocab: dev.config().TextVocabSize, programs: map[samplerFeatures]program{}, log: log,
 	}, nil
 }
 
 // resetPools replaces the pools after a failed step lost them (they were donated).
-func (r *runner) resetPools() error {
-	pools, err := r.m.NewKVPools(r.layout)
-	if err != nil {
-		return err
-	}
-	r.pools.Finalize()
-	r.pools = pools
-	return nil
-}
+func (r *runner) resetPools() error { return r.dev.allocPools(r.layout) }
 
 func (r *runner) close() {
-	for _, e := range r.execs {
-		e.Finalize()
+	for _, p := range r.programs {
+		p.finalize()
 	}
-	r.pools.Finalize()
+	r.dev.freePools()
 }
 
-func (r *runner) exec(f samplerFeatures) (*model.StepExec, error) {
-	if e, ok := r.execs[f]; ok {
-		return e, nil
+func (r *runner) program(f samplerFeatures) (program, error) {
+	if p, ok := r.programs[f]; ok {
+		return p, nil
 	}
-	e, err := r.m.NewStepExec(f.numInputs(), buildSampler(f, r.textVocab))
+	p, err := r.dev.newProgram(f.numInputs(), buildSampler(f, r.textVocab))
 	if err != nil {
 		return nil, err
 	}
-	r.execs[f] = e
-	return e, nil
+	r.programs[f] = p
+	return p, nil
 }
 
 // pow2 rounds n up to a power of two (at least lo).
@@ -81,7 +72,7 @@ func pow2(n, lo int) int {
 // bucket pads a step's needs to a bucket: powers of two on every axis; a step of one-token
 // decodes runs rows of 1 query, anything else rows of segLen queries.
 func (r *runner) bucket(chunks []model.SeqChunk) model.BatchShape {
-	return bucketFor(&r.m.Config, r.layout, r.segLen, chunks)
+	return bucketFor(r.cfg, r.layout, r.segLen, chunks)
 }
 
 func bucketFor(cfg *model.Config, layout model.KVLayout, segLen int, chunks []model.SeqChunk) model.BatchShape {
@@ -109,16 +100,16 @@ func bucketFor(cfg *model.Config, layout model.KVLayout, segLen int, chunks []mo
 // run executes one step. rows has one entry per chunk; it is padded here.
 func (r *runner) run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatures) (*stepOutput, error) {
 	shape := r.bucket(chunks)
-	batch, err := model.BuildBatch(&r.m.Config, r.layout, chunks, shape)
+	batch, err := model.BuildBatch(r.cfg, r.layout, chunks, shape)
 	if err != nil {
 		return nil, err
 	}
-	rows.pad(shape.N, r.m.Config.VocabSize)
-	e, err := r.exec(f)
+	rows.pad(shape.N, r.cfg.VocabSize)
+	p, err := r.program(f)
 	if err != nil {
 		return nil, err
 	}
-	outs, err := e.Run(r.pools, batch, rows.inputs(f)...)
+	outs, err := p.run(batch, rows.inputs(f))
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +131,7 @@ func (r *runner) run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatur
 // precompile compiles the plain-sampler program for every decode bucket (1…maxSeqs
 // sequences × page-table widths) and every single-sequence prefill bucket, logging progress.
 func (r *runner) precompile(maxSeqs, maxBatched, maxModelLen int) error {
-	e, err := r.exec(samplerFeatures{})
+	p, err := r.program(samplerFeatures{})
 	if err != nil {
 		return err
 	}
@@ -148,17 +139,17 @@ func (r *runner) precompile(maxSeqs, maxBatched, maxModelLen int) error {
 	maxPG := pow2((maxModelLen+r.layout.PageSize-1)/r.layout.PageSize, 1)
 	for pg := 1; pg <= maxPG; pg *= 2 {
 		for n := 1; n <= pow2(maxSeqs, 1); n *= 2 {
-			shapes = append(shapes, model.BatchShape{T: n, B: n, Q: 1, PG: pg, PS: model.SlidingPagesPerRow(&r.m.Config, r.layout.PageSize, 1), N: n})
+			shapes = append(shapes, model.BatchShape{T: n, B: n, Q: 1, PG: pg, PS: model.SlidingPagesPerRow(r.cfg, r.layout.PageSize, 1), N: n})
 		}
 		for t := r.segLen; t <= pow2(maxBatched, r.segLen); t *= 2 {
-			shapes = append(shapes, model.BatchShape{T: t, B: t / r.segLen, Q: r.segLen, PG: pg, PS: model.SlidingPagesPerRow(&r.m.Config, r.layout.PageSize, r.segLen), N: 1})
+			shapes = append(shapes, model.BatchShape{T: t, B: t / r.segLen, Q: r.segLen, PG: pg, PS: model.SlidingPagesPerRow(r.cfg, r.layout.PageSize, r.segLen), N: 1})
 		}
 	}
 	start, last := time.Now(), time.Now()
 	for i, s := range shapes {
 		rows := &samplerRows{}
-		rows.pad(s.N, r.m.Config.VocabSize)
-		if err := e.Precompile(r.pools, model.ZeroBatch(s), rows.inputs(samplerFeatures{})...); err != nil {
+		rows.pad(s.N, r.cfg.VocabSize)
+		if err := p.precompile(model.ZeroBatch(s), rows.inputs(samplerFeatures{})); err != nil {
 			return err
 		}
 		if time.Since(last) > 2*time.Second || i == len(shapes)-1 {

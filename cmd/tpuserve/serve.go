@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+
 	"github.com/tpuserve/tpuserve/engine"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
@@ -33,7 +35,7 @@ type serveOptions struct {
 	port, grpcPort                        int
 	servedModelName                       string
 	maxModelLen, maxNumSeqs, maxBatched   int
-	kvCacheMemory                         string
+	kvCacheMemory, deviceMemory           string
 	apiKey                                string
 	tensorParallel, maxQueueLen, pageSize int
 	shutdownTimeout                       time.Duration
@@ -58,7 +60,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.IntVar(&o.maxModelLen, "max-model-len", 2048, "most tokens (prompt + output) per request")
 	fs.IntVar(&o.maxNumSeqs, "max-num-seqs", 32, "most requests running at once")
 	fs.IntVar(&o.maxBatched, "max-num-batched-tokens", 512, "most tokens computed in one step")
-	fs.StringVar(&o.kvCacheMemory, "kv-cache-memory", "256MiB", "device memory for the KV cache (e.g. 4GiB)")
+	fs.StringVar(&o.kvCacheMemory, "kv-cache-memory", "256MiB", "device memory for the KV cache (e.g. 4GiB); ignored with --device-memory")
+	fs.StringVar(&o.deviceMemory, "device-memory", "", "memory of one device (e.g. 16GiB): size the KV cache from the memory plan (weights, activations, workspace) and refuse what cannot fit")
 	fs.StringVar(&o.apiKey, "api-key", "", "require 'Authorization: Bearer KEY' on /v1/* and gRPC")
 	fs.IntVar(&o.tensorParallel, "tensor-parallel-size", 1, "devices to split the model over (see docs/tpu.md)")
 	fs.IntVar(&o.maxQueueLen, "max-queue-len", 0, "most waiting requests before 429 (default 4 × max-num-seqs)")
@@ -126,14 +129,14 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		"kv_cache_memory", o.kvCacheMemory, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
 		"max_queue_len", o.maxQueueLen, "shutdown_timeout", o.shutdownTimeout, "prefix_caching", !o.disablePrefixCaching,
 		"api_key_set", o.apiKey != "", "precompile", o.precompile)
-	if o.tensorParallel != 1 {
-		return fmt.Errorf("--tensor-parallel-size %d: the sharded step program exists (model.ShardedStepExec, checked by tpuserve plan) but the engine does not drive it yet; serve with 1", o.tensorParallel)
-	}
-	kvBytes, err := model.ParseByteSize(o.kvCacheMemory)
-	if err != nil {
-		return fmt.Errorf("--kv-cache-memory: %w", err)
+	if o.tensorParallel < 1 {
+		return fmt.Errorf("--tensor-parallel-size %d must be >= 1", o.tensorParallel)
 	}
 	dtype, err := model.ParseDType(o.dtype)
+	if err != nil {
+		return err
+	}
+	kvBytes, err := kvBudget(o, dtype, log)
 	if err != nil {
 		return err
 	}
@@ -151,25 +154,39 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	if err != nil {
 		return err
 	}
-	m, err := model.Load(backend, model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed})
-	if err != nil {
-		return err
+	ecfg := engine.Config{}
+	var mc *model.Config
+	loadOpts := model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed}
+	if o.tensorParallel == 1 {
+		m, err := model.Load(backend, loadOpts)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		ecfg.Model, mc = m, &m.Config
+	} else {
+		m, err := model.LoadShardedModel(backend, loadOpts, o.tensorParallel)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		ecfg.Sharded, mc = m, &m.Config
 	}
-	defer m.Close()
-	if tok.VocabSize() > m.Config.VocabSize {
-		return fmt.Errorf("the tokenizer has %d tokens but the model only %d embedding rows", tok.VocabSize(), m.Config.VocabSize)
+	if tok.VocabSize() > mc.VocabSize {
+		return fmt.Errorf("the tokenizer has %d tokens but the model only %d embedding rows", tok.VocabSize(), mc.VocabSize)
 	}
 	// Rows beyond the tokenizer's vocabulary (multimodal padding) are never sampled.
-	m.Config.TextVocabSize = min(m.Config.TextVocabSize, tok.VocabSize())
+	mc.TextVocabSize = min(mc.TextVocabSize, tok.VocabSize())
 	// Instruction-tuned Gemma 3 stops on <eos> and <end_of_turn>.
 	for _, id := range tok.StopIDs() {
-		if !containsInt(m.Config.EOSTokenIDs, int(id)) {
-			m.Config.EOSTokenIDs = append(m.Config.EOSTokenIDs, int(id))
+		if !containsInt(mc.EOSTokenIDs, int(id)) {
+			mc.EOSTokenIDs = append(mc.EOSTokenIDs, int(id))
 		}
 	}
 	t0 = time.Now()
 	eng, err := engine.New(engine.Config{
-		Model:      m,
+		Model:      ecfg.Model,
+		Sharded:    ecfg.Sharded,
 		NewDecoder: func(skip bool) engine.StreamDecoder { return tok.NewStreamDecoder(skip) },
 		Scheduler: engine.SchedulerConfig{
 			MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, MaxModelLen: o.maxModelLen, Logger: log,
@@ -209,6 +226,49 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		}()
 	}
 	return srv.Serve(ctx)
+}
+
+// kvBudget is the KV cache bytes per device: from the memory plan when --device-memory is
+// given (refusing a configuration that cannot fit, with the numbers), else --kv-cache-memory.
+func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, error) {
+	if o.deviceMemory == "" {
+		if o.tensorParallel > 1 {
+			return 0, fmt.Errorf("--tensor-parallel-size %d needs --device-memory (one device's memory, e.g. 16GiB) to plan the split", o.tensorParallel)
+		}
+		b, err := model.ParseByteSize(o.kvCacheMemory)
+		if err != nil {
+			return 0, fmt.Errorf("--kv-cache-memory: %w", err)
+		}
+		return b, nil
+	}
+	mem, err := model.ParseByteSize(o.deviceMemory)
+	if err != nil {
+		return 0, fmt.Errorf("--device-memory: %w", err)
+	}
+	var cfg model.Config
+	if isDirWith(o.model, "config.json") {
+		cfg, err = model.LoadConfig(o.model)
+	} else {
+		cfg, err = model.Preset(o.model)
+	}
+	if err != nil {
+		return 0, err
+	}
+	format := model.FormatBF16
+	if dtype == dtypes.Float32 {
+		format = model.FormatF32
+	}
+	plan, err := model.PlanMemory(&cfg, model.MemoryOptions{
+		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
+		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)
+	}
+	log.Info("memory plan per device", "device", model.FormatBytes(mem), "weights", model.FormatBytes(plan.WeightBytesPerChip),
+		"activations", model.FormatBytes(plan.Activations.Peak), "workspace", model.FormatBytes(plan.WorkspaceBytes),
+		"kv_cache", model.FormatBytes(plan.KVBytesPerChip), "kv_tokens", plan.KVTokens)
+	return plan.KVBytesPerChip, nil
 }
 
 func isDirWith(dir, file string) bool {

@@ -20,6 +20,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+
 	"github.com/tpuserve/tpuserve/server"
 	"github.com/tpuserve/tpuserve/server/proto/enginepb"
 )
@@ -327,3 +329,33 @@ func TestServeGRPC(t *testing.T) {
 		t.Errorf("gRPC complete %v, streamed %q; HTTP %q", done, text.String(), resp.Choices[0].Text)
 	}
 }
+
+// TestServeMemoryPlan: --device-memory sizes the KV cache from the memory plan and refuses
+// what cannot fit, with the numbers; TP needs a plan.
+func TestServeMemoryPlan(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tc := range []struct {
+		model, mem string
+		tp         int
+		want       string
+	}{
+		{"gemma3-27b", "", 8, "needs --device-memory"},
+		{"gemma3-27b", "16GiB", 2, "does not fit in device memory: 26.5 GiB per chip before any KV cache"},
+		{"gemma3-27b", "lots", 8, "--device-memory"},
+	} {
+		_, o := serveFlags(io.Discard)
+		o.model, o.deviceMemory, o.tensorParallel, o.dtype = tc.model, tc.mem, tc.tp, "bf16"
+		_, err := kvBudget(o, dtypesBF16, log)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc, err, tc.want)
+		}
+	}
+	_, o := serveFlags(io.Discard)
+	o.model, o.deviceMemory, o.tensorParallel, o.maxNumSeqs, o.maxBatched = "gemma3-27b", "16GiB", 8, 64, 2048
+	kv, err := kvBudget(o, dtypesBF16, log)
+	if err != nil || kv < 6<<30 || kv > 10<<30 {
+		t.Errorf("27B TP=8 on 16 GiB: KV budget %d bytes per chip, %v (want 6–10 GiB: weights take 6.3)", kv, err)
+	}
+}
+
+var dtypesBF16 = dtypes.BFloat16

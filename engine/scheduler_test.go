@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -392,7 +393,7 @@ func TestBatchInvariance(t *testing.T) {
 				want = refs["sliding"]
 			}
 			for _, r := range reqs {
-				if !equalTokens(got[r.ID], want[r.ID]) {
+				if !slices.Equal(got[r.ID], want[r.ID]) {
 					t.Fatalf("%s: batched %v, alone %v", r.ID, got[r.ID], want[r.ID])
 				}
 			}
@@ -404,18 +405,6 @@ func TestBatchInvariance(t *testing.T) {
 func withCaching(c kvcache.Config) kvcache.Config {
 	c.EnablePrefixCaching = true
 	return c
-}
-
-func equalTokens(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // step schedules, checks the plan's shape against want (request -> tokens computed, in

@@ -54,15 +54,3 @@ func prefill(t testing.TB, m *Manager, s *Seq, tokens []int32, n int) int {
 	mustCommit(t, m, s, tokens, n)
 	return hit.NumTokens
 }
-
-func equalIDs(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}

@@ -3,6 +3,7 @@ package kvcache
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -130,7 +131,7 @@ func TestAllocateCountsCachedHitBlocks(t *testing.T) {
 		t.Fatalf("err %v, want ErrNoFreeBlocks", err)
 	}
 	mustAllocate(t, m, &b, &hit, 4, 2)
-	if got := b.GlobalBlocks(); !equalIDs(got, []int32{1, 2, 3}) {
+	if got := b.GlobalBlocks(); !slices.Equal(got, []int32{1, 2, 3}) {
 		t.Fatalf("blocks %v", got)
 	}
 	m.Free(&b)

@@ -2,6 +2,7 @@ package kvcache
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -45,7 +46,7 @@ func TestPoolLRUOrder(t *testing.T) {
 			p := newBlockPool(7, true)
 			if tc.freeSeq != nil {
 				held := p.allocate(nil, 4)
-				if !equalIDs(held, []int32{1, 2, 3, 4}) {
+				if !slices.Equal(held, []int32{1, 2, 3, 4}) {
 					t.Fatalf("first allocation %v", held)
 				}
 				for _, id := range tc.freeSeq {
@@ -62,7 +63,7 @@ func TestPoolLRUOrder(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := p.allocate(nil, p.numFree)
-			if !equalIDs(got, tc.wantNext) {
+			if !slices.Equal(got, tc.wantNext) {
 				t.Fatalf("allocation order %v, want %v", got, tc.wantNext)
 			}
 		})
@@ -118,7 +119,7 @@ func TestPoolEvictionAndDuplicates(t *testing.T) {
 	p.release(ids[1])
 	// Free list: 3, ids[0] (cached), ids[1]. Allocating 2 evicts ids[0]'s hash.
 	got := p.allocate(nil, 2)
-	if !equalIDs(got, []int32{3, ids[0]}) {
+	if !slices.Equal(got, []int32{3, ids[0]}) {
 		t.Fatalf("allocated %v, want [3 %d]", got, ids[0])
 	}
 	if _, ok := p.lookup(BlockHash{1}); ok || p.evictions != 1 {

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -25,7 +26,7 @@ func New(backend backends.Backend, cfg Config, weights *Weights) (*Model, error)
 	}
 	dtype := weights.Tensors[0].DType()
 	for i, t := range weights.Tensors {
-		if !sameShape(t.Shape().Dimensions, weights.Specs[i].Shape) || t.DType() != dtype {
+		if !slices.Equal(t.Shape().Dimensions, weights.Specs[i].Shape) || t.DType() != dtype {
 			return nil, fmt.Errorf("%w: tensor %s is %s, want %v of %s", ErrWeights, weights.Specs[i].Name, t.Shape(), weights.Specs[i].Shape, dtype)
 		}
 		if err := t.MaterializeOnDevice(backend, false, 0); err != nil {

@@ -17,17 +17,23 @@ func ContiguousChunk(tokens []int32, pageSize int, allLogits bool) SeqChunk {
 	return SeqChunk{Tokens: tokens, GlobalBlocks: blocks, SlidingBlocks: blocks, AllLogits: allLogits}
 }
 
-// ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
-// the float32 logits of every position, [T, V].
-func (m *Model) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
+// onePrefill lays tokens out as one sequence, one prefill chunk, on just enough pages.
+func onePrefill(cfg *Config, tokens []int32) (KVLayout, *Batch, error) {
 	const pageSize = 16
 	if len(tokens) == 0 {
-		return nil, fmt.Errorf("%w: no tokens", ErrInput)
+		return KVLayout{}, nil, fmt.Errorf("%w: no tokens", ErrInput)
 	}
 	chunk := ContiguousChunk(tokens, pageSize, true)
 	pages := len(chunk.GlobalBlocks) + 1
 	layout := KVLayout{PageSize: pageSize, NumGlobalPages: pages, NumSlidingPages: pages}
-	batch, err := BuildBatch(&m.Config, layout, []SeqChunk{chunk}, NeededShape(&m.Config, layout, []SeqChunk{chunk}, 0))
+	batch, err := BuildBatch(cfg, layout, []SeqChunk{chunk}, NeededShape(cfg, layout, []SeqChunk{chunk}, 0))
+	return layout, batch, err
+}
+
+// ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
+// the float32 logits of every position, [T, V].
+func (m *Model) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
+	layout, batch, err := onePrefill(&m.Config, tokens)
 	if err != nil {
 		return nil, err
 	}

@@ -146,7 +146,7 @@ func NewShardedModel(backend backends.Backend, cfg Config, tp int, weights *Weig
 		return nil, err
 	}
 	for i, t := range weights.Tensors {
-		if !sameShape(t.Shape().Dimensions, weights.Specs[i].Shape) || t.DType() != m.DType {
+		if !slices.Equal(t.Shape().Dimensions, weights.Specs[i].Shape) || t.DType() != m.DType {
 			m.Close()
 			return nil, fmt.Errorf("%w: tensor %s is %s, want %v of %s", ErrWeights, weights.Specs[i].Name, t.Shape(), weights.Specs[i].Shape, m.DType)
 		}
@@ -216,7 +216,7 @@ func LoadShardedModel(backend backends.Backend, opts LoadOptions, tp int) (*Shar
 			m.Close()
 			return nil, fmt.Errorf("%w: tensor %s is missing from %s", ErrWeights, name, ck.Dir)
 		}
-		if !sameShape(info.Shape, t.Shape) {
+		if !slices.Equal(info.Shape, t.Shape) {
 			m.Close()
 			return nil, fmt.Errorf("%w: tensor %s in %s has shape %v, the config needs %v", ErrWeights, name, info.File, info.Shape, t.Shape)
 		}
@@ -502,14 +502,7 @@ func (e *ShardedStepExec) Finalize() { e.exec.Finalize() }
 // ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
 // the float32 logits of every position, [T, V] (as Model.ForwardLogits).
 func (m *ShardedModel) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
-	const pageSize = 16
-	if len(tokens) == 0 {
-		return nil, fmt.Errorf("%w: no tokens", ErrInput)
-	}
-	chunk := ContiguousChunk(tokens, pageSize, true)
-	pages := len(chunk.GlobalBlocks) + 1
-	layout := KVLayout{PageSize: pageSize, NumGlobalPages: pages, NumSlidingPages: pages}
-	batch, err := BuildBatch(&m.Config, layout, []SeqChunk{chunk}, NeededShape(&m.Config, layout, []SeqChunk{chunk}, 0))
+	layout, batch, err := onePrefill(&m.Config, tokens)
 	if err != nil {
 		return nil, err
 	}

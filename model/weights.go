@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -140,7 +141,7 @@ func LoadWeights(ck *Checkpoint, cfg *Config, dtype dtypes.DType, progress func(
 		if !ok {
 			return nil, fmt.Errorf("%w: tensor %s is missing from %s", ErrWeights, name, ck.Dir)
 		}
-		if !sameShape(info.Shape, s.Shape) {
+		if !slices.Equal(info.Shape, s.Shape) {
 			return nil, fmt.Errorf("%w: tensor %s in %s has shape %v, the config needs %v", ErrWeights, name, info.File, info.Shape, s.Shape)
 		}
 		switch info.DType {
@@ -182,18 +183,6 @@ func LogProgress(p LoadProgress) {
 	slog.Info("loading weights", "bytes", p.Bytes, "total", p.TotalBytes,
 		"percent", fmt.Sprintf("%.0f", 100*float64(p.Bytes)/math.Max(1, float64(p.TotalBytes))),
 		"GB/s", fmt.Sprintf("%.2f", p.GBPerSecond()))
-}
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // convertInto converts little-endian src of srcType ("BF16", "F16", "F32") into dst of

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -70,7 +71,7 @@ func TestForwardUnseenCheckpoints(t *testing.T) {
 				t.Fatal(err)
 			}
 			logits := got["logits"]
-			if logits == nil || !equalDims(logits.Shape().Dimensions, []int{len(ids), cfg.VocabSize}) {
+			if logits == nil || !slices.Equal(logits.Shape().Dimensions, []int{len(ids), cfg.VocabSize}) {
 				t.Fatalf("output tensor logits: %v", logits)
 			}
 			flat := tensors.MustCopyFlatData[float32](logits)
@@ -86,18 +87,6 @@ func TestForwardUnseenCheckpoints(t *testing.T) {
 			t.Logf("max |Δ| = %.2g", maxDiff)
 		})
 	}
-}
-
-func equalDims(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestForwardFlagErrors(t *testing.T) {

@@ -15,10 +15,12 @@ import (
 // ErrBackend is wrapped by errors creating a backend.
 var ErrBackend = errors.New("backend")
 
-// DefaultBackend is the pure-Go CPU backend in the configuration that does not deadlock:
-// the default SimpleGo config hangs intermittently on nested worker-pool waits, running ops
-// one at a time does not.
-const DefaultBackend = "go:ops_sequential"
+// DefaultBackend is the pure-Go CPU backend in the configuration that does not deadlock
+// (the default SimpleGo config hangs intermittently on nested worker-pool waits; running ops
+// one at a time does not), with the simple DotGeneral kernel: the blocked one copies and
+// pads its operands on every call, which made a decode step of the tiny model (logits
+// against a 262k-row embedding) 9× slower at batch 1 (docs/performance.md).
+const DefaultBackend = "go:ops_sequential,dotgeneral_small"
 
 // NewBackend creates a backend from a spec: "go" (or "go:<simplego options>"), or
 // "xla:<plugin>" where plugin is a name (cpu, cuda, tpu) or an absolute path to a PJRT

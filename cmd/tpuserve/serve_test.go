@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	appsv1 "k8s.io/api/apps/v1"
 
+	"github.com/tpuserve/tpuserve/internal/deploy"
 	"github.com/tpuserve/tpuserve/server"
 	"github.com/tpuserve/tpuserve/server/proto/enginepb"
 )
@@ -359,3 +362,32 @@ func TestServeMemoryPlan(t *testing.T) {
 }
 
 var dtypesBF16 = dtypes.BFloat16
+
+// TestDeployArgsParse: the serve arguments `tpuserve deploy` renders for every target are
+// flags serve accepts, and the TPU ones plan the memory of a v5e chip.
+func TestDeployArgsParse(t *testing.T) {
+	for _, target := range []deploy.Target{deploy.TargetTPU, deploy.TargetGPU, deploy.TargetCPU} {
+		objs, err := deploy.Objects(deploy.Options{Target: target, Model: "gs://bucket/gemma-3-27b-it"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var args []string
+		for _, obj := range objs {
+			if d, ok := obj.(*appsv1.Deployment); ok {
+				c := d.Spec.Template.Spec.Containers[0]
+				args = append(append([]string{}, c.Command...), c.Args...)
+			}
+		}
+		i := slices.Index(args, "serve")
+		if i < 0 {
+			t.Fatalf("%s: no serve command in %q", target, args)
+		}
+		fs, o := serveFlags(io.Discard)
+		if err := fs.Parse(args[i+1:]); err != nil || fs.NArg() != 0 {
+			t.Fatalf("%s: serve rejects %q: %v", target, args[i+1:], err)
+		}
+		if target == deploy.TargetTPU && (o.tensorParallel != 8 || o.deviceMemory != "16GiB" || o.backend != "xla:tpu") {
+			t.Errorf("tpu: %+v", o)
+		}
+	}
+}

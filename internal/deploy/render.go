@@ -48,6 +48,9 @@ type profile struct {
 	shm          string
 	// startupSeconds bounds weight loading plus bucket compilation.
 	startupSeconds int32
+	// deviceMemory is one accelerator's memory: serve sizes the KV cache from its memory
+	// plan (and, with TP > 1, needs it to plan the split).
+	deviceMemory string
 }
 
 func profileFor(t Target) profile {
@@ -65,6 +68,7 @@ func profileFor(t Target) profile {
 			// ct5lp-hightpu-8t has 224 vCPU and 192 GiB; leave room for system pods.
 			cpu: "32", memory: "128Gi", shm: "16Gi",
 			startupSeconds: 1800,
+			deviceMemory:   "16GiB", // HBM per v5e chip
 		}
 	case TargetGPU:
 		return profile{
@@ -74,6 +78,7 @@ func profileFor(t Target) profile {
 			// a3-highgpu-1g has 26 vCPU and 234 GiB.
 			cpu: "16", memory: "96Gi", shm: "16Gi",
 			startupSeconds: 1800,
+			deviceMemory:   "79GiB", // what CUDA reports usable of an H100 80GB
 		}
 	default: // TargetCPU
 		return profile{
@@ -184,8 +189,10 @@ func serverArgs(o Options, p profile, model, tok location) []string {
 	if o.MaxNumSeqs > 0 {
 		args = append(args, "--max-num-seqs="+strconv.Itoa(o.MaxNumSeqs))
 	}
-	if o.KVCacheMemory > 0 {
+	if o.KVCacheMemory > 0 && p.tp == 1 {
 		args = append(args, "--kv-cache-memory="+strconv.FormatInt(o.KVCacheMemory, 10))
+	} else if p.deviceMemory != "" {
+		args = append(args, "--device-memory="+p.deviceMemory)
 	}
 	if o.APIKeySecret != "" {
 		// Kubernetes expands $(VAR) from the container's env, so the key never sits in the

@@ -25,89 +25,86 @@ type program interface {
 	finalize()
 }
 
+// stepExec is what model.StepExec (pools P = *model.KVPools) and model.ShardedStepExec
+// (P = *model.ShardedKVPools) have in common.
+type stepExec[P any] interface {
+	Precompile(pools P, b *model.Batch, extra ...any) error
+	Run(pools P, b *model.Batch, extra ...any) ([]*tensors.Tensor, error)
+	Finalize()
+}
+
+// poolDevice is a deviceModel over either kind of model: its pools are P and its programs
+// stepExec[P].
+type poolDevice[P interface{ Finalize() }] struct {
+	cfg      *model.Config
+	dt       dtypes.DType
+	kvHeads  int
+	newPools func(model.KVLayout) (P, error)
+	newExec  func(numExtra int, post model.PostFn) (stepExec[P], error)
+	pools    P
+	hasPools bool
+}
+
 // plainDevice is a model.Model on one device.
-type plainDevice struct {
-	m     *model.Model
-	pools *model.KVPools
-}
-
-func (d *plainDevice) config() *model.Config { return &d.m.Config }
-func (d *plainDevice) dtype() dtypes.DType   { return d.m.DType }
-func (d *plainDevice) kvHeadsPerDevice() int { return d.m.Config.NumKeyValueHeads }
-func (d *plainDevice) freePools()            { d.pools.Finalize() }
-func (d *plainDevice) allocPools(l model.KVLayout) error {
-	pools, err := d.m.NewKVPools(l)
-	if err != nil {
-		return err
+func plainDevice(m *model.Model) deviceModel {
+	return &poolDevice[*model.KVPools]{
+		cfg: &m.Config, dt: m.DType, kvHeads: m.Config.NumKeyValueHeads, newPools: m.NewKVPools,
+		newExec: func(n int, post model.PostFn) (stepExec[*model.KVPools], error) { return m.NewStepExec(n, post) },
 	}
-	if d.pools != nil {
-		d.pools.Finalize()
-	}
-	d.pools = pools
-	return nil
 }
-func (d *plainDevice) newProgram(numExtra int, post model.PostFn) (program, error) {
-	e, err := d.m.NewStepExec(numExtra, post)
-	if err != nil {
-		return nil, err
-	}
-	return &plainProgram{d: d, e: e}, nil
-}
-
-type plainProgram struct {
-	d *plainDevice
-	e *model.StepExec
-}
-
-func (p *plainProgram) precompile(b *model.Batch, extra []any) error {
-	return p.e.Precompile(p.d.pools, b, extra...)
-}
-func (p *plainProgram) run(b *model.Batch, extra []any) ([]*tensors.Tensor, error) {
-	return p.e.Run(p.d.pools, b, extra...)
-}
-func (p *plainProgram) finalize() { p.e.Finalize() }
 
 // shardedDevice is a model.ShardedModel split over the devices of an xla backend.
-type shardedDevice struct {
-	m     *model.ShardedModel
-	pools *model.ShardedKVPools
+func shardedDevice(m *model.ShardedModel) deviceModel {
+	return &poolDevice[*model.ShardedKVPools]{
+		cfg: &m.Config, dt: m.DType, kvHeads: m.Plan.KVHeadsPerChip, newPools: m.NewKVPools,
+		newExec: func(n int, post model.PostFn) (stepExec[*model.ShardedKVPools], error) { return m.NewStepExec(n, post) },
+	}
 }
 
-func (d *shardedDevice) config() *model.Config { return &d.m.Config }
-func (d *shardedDevice) dtype() dtypes.DType   { return d.m.DType }
-func (d *shardedDevice) kvHeadsPerDevice() int { return d.m.Plan.KVHeadsPerChip }
-func (d *shardedDevice) freePools()            { d.pools.Finalize() }
-func (d *shardedDevice) allocPools(l model.KVLayout) error {
-	pools, err := d.m.NewKVPools(l)
+func (d *poolDevice[P]) config() *model.Config { return d.cfg }
+func (d *poolDevice[P]) dtype() dtypes.DType   { return d.dt }
+func (d *poolDevice[P]) kvHeadsPerDevice() int { return d.kvHeads }
+
+func (d *poolDevice[P]) freePools() {
+	if d.hasPools {
+		d.pools.Finalize()
+		d.hasPools = false
+	}
+}
+
+func (d *poolDevice[P]) allocPools(l model.KVLayout) error {
+	pools, err := d.newPools(l)
 	if err != nil {
 		return err
 	}
-	if d.pools != nil {
-		d.pools.Finalize()
-	}
-	d.pools = pools
+	d.freePools()
+	d.pools, d.hasPools = pools, true
 	return nil
 }
-func (d *shardedDevice) newProgram(numExtra int, post model.PostFn) (program, error) {
-	e, err := d.m.NewStepExec(numExtra, post)
+
+func (d *poolDevice[P]) newProgram(numExtra int, post model.PostFn) (program, error) {
+	e, err := d.newExec(numExtra, post)
 	if err != nil {
 		return nil, err
 	}
-	return &shardedProgram{d: d, e: e}, nil
+	return &boundProgram[P]{d: d, e: e}, nil
 }
 
-type shardedProgram struct {
-	d *shardedDevice
-	e *model.ShardedStepExec
+// boundProgram runs a program on its device's current pools (replaced after a failed step).
+type boundProgram[P interface{ Finalize() }] struct {
+	d *poolDevice[P]
+	e stepExec[P]
 }
 
-func (p *shardedProgram) precompile(b *model.Batch, extra []any) error {
+func (p *boundProgram[P]) precompile(b *model.Batch, extra []any) error {
 	return p.e.Precompile(p.d.pools, b, extra...)
 }
-func (p *shardedProgram) run(b *model.Batch, extra []any) ([]*tensors.Tensor, error) {
+
+func (p *boundProgram[P]) run(b *model.Batch, extra []any) ([]*tensors.Tensor, error) {
 	return p.e.Run(p.d.pools, b, extra...)
 }
-func (p *shardedProgram) finalize() { p.e.Finalize() }
+
+func (p *boundProgram[P]) finalize() { p.e.Finalize() }
 
 // poolBytes is what the KV pools of layout take on each device.
 func poolBytes(cfg *model.Config, layout model.KVLayout, dev deviceModel) int64 {

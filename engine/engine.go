@@ -78,9 +78,9 @@ func New(cfg Config) (*Engine, error) {
 	var dev deviceModel
 	switch {
 	case cfg.Model != nil && cfg.Sharded == nil:
-		dev = &plainDevice{m: cfg.Model}
+		dev = plainDevice(cfg.Model)
 	case cfg.Sharded != nil && cfg.Model == nil:
-		dev = &shardedDevice{m: cfg.Sharded}
+		dev = shardedDevice(cfg.Sharded)
 	default:
 		return nil, fmt.Errorf("%w: set exactly one of Config.Model and Config.Sharded", ErrInvalidRequest)
 	}

@@ -134,8 +134,6 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- ignoreClosed(hs.Serve(hl)) }()
 	if gl != nil {
 		go func() { errc <- s.grpc.Serve(gl) }()
-	} else {
-		errc <- nil
 	}
 	s.addrMu.Lock()
 	s.httpAddr = hl.Addr()

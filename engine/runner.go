@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"log/slog"
 	"math/bits"
 	"time"
@@ -19,7 +20,15 @@ type runner struct {
 	segLen    int
 	textVocab int
 	programs  map[samplerFeatures]program
-	log       *slog.Logger
+	// compiled records the (features, bucket) pairs already compiled, so a first use at
+	// serving time is logged: it costs a compilation.
+	compiled map[compiledKey]bool
+	log      *slog.Logger
+}
+
+type compiledKey struct {
+	f     samplerFeatures
+	shape model.BatchShape
 }
 
 // stepOutput holds, per scheduled sequence (in plan order), the sampled token and, when
@@ -37,7 +46,8 @@ func newRunner(dev deviceModel, layout model.KVLayout, segLen int, log *slog.Log
 	}
 	return &runner{
 		dev: dev, cfg: dev.config(), layout: layout, segLen: segLen,
-		textVocab: dev.config().TextVocabSize, programs: map[samplerFeatures]program{}, log: log,
+		textVocab: dev.config().TextVocabSize, programs: map[samplerFeatures]program{},
+		compiled: map[compiledKey]bool{}, log: log,
 	}, nil
 }
 
@@ -109,6 +119,10 @@ func (r *runner) run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatur
 	if err != nil {
 		return nil, err
 	}
+	if key := (compiledKey{f, shape}); !r.compiled[key] {
+		r.compiled[key] = true
+		r.log.Info("compiling a step program on first use", "bucket", fmt.Sprintf("%+v", shape), "sampler", fmt.Sprintf("%+v", f))
+	}
 	outs, err := p.run(batch, rows.inputs(f))
 	if err != nil {
 		return nil, err
@@ -152,6 +166,7 @@ func (r *runner) precompile(maxSeqs, maxBatched, maxModelLen int) error {
 		if err := p.precompile(model.ZeroBatch(s), rows.inputs(samplerFeatures{})); err != nil {
 			return err
 		}
+		r.compiled[compiledKey{samplerFeatures{}, s}] = true
 		if time.Since(last) > 2*time.Second || i == len(shapes)-1 {
 			last = time.Now()
 			r.log.Info("compiling step programs", "done", i+1, "total", len(shapes), "elapsed", time.Since(start).Round(time.Millisecond))

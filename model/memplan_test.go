@@ -13,7 +13,7 @@ import (
 
 const gib = int64(1) << 30
 
-// TestSeqKVBytes checks the sliding-window rule against ../shared/docs/gemma3.md:
+// TestSeqKVBytes checks the sliding-window rule against the project brief's gemma3.md (shared docs):
 // 27B bf16 KV per sequence = 80 KiB·L + 416 KiB·min(L, 1024): 0.56 GiB at 2k, 1.03 GiB at
 // 8k, 10.4 GiB at 128k (62 GiB if the local layers kept everything); per chip ÷ kv shards.
 func TestSeqKVBytes(t *testing.T) {

@@ -3,6 +3,8 @@ package model
 import (
 	"errors"
 	"fmt"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
 )
 
 // ErrInput is wrapped by every error about a step's inputs (token ids, positions, blocks).
@@ -218,5 +220,23 @@ func ZeroBatch(shape BatchShape) *Batch {
 		PageTableSliding: make([]int32, shape.B*shape.PS),
 		SlidingBase:      make([]int32, shape.B),
 		LogitsIndex:      make([]int32, shape.N),
+	}
+}
+
+// stepTensors are the batch's inputs of the step program, in StepNodes order (see
+// stepNodesFromSlice).
+func (b *Batch) stepTensors() []*tensors.Tensor {
+	s := b.Shape
+	return []*tensors.Tensor{
+		tensors.FromFlatDataAndDimensions(b.Tokens, s.T),
+		tensors.FromFlatDataAndDimensions(b.Positions, s.T),
+		tensors.FromFlatDataAndDimensions(b.SlotsGlobal, s.T),
+		tensors.FromFlatDataAndDimensions(b.SlotsSliding, s.T),
+		tensors.FromFlatDataAndDimensions(b.TokenCell, s.T),
+		tensors.FromFlatDataAndDimensions(b.GridIndex, s.B, s.Q),
+		tensors.FromFlatDataAndDimensions(b.PageTableGlobal, s.B, s.PG),
+		tensors.FromFlatDataAndDimensions(b.PageTableSliding, s.B, s.PS),
+		tensors.FromFlatDataAndDimensions(b.SlidingBase, s.B),
+		tensors.FromFlatDataAndDimensions(b.LogitsIndex, s.N),
 	}
 }

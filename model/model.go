@@ -149,7 +149,6 @@ func (e *StepExec) args(pools *KVPools, b *Batch, donate bool, extra []any) ([]a
 	if len(pools.Tensors) != 2*e.m.Config.NumHiddenLayers {
 		return nil, fmt.Errorf("%w: %d pool tensors, want %d", ErrInput, len(pools.Tensors), 2*e.m.Config.NumHiddenLayers)
 	}
-	s := b.Shape
 	args := make([]any, 0, len(e.m.Weights.Tensors)+len(pools.Tensors)+numStepInputs+len(extra))
 	for _, t := range e.m.Weights.Tensors {
 		args = append(args, t)
@@ -168,18 +167,9 @@ func (e *StepExec) args(pools *KVPools, b *Batch, donate bool, extra []any) ([]a
 			args = append(args, t)
 		}
 	}
-	args = append(args,
-		tensors.FromFlatDataAndDimensions(b.Tokens, s.T),
-		tensors.FromFlatDataAndDimensions(b.Positions, s.T),
-		tensors.FromFlatDataAndDimensions(b.SlotsGlobal, s.T),
-		tensors.FromFlatDataAndDimensions(b.SlotsSliding, s.T),
-		tensors.FromFlatDataAndDimensions(b.TokenCell, s.T),
-		tensors.FromFlatDataAndDimensions(b.GridIndex, s.B, s.Q),
-		tensors.FromFlatDataAndDimensions(b.PageTableGlobal, s.B, s.PG),
-		tensors.FromFlatDataAndDimensions(b.PageTableSliding, s.B, s.PS),
-		tensors.FromFlatDataAndDimensions(b.SlidingBase, s.B),
-		tensors.FromFlatDataAndDimensions(b.LogitsIndex, s.N),
-	)
+	for _, t := range b.stepTensors() {
+		args = append(args, t)
+	}
 	return append(args, extra...), nil
 }
 

@@ -388,7 +388,6 @@ func (e *ShardedStepExec) args(pools *ShardedKVPools, b *Batch, donate bool, ext
 	if len(pools.Shards) != m.Plan.TP {
 		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
 	}
-	s := b.Shape
 	var temps []*tensors.Tensor
 	args := make([]any, 0, m.Plan.TP*(len(m.Plan.Weights)+2*m.Config.NumHiddenLayers+numStepInputs+len(extra)))
 	for d := 0; d < m.Plan.TP; d++ {
@@ -412,18 +411,7 @@ func (e *ShardedStepExec) args(pools *ShardedKVPools, b *Batch, donate bool, ext
 				args = append(args, t)
 			}
 		}
-		step := []*tensors.Tensor{
-			tensors.FromFlatDataAndDimensions(b.Tokens, s.T),
-			tensors.FromFlatDataAndDimensions(b.Positions, s.T),
-			tensors.FromFlatDataAndDimensions(b.SlotsGlobal, s.T),
-			tensors.FromFlatDataAndDimensions(b.SlotsSliding, s.T),
-			tensors.FromFlatDataAndDimensions(b.TokenCell, s.T),
-			tensors.FromFlatDataAndDimensions(b.GridIndex, s.B, s.Q),
-			tensors.FromFlatDataAndDimensions(b.PageTableGlobal, s.B, s.PG),
-			tensors.FromFlatDataAndDimensions(b.PageTableSliding, s.B, s.PS),
-			tensors.FromFlatDataAndDimensions(b.SlidingBase, s.B),
-			tensors.FromFlatDataAndDimensions(b.LogitsIndex, s.N),
-		}
+		step := b.stepTensors()
 		temps = append(temps, step...)
 		for _, t := range step {
 			args = append(args, t)

@@ -85,6 +85,7 @@ func TestBenchAgainstTheServerPackage(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
 	defer func() { cancel(); <-done }()
+	<-srv.Ready() // HTTPAddr is set once the server listens
 
 	resultPath := filepath.Join(t.TempDir(), "r.json")
 	code, out, errOut := runCmd("bench", "--base-url", "http://"+srv.HTTPAddr().String(), "--num-prompts", "20",

@@ -2,8 +2,8 @@
 // mapped safetensors checkpoints in the three hub layouts (Checkpoint, LoadWeights), seeded
 // random weights (RandomWeights), the forward pass as a gomlx graph over a flat batch of new
 // tokens with paged K/V pools (Forward, Batch, StepExec), backends (NewBackend), and tensor
-// parallelism: the sharding plan, the per-chip memory plan and the sharded program
-// (sharding.go, memplan.go, tp.go).
+// parallelism: the sharding plan and the sharded program (sharding.go, tp.go). The step-
+// shape set, the memory plan and the roofline live in internal/plan.
 //
 // The math follows docs/gemma3.md (Hugging Face transformers is the reference). The graph
 // takes page tables and slot indices as inputs; which pages a sequence owns is kvcache's
@@ -16,7 +16,7 @@
 //
 // Errors: configuration problems wrap ErrConfig and name the field; checkpoint problems wrap
 // ErrWeights and name the tensor and file; bad step inputs (token ids, positions, pages) wrap
-// ErrInput; backend creation ErrBackend; sharding ErrSharding; memory plans ErrMemory. Graph
+// ErrInput; backend creation ErrBackend; sharding ErrSharding. Graph
 // building panics only inside gomlx's graph functions, which StepExec turns into errors.
 //
 // Concurrency: a Model's weights are read-only and may be shared; a StepExec and its KVPools

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 )
 
@@ -19,12 +20,12 @@ func init() {
 
 // planOutput is what --json writes.
 type planOutput struct {
-	Model    string                  `json:"model"`
-	Config   model.Config            `json:"config"`
-	Sharding *model.ShardingPlan     `json:"sharding,omitempty"`
-	Memory   *model.MemoryPlan       `json:"memory,omitempty"`
-	Error    string                  `json:"error,omitempty"`
-	Roofline []*model.RooflineResult `json:"roofline,omitempty"`
+	Model    string                 `json:"model"`
+	Config   model.Config           `json:"config"`
+	Sharding *model.ShardingPlan    `json:"sharding,omitempty"`
+	Memory   *plan.MemoryPlan       `json:"memory,omitempty"`
+	Error    string                 `json:"error,omitempty"`
+	Roofline []*plan.RooflineResult `json:"roofline,omitempty"`
 }
 
 func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
@@ -58,35 +59,35 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--dtype: %w", err)
 	}
-	mem, err := model.ParseByteSize(*deviceMem)
+	mem, err := plan.ParseByteSize(*deviceMem)
 	if err != nil {
 		return fmt.Errorf("--device-memory: %w", err)
 	}
-	ws, err := model.ParseByteSize(*workspace)
+	ws, err := plan.ParseByteSize(*workspace)
 	if err != nil {
 		return fmt.Errorf("--workspace: %w", err)
 	}
 	if ws == 0 {
 		ws = -1 // an explicit 0: PlanMemory's 0 means the default, a negative value none
 	}
-	opts := model.MemoryOptions{
+	opts := plan.MemoryOptions{
 		TP: *tp, DeviceMemoryBytes: mem, Format: format, MaxModelLen: *maxModelLen, MaxNumSeqs: *maxSeqs,
 		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen,
 	}
-	var roofs []*model.RooflineResult
+	var roofs []*plan.RooflineResult
 	if *roofline {
 		if roofs, err = planRooflines(&cfg, opts); err != nil {
 			return err
 		}
 		if !*asJSON {
 			if len(roofs) == 0 {
-				return fmt.Errorf("roofline: neither bf16 nor int8 weights fit: %w", model.ErrMemory)
+				return fmt.Errorf("roofline: neither bf16 nor int8 weights fit: %w", plan.ErrMemory)
 			}
 			writeRoofline(stdout, *modelSpec, roofs)
 			return nil
 		}
 	}
-	plan, planErr := model.PlanMemory(&cfg, opts)
+	plan, planErr := plan.PlanMemory(&cfg, opts)
 	if planErr != nil && plan == nil {
 		return planErr
 	}
@@ -121,19 +122,19 @@ func planConfig(spec string) (model.Config, error) {
 
 // planRooflines plans bf16 and int8 weights with the same options and computes their
 // v5e rooflines; a format that does not fit is left out with a note in the table.
-func planRooflines(cfg *model.Config, opts model.MemoryOptions) ([]*model.RooflineResult, error) {
-	var out []*model.RooflineResult
+func planRooflines(cfg *model.Config, opts plan.MemoryOptions) ([]*plan.RooflineResult, error) {
+	var out []*plan.RooflineResult
 	for _, f := range []model.WeightFormat{model.FormatBF16, model.FormatInt8} {
 		o := opts
 		o.Format = f
-		p, err := model.PlanMemory(cfg, o)
+		p, err := plan.PlanMemory(cfg, o)
 		if err != nil {
-			if errors.Is(err, model.ErrMemory) {
+			if errors.Is(err, plan.ErrMemory) {
 				continue
 			}
 			return nil, err
 		}
-		r, err := model.Roofline(cfg, p, model.RooflineOptions{Chip: model.TPUv5e})
+		r, err := plan.Roofline(cfg, p, plan.RooflineOptions{Chip: plan.TPUv5e})
 		if err != nil {
 			return nil, err
 		}
@@ -142,14 +143,14 @@ func planRooflines(cfg *model.Config, opts model.MemoryOptions) ([]*model.Roofli
 	return out, nil
 }
 
-func writePlan(w io.Writer, name string, cfg *model.Config, p *model.MemoryPlan, allTensors bool) {
+func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, allTensors bool) {
 	o := p.Options
 	sp := p.Sharding
 	mesh := make([]string, len(sp.MeshAxisNames))
 	for i, a := range sp.MeshAxisNames {
 		mesh[i] = fmt.Sprintf("%s=%d", a, sp.MeshAxisSizes[i])
 	}
-	fmt.Fprintf(w, "plan: %s, %s weights, TP=%d (mesh %s), %s per chip\n", name, o.Format, o.TP, strings.Join(mesh, " × "), model.FormatBytes(o.DeviceMemoryBytes))
+	fmt.Fprintf(w, "plan: %s, %s weights, TP=%d (mesh %s), %s per chip\n", name, o.Format, o.TP, strings.Join(mesh, " × "), plan.FormatBytes(o.DeviceMemoryBytes))
 	fmt.Fprintf(w, "model: %.2f B parameters, %d layers (%d global, %d sliding, window %d), %d heads, %d kv heads, head dim %d, vocabulary %d\n",
 		float64(cfg.NumParams())/1e9, cfg.NumHiddenLayers, cfg.NumGlobalLayers(), cfg.NumSlidingLayers(), cfg.SlidingWindow,
 		cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, cfg.VocabSize)
@@ -190,31 +191,31 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *model.MemoryPlan,
 			axis = fmt.Sprintf("%d (%s)", t.Axis, strings.Join(t.MeshAxes, ","))
 		}
 		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%d\t%s\t%s\n", label, t.Shape, t.Split, axis, t.Shards,
-			model.FormatBytes(perKind[key][0]), model.FormatBytes(perKind[key][1]))
+			plan.FormatBytes(perKind[key][0]), plan.FormatBytes(perKind[key][1]))
 	}
 	kvAxis := "-"
 	if sp.KVPool.Axis >= 0 {
 		kvAxis = fmt.Sprintf("%d (%s)", sp.KVPool.Axis, strings.Join(sp.KVPool.MeshAxes, ","))
 	}
 	fmt.Fprintf(tw, "KV pools (K and V per layer) ×%d\t[pages %d %d %d]\t%s\t%s\t%d\t%s\t%s\n", 2*cfg.NumHiddenLayers, o.PageSize, cfg.NumKeyValueHeads, cfg.HeadDim,
-		sp.KVPool.Split, kvAxis, sp.KVPool.Shards, model.FormatBytes(p.KVPoolBytesPerChip), model.FormatBytes(p.KVPoolBytesPerChip*int64(o.TP)))
+		sp.KVPool.Split, kvAxis, sp.KVPool.Shards, plan.FormatBytes(p.KVPoolBytesPerChip), plan.FormatBytes(p.KVPoolBytesPerChip*int64(o.TP)))
 	tw.Flush()
 
 	fmt.Fprintf(w, "\nmemory per chip\n")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "  weights\t%s\t(%s for the model)\n", model.FormatBytes(p.WeightBytesPerChip), model.FormatBytes(p.WeightBytes))
+	fmt.Fprintf(tw, "  weights\t%s\t(%s for the model)\n", plan.FormatBytes(p.WeightBytesPerChip), plan.FormatBytes(p.WeightBytes))
 	a := p.Activations
-	fmt.Fprintf(tw, "  activations\t%s\tlargest bucket: %s T=%d B=%d Q=%d PG=%d PS=%d N=%d, peak in %s\n", model.FormatBytes(a.Peak), a.Kind,
+	fmt.Fprintf(tw, "  activations\t%s\tlargest bucket: %s T=%d B=%d Q=%d PG=%d PS=%d N=%d, peak in %s\n", plan.FormatBytes(a.Peak), a.Kind,
 		a.Shape.T, a.Shape.B, a.Shape.Q, a.Shape.PG, a.Shape.PS, a.Shape.N, a.Phase)
 	for _, it := range a.Items {
 		if it.Bytes*50 >= a.Peak { // the items that matter
-			fmt.Fprintf(tw, "    %s\t%s\t\n", it.Name, model.FormatBytes(it.Bytes))
+			fmt.Fprintf(tw, "    %s\t%s\t\n", it.Name, plan.FormatBytes(it.Bytes))
 		}
 	}
-	fmt.Fprintf(tw, "  workspace\t%s\tallowance (--workspace)\n", model.FormatBytes(p.WorkspaceBytes))
-	fmt.Fprintf(tw, "  KV cache\t%s\t(%s on %d chips; pools allocate %s)\n", model.FormatBytes(p.KVBytesPerChip),
-		model.FormatBytes(p.KVBytesPerChip*int64(o.TP)), o.TP, model.FormatBytes(p.KVPoolBytesPerChip))
-	fmt.Fprintf(tw, "  device\t%s\t\n", model.FormatBytes(o.DeviceMemoryBytes))
+	fmt.Fprintf(tw, "  workspace\t%s\tallowance (--workspace)\n", plan.FormatBytes(p.WorkspaceBytes))
+	fmt.Fprintf(tw, "  KV cache\t%s\t(%s on %d chips; pools allocate %s)\n", plan.FormatBytes(p.KVBytesPerChip),
+		plan.FormatBytes(p.KVBytesPerChip*int64(o.TP)), o.TP, plan.FormatBytes(p.KVPoolBytesPerChip))
+	fmt.Fprintf(tw, "  device\t%s\t\n", plan.FormatBytes(o.DeviceMemoryBytes))
 	tw.Flush()
 
 	if p.GlobalBlocks == 0 {
@@ -224,14 +225,14 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *model.MemoryPlan,
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  blocks\t%d global + %d sliding of %d positions (null blocks included)\n", p.GlobalBlocks, p.SlidingBlocks, o.PageSize)
 	fmt.Fprintf(tw, "  tokens\t%d\n", p.KVTokens)
-	fmt.Fprintf(tw, "  KV of one sequence of %d\t%s per chip (%s in all)\n", p.SeqLen, model.FormatBytes(p.SeqKVBytesPerChip),
-		model.FormatBytes(model.SeqKVBytes(cfg, p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeBytes())))
+	fmt.Fprintf(tw, "  KV of one sequence of %d\t%s per chip (%s in all)\n", p.SeqLen, plan.FormatBytes(p.SeqKVBytesPerChip),
+		plan.FormatBytes(plan.SeqKVBytes(cfg, p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeBytes())))
 	fmt.Fprintf(tw, "  sequences of %d\t%d at once in the engine's pools; %d if the budget were split for this length\n", p.SeqLen, p.SeqsAtLen, p.SeqsAtLenByBytes)
 	tw.Flush()
 }
 
 // writeRoofline writes the rooflines as markdown tables.
-func writeRoofline(w io.Writer, name string, rs []*model.RooflineResult) {
+func writeRoofline(w io.Writer, name string, rs []*plan.RooflineResult) {
 	r0 := rs[0]
 	ch := r0.Chip
 	fmt.Fprintf(w, "Roofline: %s on %d × %s (TP=%d). Ceilings per chip: %.0f GB/s HBM, %.0f TFLOP/s bf16, %.0f TOPS int8, %.0f GB/s ICI (bidirectional); %s.\n\n",
@@ -245,13 +246,13 @@ func writeRoofline(w io.Writer, name string, rs []*model.RooflineResult) {
 			prefill += fmt.Sprintf(" (%.0f at the int8 peak, w8a8)", r.PrefillTokensPerSecInt8)
 		}
 		d1 := r.Decode[0]
-		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %s | %.0f; %.0f | %s | %d | %d |\n", r.Format, model.FormatBytes(r.WeightBytesPerChip),
+		fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %s | %.0f; %.0f | %s | %d | %d |\n", r.Format, plan.FormatBytes(r.WeightBytesPerChip),
 			r.WeightOnlyMS, d1.StepMS, prefill, float64(d1.AllReduceBytes)/1024/float64(d1.Batch), float64(d1.ICIBytesPerChip)/1024/float64(d1.Batch),
-			model.FormatBytes(r.KVBytesPerChip), r.KVTokens, r.SeqsAtLen)
+			plan.FormatBytes(r.KVBytesPerChip), r.KVTokens, r.SeqsAtLen)
 	}
 	m := r0.Memory
 	fmt.Fprintf(w, "\nKV per chip = %s device − weights − activations of the largest bucket (%s for bf16; --max-num-seqs %d, --max-num-batched-tokens %d, --max-model-len %d) − %s workspace.\n",
-		model.FormatBytes(m.DeviceMemoryBytes), model.FormatBytes(r0.ActivationBytesPerChip), m.MaxNumSeqs, m.MaxNumBatchedTokens, m.MaxModelLen, model.FormatBytes(m.WorkspaceBytes))
+		plan.FormatBytes(m.DeviceMemoryBytes), plan.FormatBytes(r0.ActivationBytesPerChip), m.MaxNumSeqs, m.MaxNumBatchedTokens, m.MaxModelLen, plan.FormatBytes(m.WorkspaceBytes))
 	for _, r := range rs {
 		fmt.Fprintf(w, "\nDecode floors, %s weights, every sequence at context %d:\n\n", r.Format, r.DecodeContext)
 		fmt.Fprintln(w, "| batch | bytes/chip/step | memory floor (ms) | compute floor (ms) | step floor = ms/token (ms) | tokens/s (slice) | all-reduce payload (MiB) | ICI floor (ms) | fits the KV pools |")
@@ -261,7 +262,7 @@ func writeRoofline(w io.Writer, name string, rs []*model.RooflineResult) {
 			if !p.FitsKV {
 				fits = "no"
 			}
-			fmt.Fprintf(w, "| %d | %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.3f | %s |\n", p.Batch, model.FormatBytes(p.BytesPerChip),
+			fmt.Fprintf(w, "| %d | %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.3f | %s |\n", p.Batch, plan.FormatBytes(p.BytesPerChip),
 				p.MemoryMS, p.ComputeMS, p.StepMS, p.TokensPerSec, float64(p.AllReduceBytes)/(1<<20), p.ICIMS, fits)
 		}
 	}

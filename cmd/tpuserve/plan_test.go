@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 )
 
@@ -60,7 +61,7 @@ func TestPlanJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 4, DeviceMemoryBytes: 16e9, Format: model.FormatInt8, MaxModelLen: 4096,
+	want, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 4, DeviceMemoryBytes: 16e9, Format: model.FormatInt8, MaxModelLen: 4096,
 		MaxNumSeqs: 32, MaxNumBatchedTokens: 1024, WorkspaceBytes: 512 << 20})
 	if err != nil {
 		t.Fatal(err)

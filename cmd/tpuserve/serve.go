@@ -17,6 +17,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
 	"github.com/tpuserve/tpuserve/server"
@@ -235,13 +236,13 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 		if o.tensorParallel > 1 {
 			return 0, fmt.Errorf("--tensor-parallel-size %d needs --device-memory (one device's memory, e.g. 16GiB) to plan the split", o.tensorParallel)
 		}
-		b, err := model.ParseByteSize(o.kvCacheMemory)
+		b, err := plan.ParseByteSize(o.kvCacheMemory)
 		if err != nil {
 			return 0, fmt.Errorf("--kv-cache-memory: %w", err)
 		}
 		return b, nil
 	}
-	mem, err := model.ParseByteSize(o.deviceMemory)
+	mem, err := plan.ParseByteSize(o.deviceMemory)
 	if err != nil {
 		return 0, fmt.Errorf("--device-memory: %w", err)
 	}
@@ -258,17 +259,17 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
-	plan, err := model.PlanMemory(&cfg, model.MemoryOptions{
+	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)
 	}
-	log.Info("memory plan per device", "device", model.FormatBytes(mem), "weights", model.FormatBytes(plan.WeightBytesPerChip),
-		"activations", model.FormatBytes(plan.Activations.Peak), "workspace", model.FormatBytes(plan.WorkspaceBytes),
-		"kv_cache", model.FormatBytes(plan.KVBytesPerChip), "kv_tokens", plan.KVTokens)
-	return plan.KVBytesPerChip, nil
+	log.Info("memory plan per device", "device", plan.FormatBytes(mem), "weights", plan.FormatBytes(mp.WeightBytesPerChip),
+		"activations", plan.FormatBytes(mp.Activations.Peak), "workspace", plan.FormatBytes(mp.WorkspaceBytes),
+		"kv_cache", plan.FormatBytes(mp.KVBytesPerChip), "kv_tokens", mp.KVTokens)
+	return mp.KVBytesPerChip, nil
 }
 
 func isDirWith(dir, file string) bool {

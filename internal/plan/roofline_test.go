@@ -1,30 +1,31 @@
-package model_test
+package plan_test
 
 import (
 	"math"
 	"testing"
 
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 )
 
 // TestRoofline27BV5e8 recomputes the headline floors of 27B at TP=8 on v5e by hand.
 func TestRoofline27BV5e8(t *testing.T) {
 	cfg := preset(t, "gemma3-27b")
-	opts := model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
-	bf, err := model.PlanMemory(&cfg, opts)
+	opts := plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
+	bf, err := plan.PlanMemory(&cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.Format = model.FormatInt8
-	i8, err := model.PlanMemory(&cfg, opts)
+	i8, err := plan.PlanMemory(&cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := model.Roofline(&cfg, bf, model.RooflineOptions{Chip: model.TPUv5e})
+	rb, err := plan.Roofline(&cfg, bf, plan.RooflineOptions{Chip: plan.TPUv5e})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ri, err := model.Roofline(&cfg, i8, model.RooflineOptions{Chip: model.TPUv5e})
+	ri, err := plan.Roofline(&cfg, i8, plan.RooflineOptions{Chip: plan.TPUv5e})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestRoofline27BV5e8(t *testing.T) {
 			t.Errorf("batch %d: int8 memory floor %.2f ms not below bf16 %.2f", p.Batch, q.MemoryMS, p.MemoryMS)
 		}
 	}
-	if _, err := model.Roofline(&cfg, bf, model.RooflineOptions{}); err == nil {
+	if _, err := plan.Roofline(&cfg, bf, plan.RooflineOptions{}); err == nil {
 		t.Error("a chip without ceilings accepted")
 	}
 }

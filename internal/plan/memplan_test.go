@@ -1,4 +1,4 @@
-package model_test
+package plan_test
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 )
 
@@ -28,7 +29,7 @@ func TestSeqKVBytes(t *testing.T) {
 		{2048, 0.56, 0.005}, {8192, 1.03, 0.005}, {131072, 10.4, 0.05},
 	} {
 		t.Run(fmt.Sprint(tc.L), func(t *testing.T) {
-			got := model.SeqKVBytes(&cfg, tc.L, cfg.NumKeyValueHeads, 2)
+			got := plan.SeqKVBytes(&cfg, tc.L, cfg.NumKeyValueHeads, 2)
 			if want := int64(80*kib*tc.L + 416*kib*min(tc.L, 1024)); got != want {
 				t.Errorf("L=%d: %d bytes, want 80 KiB·L + 416 KiB·min(L,1024) = %d", tc.L, got, want)
 			}
@@ -42,7 +43,7 @@ func TestSeqKVBytes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if chip := model.SeqKVBytes(&cfg, tc.L, p.KVHeadsPerChip, 2); chip*int64(tp) != got {
+				if chip := plan.SeqKVBytes(&cfg, tc.L, p.KVHeadsPerChip, 2); chip*int64(tp) != got {
 					t.Errorf("TP=%d: %d bytes per chip × %d != %d", tp, chip, tp, got)
 				}
 			}
@@ -50,7 +51,7 @@ func TestSeqKVBytes(t *testing.T) {
 	}
 	all := cfg
 	all.SlidingWindow = 1 << 20 // the local layers keep everything
-	if g := float64(model.SeqKVBytes(&all, 131072, 16, 2)) / float64(gib); g != 62 {
+	if g := float64(plan.SeqKVBytes(&all, 131072, 16, 2)) / float64(gib); g != 62 {
 		t.Errorf("128k without the window: %.2f GiB, gemma3.md says 62", g)
 	}
 }
@@ -63,8 +64,8 @@ func TestPlanMemory(t *testing.T) {
 		var prevWeights int64
 		for _, tp := range []int{1, 2, 4, 8} {
 			t.Run(fmt.Sprintf("%s/tp%d", name, tp), func(t *testing.T) {
-				opts := model.MemoryOptions{TP: tp, DeviceMemoryBytes: 80 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
-				p, err := model.PlanMemory(&cfg, opts)
+				opts := plan.MemoryOptions{TP: tp, DeviceMemoryBytes: 80 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
+				p, err := plan.PlanMemory(&cfg, opts)
 				if name == "gemma3-1b" && tp == 8 {
 					if !errors.Is(err, model.ErrSharding) {
 						t.Fatalf("1B at TP=8: %v, want ErrSharding", err)
@@ -77,7 +78,7 @@ func TestPlanMemory(t *testing.T) {
 				if sum := p.WeightBytesPerChip + p.Activations.Peak + p.WorkspaceBytes + p.KVBytesPerChip; sum != opts.DeviceMemoryBytes {
 					t.Errorf("weights + activations + workspace + KV = %d, device has %d", sum, opts.DeviceMemoryBytes)
 				}
-				if p.WorkspaceBytes != model.DefaultWorkspaceBytes || p.Options.MaxModelLen != min(8192, cfg.MaxPositionEmbeddings) {
+				if p.WorkspaceBytes != plan.DefaultWorkspaceBytes || p.Options.MaxModelLen != min(8192, cfg.MaxPositionEmbeddings) {
 					t.Errorf("defaults not applied: %+v", p.Options)
 				}
 				layout := model.KVLayout{PageSize: 16, NumGlobalPages: p.GlobalBlocks, NumSlidingPages: p.SlidingBlocks}
@@ -95,7 +96,7 @@ func TestPlanMemory(t *testing.T) {
 				if need := p.SeqsAtLen * ((L + 15) / 16); need > p.GlobalBlocks-1 {
 					t.Errorf("%d sequences of %d need %d global blocks, there are %d", p.SeqsAtLen, L, need, p.GlobalBlocks-1)
 				}
-				if by := p.KVBytesPerChip / model.SeqKVBytes(&cfg, L, p.KVHeadsPerChip, 2); by != p.SeqsAtLenByBytes || int64(p.SeqsAtLen) > by+1 {
+				if by := p.KVBytesPerChip / plan.SeqKVBytes(&cfg, L, p.KVHeadsPerChip, 2); by != p.SeqsAtLenByBytes || int64(p.SeqsAtLen) > by+1 {
 					t.Errorf("sequences at %d: %d from blocks, %d by bytes (want %d)", L, p.SeqsAtLen, p.SeqsAtLenByBytes, by)
 				}
 				if prevWeights != 0 && p.WeightBytesPerChip >= prevWeights {
@@ -114,7 +115,7 @@ func TestPlanMemory(t *testing.T) {
 // the room (the figure the plan exists to show).
 func Test27BOnV5e8(t *testing.T) {
 	cfg := preset(t, "gemma3-27b")
-	tuned, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
+	tuned, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,14 +125,14 @@ func Test27BOnV5e8(t *testing.T) {
 	if tuned.KVHeadsPerChip != 2 || tuned.Activations.Kind != "prefill" {
 		t.Errorf("kv heads per chip %d, largest bucket %s", tuned.KVHeadsPerChip, tuned.Activations.Kind)
 	}
-	defaults, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib})
+	defaults, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if defaults.KVBytesPerChip >= tuned.KVBytesPerChip || defaults.Activations.Peak < 4*gib {
 		t.Errorf("default buckets: activations %d, KV %d (tuned %d)", defaults.Activations.Peak, defaults.KVBytesPerChip, tuned.KVBytesPerChip)
 	}
-	int8, err := model.PlanMemory(&cfg, model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, Format: model.FormatInt8, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
+	int8, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, Format: model.FormatInt8, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,7 @@ func TestStepActivations(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := model.BatchShape{T: 32, B: 2, Q: 16, PG: 4, PS: 3, N: 2}
-	e := model.StepActivations(&cfg, p, s, 16)
+	e := plan.StepActivations(&cfg, p, s, 16)
 	items := map[string]int64{}
 	for _, it := range e.Items {
 		items[it.Name] = it.Bytes
@@ -180,7 +181,7 @@ func TestStepActivations(t *testing.T) {
 // TestLargestBuckets mirrors the engine's precompiled buckets for its defaults.
 func TestLargestBuckets(t *testing.T) {
 	cfg := preset(t, "gemma3-27b")
-	d, p := model.LargestBuckets(&cfg, model.MemoryOptions{MaxModelLen: 8192, MaxNumSeqs: 200, MaxNumBatchedTokens: 5000, PageSize: 16, SegmentLen: 16})
+	d, p := plan.LargestBuckets(&cfg, plan.MemoryOptions{MaxModelLen: 8192, MaxNumSeqs: 200, MaxNumBatchedTokens: 5000, PageSize: 16, SegmentLen: 16})
 	if want := (model.BatchShape{T: 256, B: 256, Q: 1, PG: 512, PS: 65, N: 256}); d != want {
 		t.Errorf("decode bucket %+v, want %+v", d, want)
 	}
@@ -193,24 +194,24 @@ func TestPlanMemoryErrors(t *testing.T) {
 	c27 := preset(t, "gemma3-27b")
 	for _, tc := range []struct {
 		name string
-		opts model.MemoryOptions
+		opts plan.MemoryOptions
 		is   error
 		want []string
 	}{
-		{"27B on one chip", model.MemoryOptions{TP: 1, DeviceMemoryBytes: 16 * gib}, model.ErrMemory,
+		{"27B on one chip", plan.MemoryOptions{TP: 1, DeviceMemoryBytes: 16 * gib}, plan.ErrMemory,
 			[]string{"weights 50.3 GiB", "the device has 16.0 GiB", "TP=1"}},
-		{"no device memory", model.MemoryOptions{TP: 8}, model.ErrConfig, []string{"--device-memory"}},
-		{"too long", model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxModelLen: 200000}, model.ErrConfig,
+		{"no device memory", plan.MemoryOptions{TP: 8}, model.ErrConfig, []string{"--device-memory"}},
+		{"too long", plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxModelLen: 200000}, model.ErrConfig,
 			[]string{"--max-model-len", "200000", "131072"}},
-		{"batch below seqs", model.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 512, MaxNumBatchedTokens: 256}, model.ErrConfig,
+		{"batch below seqs", plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 512, MaxNumBatchedTokens: 256}, model.ErrConfig,
 			[]string{"--max-num-batched-tokens", "--max-num-seqs"}},
-		{"bad tp", model.MemoryOptions{TP: 5, DeviceMemoryBytes: 16 * gib}, model.ErrSharding, []string{"q_proj"}},
+		{"bad tp", plan.MemoryOptions{TP: 5, DeviceMemoryBytes: 16 * gib}, model.ErrSharding, []string{"q_proj"}},
 		// Room for the weights but not one 128k sequence (10.4 GiB, 1.3 GiB per chip).
-		{"KV too small", model.MemoryOptions{TP: 8, DeviceMemoryBytes: 17 * gib / 2, MaxModelLen: 131072, MaxNumSeqs: 1, MaxNumBatchedTokens: 16, SegmentLen: 16},
-			model.ErrMemory, []string{"one sequence of max model length 131072 needs 1.30 GiB per chip"}},
+		{"KV too small", plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 17 * gib / 2, MaxModelLen: 131072, MaxNumSeqs: 1, MaxNumBatchedTokens: 16, SegmentLen: 16},
+			plan.ErrMemory, []string{"one sequence of max model length 131072 needs 1.30 GiB per chip"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := model.PlanMemory(&c27, tc.opts)
+			p, err := plan.PlanMemory(&c27, tc.opts)
 			if err == nil || !errors.Is(err, tc.is) {
 				t.Fatalf("got %v, want %v", err, tc.is)
 			}
@@ -219,7 +220,7 @@ func TestPlanMemoryErrors(t *testing.T) {
 					t.Errorf("error %q lacks %q", err, w)
 				}
 			}
-			if errors.Is(err, model.ErrMemory) && (p == nil || p.WeightBytesPerChip == 0) {
+			if errors.Is(err, plan.ErrMemory) && (p == nil || p.WeightBytesPerChip == 0) {
 				t.Errorf("ErrMemory without the partial plan: %+v", p)
 			}
 		})
@@ -237,7 +238,7 @@ func TestParseByteSize(t *testing.T) {
 		{"1024", 1024, false}, {"80KB", 80000, false}, {"1TiB", 1 << 40, false},
 		{"", 0, true}, {"GiB", 0, true}, {"16XB", 0, true}, {"-1GiB", 0, true}, {"1e30TiB", 0, true},
 	} {
-		got, err := model.ParseByteSize(tc.in)
+		got, err := plan.ParseByteSize(tc.in)
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d (error %v)", tc.in, got, err, tc.want, tc.err)
 		}
@@ -246,7 +247,7 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 	for n, want := range map[int64]string{512: "512 B", 1536: "1.50 KiB", 16 << 30: "16.0 GiB", 6754706944: "6.29 GiB", 200 << 20: "200 MiB"} {
-		if got := model.FormatBytes(n); got != want {
+		if got := plan.FormatBytes(n); got != want {
 			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
 		}
 	}

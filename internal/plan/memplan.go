@@ -1,4 +1,4 @@
-package model
+package plan
 
 // Tensor parallelism, part 2: the per-chip memory plan.
 //
@@ -23,6 +23,7 @@ import (
 	"strings"
 
 	"github.com/tpuserve/tpuserve/kvcache"
+	"github.com/tpuserve/tpuserve/model"
 )
 
 // ErrMemory is wrapped when a configuration does not fit in device memory; the message
@@ -44,7 +45,7 @@ type MemoryOptions struct {
 	// DeviceMemoryBytes is one chip's memory (required).
 	DeviceMemoryBytes int64 `json:"device_memory_bytes"`
 	// Format is the weight format (default bf16; int8 is a what-if).
-	Format WeightFormat `json:"format"`
+	Format model.WeightFormat `json:"format"`
 	// MaxModelLen defaults to min(8192, max_position_embeddings).
 	MaxModelLen int `json:"max_model_len"`
 	// MaxNumSeqs defaults to 256, MaxNumBatchedTokens to 8192.
@@ -70,8 +71,8 @@ type NamedBytes struct {
 // ActivationEstimate is the live device memory of one step of a bucket, per chip.
 type ActivationEstimate struct {
 	// Kind is "decode" or "prefill"; Shape is the bucket.
-	Kind  string     `json:"kind"`
-	Shape BatchShape `json:"shape"`
+	Kind  string           `json:"kind"`
+	Shape model.BatchShape `json:"shape"`
 	// Items are the tensors counted; Phase names the largest transient phase
 	// (attention, mlp or logits) whose items join the persistent ones in Peak.
 	Items []NamedBytes `json:"items"`
@@ -81,8 +82,8 @@ type ActivationEstimate struct {
 
 // MemoryPlan is the per-chip memory split and the KV capacity it gives.
 type MemoryPlan struct {
-	Options  MemoryOptions `json:"options"`
-	Sharding *ShardingPlan `json:"-"`
+	Options  MemoryOptions       `json:"options"`
+	Sharding *model.ShardingPlan `json:"-"`
 
 	WeightBytes        int64 `json:"weight_bytes"`
 	WeightBytesPerChip int64 `json:"weight_bytes_per_chip"`
@@ -113,17 +114,17 @@ type MemoryPlan struct {
 // heads, with elemBytes per element: K and V for every position of each global layer and
 // for the last sliding_window positions of each sliding layer. For 27B in bf16 at TP=1
 // (16 kv heads) it is 80 KiB·L + 416 KiB·min(L, 1024).
-func SeqKVBytes(cfg *Config, L, kvHeads, elemBytes int) int64 {
+func SeqKVBytes(cfg *model.Config, L, kvHeads, elemBytes int) int64 {
 	perLayerToken := 2 * int64(kvHeads) * int64(cfg.HeadDim) * int64(elemBytes)
 	return perLayerToken * (int64(cfg.NumGlobalLayers())*int64(L) + int64(cfg.NumSlidingLayers())*int64(min(L, cfg.SlidingWindow)))
 }
 
-func (o *MemoryOptions) setDefaults(cfg *Config) error {
+func (o *MemoryOptions) setDefaults(cfg *model.Config) error {
 	if o.TP == 0 {
 		o.TP = 1
 	}
 	if o.Format == "" {
-		o.Format = FormatBF16
+		o.Format = model.FormatBF16
 	}
 	if o.MaxModelLen == 0 {
 		o.MaxModelLen = min(8192, cfg.MaxPositionEmbeddings)
@@ -158,16 +159,16 @@ func (o *MemoryOptions) setDefaults(cfg *Config) error {
 		{"PageSize", int64(o.PageSize)}, {"SegmentLen", int64(o.SegmentLen)}, {"SeqLen", int64(o.SeqLen)},
 	} {
 		if f.v <= 0 {
-			return fmt.Errorf("%w: MemoryOptions.%s must be > 0, got %d", ErrConfig, f.name, f.v)
+			return fmt.Errorf("%w: MemoryOptions.%s must be > 0, got %d", model.ErrConfig, f.name, f.v)
 		}
 	}
 	if o.MaxModelLen > cfg.MaxPositionEmbeddings {
 		return fmt.Errorf("%w: MemoryOptions.MaxModelLen (--max-model-len) %d exceeds the model's max_position_embeddings %d",
-			ErrConfig, o.MaxModelLen, cfg.MaxPositionEmbeddings)
+			model.ErrConfig, o.MaxModelLen, cfg.MaxPositionEmbeddings)
 	}
 	if o.MaxNumBatchedTokens < o.MaxNumSeqs {
 		return fmt.Errorf("%w: MemoryOptions.MaxNumBatchedTokens (--max-num-batched-tokens) %d must be >= MaxNumSeqs (--max-num-seqs) %d",
-			ErrConfig, o.MaxNumBatchedTokens, o.MaxNumSeqs)
+			model.ErrConfig, o.MaxNumBatchedTokens, o.MaxNumSeqs)
 	}
 	return nil
 }
@@ -186,12 +187,12 @@ func bucketPow2(n, lo int) int {
 // options (engine/runner.go's precompile): decode rows of one query for up to
 // bucketPow2(MaxNumSeqs) sequences, prefill rows of SegmentLen queries for up to
 // bucketPow2(MaxNumBatchedTokens) tokens, both with page tables as wide as bucketPow2(MaxModelLen/PageSize).
-func LargestBuckets(cfg *Config, o MemoryOptions) (decode, prefill BatchShape) {
+func LargestBuckets(cfg *model.Config, o MemoryOptions) (decode, prefill model.BatchShape) {
 	pg := bucketPow2((o.MaxModelLen+o.PageSize-1)/o.PageSize, 1)
 	n := bucketPow2(o.MaxNumSeqs, 1)
-	decode = BatchShape{T: n, B: n, Q: 1, PG: pg, PS: SlidingPagesPerRow(cfg, o.PageSize, 1), N: n}
+	decode = model.BatchShape{T: n, B: n, Q: 1, PG: pg, PS: model.SlidingPagesPerRow(cfg, o.PageSize, 1), N: n}
 	t := bucketPow2(o.MaxNumBatchedTokens, o.SegmentLen)
-	prefill = BatchShape{T: t, B: t / o.SegmentLen, Q: o.SegmentLen, PG: pg, PS: SlidingPagesPerRow(cfg, o.PageSize, o.SegmentLen), N: 1}
+	prefill = model.BatchShape{T: t, B: t / o.SegmentLen, Q: o.SegmentLen, PG: pg, PS: model.SlidingPagesPerRow(cfg, o.PageSize, o.SegmentLen), N: 1}
 	return decode, prefill
 }
 
@@ -210,7 +211,7 @@ func LargestBuckets(cfg *Config, o MemoryOptions) (decode, prefill BatchShape) {
 // with C the wider of the global and sliding page tables in positions. Peak is the
 // persistent part plus the largest phase. It is an upper bound of the live set as the
 // graph is written (XLA may fuse some of it away), not a measurement.
-func StepActivations(cfg *Config, plan *ShardingPlan, s BatchShape, pageSize int) ActivationEstimate {
+func StepActivations(cfg *model.Config, plan *model.ShardingPlan, s model.BatchShape, pageSize int) ActivationEstimate {
 	b := int64(plan.Format.ComputeBytes())
 	T, B, Q, N := int64(s.T), int64(s.B), int64(s.Q), int64(s.N)
 	H, D := int64(cfg.HiddenSize), int64(cfg.HeadDim)
@@ -260,11 +261,11 @@ func StepActivations(cfg *Config, plan *ShardingPlan, s BatchShape, pageSize int
 // PlanMemory splits one chip's memory for cfg under opts. On ErrMemory the returned plan is
 // filled as far as the computation got (weights, activations, workspace, and the KV budget
 // when it is positive) so that a caller can show the numbers; on other errors it is nil.
-func PlanMemory(cfg *Config, opts MemoryOptions) (*MemoryPlan, error) {
+func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 	if err := opts.setDefaults(cfg); err != nil {
 		return nil, err
 	}
-	sp, err := NewShardingPlan(cfg, opts.TP, opts.Format)
+	sp, err := model.NewShardingPlan(cfg, opts.TP, opts.Format)
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +326,7 @@ func PlanMemory(cfg *Config, opts MemoryOptions) (*MemoryPlan, error) {
 // seqsAtLen is how many sequences of length L the block pools hold at once: each needs
 // ceil(L/page) global blocks and, for the sliding layers, the blocks covering its window
 // (at most ceil(window/page)+1 when the window is not page-aligned). Null blocks excluded.
-func seqsAtLen(cfg *Config, global, sliding, pageSize, L int) int {
+func seqsAtLen(cfg *model.Config, global, sliding, pageSize, L int) int {
 	n := math.MaxInt
 	if cfg.NumGlobalLayers() > 0 {
 		n = min(n, (global-1)/((L+pageSize-1)/pageSize))
@@ -337,7 +338,7 @@ func seqsAtLen(cfg *Config, global, sliding, pageSize, L int) int {
 	return n
 }
 
-func shapeString(s BatchShape) string {
+func shapeString(s model.BatchShape) string {
 	return fmt.Sprintf("T=%d B=%d Q=%d PG=%d PS=%d N=%d", s.T, s.B, s.Q, s.PG, s.PS, s.N)
 }
 
@@ -367,7 +368,7 @@ func FormatBytes(n int64) string {
 func ParseByteSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	if t == "" {
-		return 0, fmt.Errorf("%w: empty memory size", ErrConfig)
+		return 0, fmt.Errorf("%w: empty memory size", model.ErrConfig)
 	}
 	i := len(t)
 	for i > 0 && (t[i-1] < '0' || t[i-1] > '9') && t[i-1] != '.' {
@@ -381,14 +382,14 @@ func ParseByteSize(s string) (int64, error) {
 		"TI": 1 << 40, "TIB": 1 << 40,
 	}[strings.ToUpper(unit)]
 	if mult == 0 {
-		return 0, fmt.Errorf("%w: memory size %q: unknown unit %q (want B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)", ErrConfig, s, unit)
+		return 0, fmt.Errorf("%w: memory size %q: unknown unit %q (want B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)", model.ErrConfig, s, unit)
 	}
 	v, err := strconv.ParseFloat(num, 64)
 	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
-		return 0, fmt.Errorf("%w: memory size %q is not a non-negative number with a unit", ErrConfig, s)
+		return 0, fmt.Errorf("%w: memory size %q is not a non-negative number with a unit", model.ErrConfig, s)
 	}
 	if v*mult > math.MaxInt64/2 {
-		return 0, fmt.Errorf("%w: memory size %q is too large", ErrConfig, s)
+		return 0, fmt.Errorf("%w: memory size %q is too large", model.ErrConfig, s)
 	}
 	return int64(math.Round(v * mult)), nil
 }

@@ -1,4 +1,4 @@
-package model
+package plan
 
 // Tensor parallelism, part 4: roofline targets.
 //
@@ -8,7 +8,11 @@ package model
 // from FLOPs; and the all-reduce traffic per step over ICI. They are targets for TPU
 // measurements, not predictions: no overlap, latency or kernel efficiency is modelled.
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/tpuserve/tpuserve/model"
+)
 
 // Chip is an accelerator's published ceilings.
 type Chip struct {
@@ -71,11 +75,11 @@ type DecodePoint struct {
 
 // RooflineResult is the roofline of one plan.
 type RooflineResult struct {
-	Chip          Chip         `json:"chip"`
-	TP            int          `json:"tp"`
-	Format        WeightFormat `json:"format"`
-	DecodeContext int          `json:"decode_context"`
-	PromptLen     int          `json:"prompt_len"`
+	Chip          Chip               `json:"chip"`
+	TP            int                `json:"tp"`
+	Format        model.WeightFormat `json:"format"`
+	DecodeContext int                `json:"decode_context"`
+	PromptLen     int                `json:"prompt_len"`
 	// WeightOnlyMS is the decode floor of one token with no KV at all: weight bytes per
 	// chip / HBM bandwidth.
 	WeightOnlyMS float64       `json:"weight_only_ms"`
@@ -99,7 +103,7 @@ type RooflineResult struct {
 }
 
 // layerMatmulParams is the number of weights of one layer's projections.
-func layerMatmulParams(c *Config) int64 {
+func layerMatmulParams(c *model.Config) int64 {
 	h, i, d := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.HeadDim)
 	return h*d*int64(2*c.NumAttentionHeads+2*c.NumKeyValueHeads) + 3*h*i
 }
@@ -107,15 +111,15 @@ func layerMatmulParams(c *Config) int64 {
 // attentionFLOPs is the work of one token's attention at position pos (0-based) over all
 // layers: QKᵀ and PV, 2·2·heads·D per key, for pos+1 keys on global layers and at most the
 // window on sliding ones.
-func attentionFLOPs(c *Config, pos int) float64 {
+func attentionFLOPs(c *model.Config, pos int) float64 {
 	per := 4 * float64(c.NumAttentionHeads*c.HeadDim)
 	return per * (float64(c.NumGlobalLayers())*float64(pos+1) + float64(c.NumSlidingLayers())*float64(min(pos+1, c.SlidingWindow)))
 }
 
 // Roofline computes the floors of plan on opts.Chip.
-func Roofline(cfg *Config, plan *MemoryPlan, opts RooflineOptions) (*RooflineResult, error) {
+func Roofline(cfg *model.Config, plan *MemoryPlan, opts RooflineOptions) (*RooflineResult, error) {
 	if plan == nil || plan.Sharding == nil {
-		return nil, fmt.Errorf("%w: roofline needs a memory plan", ErrConfig)
+		return nil, fmt.Errorf("%w: roofline needs a memory plan", model.ErrConfig)
 	}
 	if opts.DecodeContext == 0 {
 		opts.DecodeContext = 2048
@@ -128,7 +132,7 @@ func Roofline(cfg *Config, plan *MemoryPlan, opts RooflineOptions) (*RooflineRes
 	}
 	ch := opts.Chip
 	if ch.HBMBytesPerSec <= 0 || ch.BF16FLOPS <= 0 || ch.ICIBytesPerSec <= 0 {
-		return nil, fmt.Errorf("%w: chip %q needs HBM bandwidth, bf16 peak and ICI bandwidth", ErrConfig, ch.Name)
+		return nil, fmt.Errorf("%w: chip %q needs HBM bandwidth, bf16 peak and ICI bandwidth", model.ErrConfig, ch.Name)
 	}
 	tp := plan.Sharding.TP
 	n := float64(tp)

@@ -99,7 +99,19 @@ func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShap
 		}
 	}
 	s.PG = max(s.PG, 1)
-	s.PS = SlidingPagesPerRow(cfg, layout.PageSize, s.Q)
+	// The sliding table of a row spans the window before its first query to its last
+	// query: never more than SlidingPagesPerRow, nor than the pages up to the row's end.
+	ps := layout.PageSize
+	for _, sq := range seqs {
+		end := sq.StartPos + len(sq.Tokens)
+		for q := 0; q < len(sq.Tokens); q += s.Q {
+			pos := sq.StartPos + q
+			first := max(0, pos-cfg.SlidingWindow+1) / ps
+			last := (min(end, pos+s.Q) - 1) / ps
+			s.PS = max(s.PS, last-first+1)
+		}
+	}
+	s.PS = max(s.PS, 1)
 	return s
 }
 
@@ -224,7 +236,8 @@ func ZeroBatch(shape BatchShape) *Batch {
 }
 
 // stepTensors are the batch's inputs of the step program, in StepNodes order (see
-// stepNodesFromSlice).
+// stepNodesFromSlice). LogitsIndex is not among them: only StepExec, which computes
+// logits inside the step, takes it (logitsIndexTensor).
 func (b *Batch) stepTensors() []*tensors.Tensor {
 	s := b.Shape
 	return []*tensors.Tensor{
@@ -237,6 +250,10 @@ func (b *Batch) stepTensors() []*tensors.Tensor {
 		tensors.FromFlatDataAndDimensions(b.PageTableGlobal, s.B, s.PG),
 		tensors.FromFlatDataAndDimensions(b.PageTableSliding, s.B, s.PS),
 		tensors.FromFlatDataAndDimensions(b.SlidingBase, s.B),
-		tensors.FromFlatDataAndDimensions(b.LogitsIndex, s.N),
 	}
+}
+
+// logitsIndexTensor is LogitsIndex as the input StepExec takes after the step inputs.
+func (b *Batch) logitsIndexTensor() *tensors.Tensor {
+	return tensors.FromFlatDataAndDimensions(b.LogitsIndex, b.Shape.N)
 }

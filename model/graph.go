@@ -17,16 +17,15 @@ type StepNodes struct {
 	PageTableGlobal           *Node // [B, PG] int32
 	PageTableSliding          *Node // [B, PS] int32
 	SlidingBase               *Node // [B] int32: position of the first key of the sliding table
-	LogitsIndex               *Node // [N] int32: flat tokens whose logits are computed
 }
 
 // numStepInputs is the number of StepNodes fields, in the order above.
-const numStepInputs = 10
+const numStepInputs = 9
 
 func stepNodesFromSlice(in []*Node) StepNodes {
 	return StepNodes{
 		Tokens: in[0], Positions: in[1], SlotsGlobal: in[2], SlotsSliding: in[3], TokenCell: in[4],
-		GridIndex: in[5], PageTableGlobal: in[6], PageTableSliding: in[7], SlidingBase: in[8], LogitsIndex: in[9],
+		GridIndex: in[5], PageTableGlobal: in[6], PageTableSliding: in[7], SlidingBase: in[8],
 	}
 }
 
@@ -38,8 +37,9 @@ const maskedScore = -1e30
 // new tokens: it writes their K/V into the paged pools and attends to each token's
 // sequence context through the page tables. weights are in WeightSpecs order; pools hold K
 // and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype). It
-// returns the float32 logits [N, V] of the tokens in LogitsIndex and the updated pools.
-func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (logits *Node, newPools []*Node) {
+// returns the hidden states after the last layer [T, H] (before the final norm: Logits
+// applies it to the rows it projects) and the updated pools.
+func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden *Node, newPools []*Node) {
 	g := in.Tokens.Graph()
 	dtype := weights[0].DType()
 	H, D := cfg.HiddenSize, cfg.HeadDim
@@ -97,10 +97,27 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (logits 
 		mlp := linear(Mul(geluTanh(linear(hn, w[wGate])), linear(hn, w[wUp])), w[wDown])
 		x = Add(residual, rmsNorm(mlp, w[wPostFFNorm], cfg.RMSNormEps))
 	}
-	h := Gather(x, InsertAxes(in.LogitsIndex, -1)) // [N, H]
-	h = rmsNorm(h, weights[len(weights)-1], cfg.RMSNormEps)
-	logits = ConvertDType(Einsum("nh,vh->nv", h, embed), dtypes.Float32)
-	return logits, newPools
+	return x, newPools
+}
+
+// Logits are the float32 logits [N, V] of hidden-state rows h [N, H] from Forward: the
+// final norm, then the tied embedding embed [V, H] as the output projection.
+func Logits(cfg *Config, embed, finalNorm, h *Node) *Node {
+	h = rmsNorm(h, finalNorm, cfg.RMSNormEps)
+	return ConvertDType(Einsum("nh,vh->nv", h, embed), dtypes.Float32)
+}
+
+// GatherRows picks rows idx [N] int32 of x [T, H] → [N, H].
+func GatherRows(x, idx *Node) *Node { return Gather(x, InsertAxes(idx, -1)) }
+
+// PadRows pads x [T, H] with zero rows to [rows, H] (Concatenate: the pure-Go backend has
+// no Pad), so every step leaves hidden states of one shape for the sampler programs.
+func PadRows(x *Node, rows int) *Node {
+	t := x.Shape().Dimensions[0]
+	if t == rows {
+		return x
+	}
+	return Concatenate([]*Node{x, Zeros(x.Graph(), shapes.Make(x.DType(), rows-t, x.Shape().Dimensions[1]))}, 0)
 }
 
 // linear is y = x·Wᵀ for a PyTorch-layout weight [out, in].

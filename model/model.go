@@ -106,8 +106,34 @@ func (p *KVPools) Finalize() {
 // compiled program, so only its outputs cross to the host.
 type PostFn func(logits *graph.Node, extra []*graph.Node) []*graph.Node
 
-// StepExec runs the forward program (plus an optional PostFn) for batches of any bucket;
-// each bucket compiles once and is cached.
+// stepProgram wires a program's parameters (weights, pools, StepNodes fields, then tail
+// inputs) through Forward; tail returns the outputs after the pools from the hidden states
+// and the tail inputs.
+func stepProgram(cfg *Config, numW int, in []*graph.Node, tail func(hidden *graph.Node, weights, rest []*graph.Node) []*graph.Node) []*graph.Node {
+	numP := 2 * cfg.NumHiddenLayers
+	weights := in[:numW]
+	pools := in[numW : numW+numP]
+	step := stepNodesFromSlice(in[numW+numP : numW+numP+numStepInputs])
+	hidden, newPools := Forward(cfg, weights, pools, step)
+	outs := append([]*graph.Node{}, newPools...)
+	return append(outs, tail(hidden, weights, in[numW+numP+numStepInputs:])...)
+}
+
+// logitsTail computes logits at the rows of the first tail input (LogitsIndex) and hands
+// them to post (or returns them).
+func logitsTail(cfg *Config, post PostFn) func(hidden *graph.Node, weights, rest []*graph.Node) []*graph.Node {
+	return func(hidden *graph.Node, weights, rest []*graph.Node) []*graph.Node {
+		logits := Logits(cfg, weights[0], weights[len(weights)-1], GatherRows(hidden, rest[0]))
+		if post == nil {
+			return []*graph.Node{logits}
+		}
+		return post(logits, rest[1:])
+	}
+}
+
+// StepExec runs the forward program with the logits computed inside it (plus an optional
+// PostFn) for batches of any shape; each shape compiles once and is cached. It is the
+// one-off path (ForwardLogits, tests); the engine runs ForwardExec and HeadExec instead.
 type StepExec struct {
 	m        *Model
 	exec     *graph.Exec
@@ -119,22 +145,11 @@ const MaxBuckets = 256
 
 // NewStepExec builds the executor. With post == nil the outputs are the logits.
 func (m *Model) NewStepExec(numExtraInputs int, post PostFn) (*StepExec, error) {
-	numW := len(m.Weights.Tensors)
-	numP := 2 * m.Config.NumHiddenLayers
 	cfg := m.Config
-	fn := func(in []*graph.Node) []*graph.Node {
-		weights := in[:numW]
-		pools := in[numW : numW+numP]
-		step := stepNodesFromSlice(in[numW+numP : numW+numP+numStepInputs])
-		extra := in[numW+numP+numStepInputs:]
-		logits, newPools := Forward(&cfg, weights, pools, step)
-		outs := append([]*graph.Node{}, newPools...)
-		if post == nil {
-			return append(outs, logits)
-		}
-		return append(outs, post(logits, extra)...)
-	}
-	e, err := graph.NewExec(m.Backend, fn)
+	numW := len(m.Weights.Tensors)
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
+		return stepProgram(&cfg, numW, in, logitsTail(&cfg, post))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("model: building the step program: %w", err)
 	}
@@ -142,15 +157,13 @@ func (m *Model) NewStepExec(numExtraInputs int, post PostFn) (*StepExec, error) 
 	return &StepExec{m: m, exec: e.WithName("gemma3_step"), numExtra: numExtraInputs}, nil
 }
 
-func (e *StepExec) args(pools *KVPools, b *Batch, donate bool, extra []any) ([]any, error) {
-	if len(extra) != e.numExtra {
-		return nil, fmt.Errorf("%w: %d extra inputs, the program takes %d", ErrInput, len(extra), e.numExtra)
+// stepArgs lays out weights, pools (donated when donate) and b's step inputs.
+func (m *Model) stepArgs(pools *KVPools, b *Batch, donate bool) ([]any, error) {
+	if len(pools.Tensors) != 2*m.Config.NumHiddenLayers {
+		return nil, fmt.Errorf("%w: %d pool tensors, want %d", ErrInput, len(pools.Tensors), 2*m.Config.NumHiddenLayers)
 	}
-	if len(pools.Tensors) != 2*e.m.Config.NumHiddenLayers {
-		return nil, fmt.Errorf("%w: %d pool tensors, want %d", ErrInput, len(pools.Tensors), 2*e.m.Config.NumHiddenLayers)
-	}
-	args := make([]any, 0, len(e.m.Weights.Tensors)+len(pools.Tensors)+numStepInputs+len(extra))
-	for _, t := range e.m.Weights.Tensors {
+	args := make([]any, 0, len(m.Weights.Tensors)+len(pools.Tensors)+numStepInputs+8)
+	for _, t := range m.Weights.Tensors {
 		args = append(args, t)
 	}
 	for _, t := range pools.Tensors {
@@ -158,7 +171,7 @@ func (e *StepExec) args(pools *KVPools, b *Batch, donate bool, extra []any) ([]a
 			return nil, fmt.Errorf("%w: KV pools were lost by an earlier failed step", ErrInput)
 		}
 		if donate {
-			d, err := graph.DonateTensorBuffer(t, e.m.Backend, 0)
+			d, err := graph.DonateTensorBuffer(t, m.Backend, 0)
 			if err != nil {
 				return nil, fmt.Errorf("model: donating KV pool: %w", err)
 			}
@@ -170,6 +183,18 @@ func (e *StepExec) args(pools *KVPools, b *Batch, donate bool, extra []any) ([]a
 	for _, t := range b.stepTensors() {
 		args = append(args, t)
 	}
+	return args, nil
+}
+
+func (e *StepExec) args(pools *KVPools, b *Batch, donate bool, extra []any) ([]any, error) {
+	if len(extra) != e.numExtra {
+		return nil, fmt.Errorf("%w: %d extra inputs, the program takes %d", ErrInput, len(extra), e.numExtra)
+	}
+	args, err := e.m.stepArgs(pools, b, donate)
+	if err != nil {
+		return nil, err
+	}
+	args = append(args, b.logitsIndexTensor())
 	return append(args, extra...), nil
 }
 
@@ -193,7 +218,14 @@ func (e *StepExec) Run(pools *KVPools, b *Batch, extra ...any) ([]*tensors.Tenso
 	if err != nil {
 		return nil, err
 	}
-	outs, err := e.exec.Exec(args...)
+	return runDonated(e.exec, pools, b, args)
+}
+
+// runDonated executes a step program whose first outputs are the pools: on success the
+// pools are replaced; on failure they are lost (they were donated) and set to nil, so the
+// next step reports it instead of reading freed buffers.
+func runDonated(exec *graph.Exec, pools *KVPools, b *Batch, args []any) ([]*tensors.Tensor, error) {
+	outs, err := exec.Exec(args...)
 	if err != nil {
 		for i := range pools.Tensors {
 			pools.Tensors[i] = nil
@@ -207,3 +239,127 @@ func (e *StepExec) Run(pools *KVPools, b *Batch, extra ...any) ([]*tensors.Tenso
 
 // Finalize frees the compiled programs.
 func (e *StepExec) Finalize() { e.exec.Finalize() }
+
+// ForwardExec is the engine's step program: the forward pass over a batch, writing K/V into
+// the pools, with the hidden states [rows, H] left on the device as the one output after
+// the pools (padded with zero rows to a fixed row count, so the sampler programs that read
+// them have one shape whatever the step's). Each batch shape compiles once.
+type ForwardExec struct {
+	m    *Model
+	exec *graph.Exec
+	rows int
+}
+
+// NewForwardExec builds the step program whose hidden-state output has rows rows (at least
+// every batch's T). maxPrograms bounds the shapes it may compile (the size of the closed set).
+func (m *Model) NewForwardExec(rows, maxPrograms int) (*ForwardExec, error) {
+	cfg := m.Config
+	numW := len(m.Weights.Tensors)
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
+		return stepProgram(&cfg, numW, in, func(hidden *graph.Node, _, _ []*graph.Node) []*graph.Node {
+			return []*graph.Node{PadRows(hidden, rows)}
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("model: building the step program: %w", err)
+	}
+	e.SetMaxCache(max(maxPrograms, 1))
+	return &ForwardExec{m: m, exec: e.WithName("gemma3_forward"), rows: rows}, nil
+}
+
+// Precompile compiles the program for b's shape without running it.
+func (e *ForwardExec) Precompile(pools *KVPools, b *Batch) error {
+	if b.Shape.T > e.rows {
+		return fmt.Errorf("%w: batch of %d tokens, the program keeps %d rows", ErrInput, b.Shape.T, e.rows)
+	}
+	args, err := e.m.stepArgs(pools, b, false)
+	if err != nil {
+		return err
+	}
+	if err := e.exec.PreCompile(args...); err != nil {
+		return fmt.Errorf("model: compiling step %+v: %w", b.Shape, err)
+	}
+	return nil
+}
+
+// Run executes one step (pools donated and replaced) and returns the hidden states
+// [rows, H] on the device; the caller frees them.
+func (e *ForwardExec) Run(pools *KVPools, b *Batch) (*tensors.Tensor, error) {
+	if b.Shape.T > e.rows {
+		return nil, fmt.Errorf("%w: batch of %d tokens, the program keeps %d rows", ErrInput, b.Shape.T, e.rows)
+	}
+	args, err := e.m.stepArgs(pools, b, true)
+	if err != nil {
+		return nil, err
+	}
+	outs, err := runDonated(e.exec, pools, b, args)
+	if err != nil {
+		return nil, err
+	}
+	return outs[0], nil
+}
+
+// Finalize frees the compiled programs.
+func (e *ForwardExec) Finalize() { e.exec.Finalize() }
+
+// HeadFn builds a sampler-side program from the step's hidden states: logits(idx) gives
+// the float32 logits [N, V] of rows idx [N] int32 (final norm and output projection
+// included); extra are the program's own inputs.
+type HeadFn func(logits func(idx *graph.Node) *graph.Node, extra []*graph.Node) []*graph.Node
+
+// HeadExec runs a HeadFn program over hidden states from ForwardExec; its parameters are
+// the embedding, the final norm, the hidden states and the extra inputs.
+type HeadExec struct {
+	m    *Model
+	exec *graph.Exec
+}
+
+// NewHeadExec builds a head program; maxPrograms bounds the shapes it may compile.
+func (m *Model) NewHeadExec(name string, fn HeadFn, maxPrograms int) (*HeadExec, error) {
+	cfg := m.Config
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
+		embed, norm, hidden := in[0], in[1], in[2]
+		return fn(func(idx *graph.Node) *graph.Node { return Logits(&cfg, embed, norm, GatherRows(hidden, idx)) }, in[3:])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("model: building the %s program: %w", name, err)
+	}
+	e.SetMaxCache(max(maxPrograms, 1))
+	return &HeadExec{m: m, exec: e.WithName(name)}, nil
+}
+
+func (e *HeadExec) args(hidden *tensors.Tensor, extra []any) []any {
+	w := e.m.Weights.Tensors
+	return append([]any{w[0], w[len(w)-1], hidden}, extra...)
+}
+
+// Precompile compiles the program for these input shapes without running it.
+func (e *HeadExec) Precompile(hidden *tensors.Tensor, extra ...any) error {
+	if err := e.exec.PreCompile(e.args(hidden, extra)...); err != nil {
+		return fmt.Errorf("model: compiling a head program: %w", err)
+	}
+	return nil
+}
+
+// Run executes the program; the outputs are the HeadFn's.
+func (e *HeadExec) Run(hidden *tensors.Tensor, extra ...any) ([]*tensors.Tensor, error) {
+	outs, err := e.exec.Exec(e.args(hidden, extra)...)
+	if err != nil {
+		return nil, fmt.Errorf("model: running a head program: %w", err)
+	}
+	return outs, nil
+}
+
+// Finalize frees the compiled programs.
+func (e *HeadExec) Finalize() { e.exec.Finalize() }
+
+// ZeroHidden is a zero hidden-state tensor [rows, H] on the device, to compile head
+// programs on.
+func (m *Model) ZeroHidden(rows int) (*tensors.Tensor, error) {
+	t := tensors.FromShape(shapes.Make(m.DType, rows, m.Config.HiddenSize))
+	if err := t.MaterializeOnDevice(m.Backend, false, 0); err != nil {
+		return nil, fmt.Errorf("model: hidden states: %w", err)
+	}
+	t.FinalizeLocal()
+	return t, nil
+}

@@ -313,20 +313,11 @@ func (p *ShardedKVPools) Finalize() {
 	}
 }
 
-// stepOutputs wires the step program's parameters (weights, pools, StepNodes fields, extra
-// inputs, in that order) through Forward and post, as StepExec does.
+// stepOutputs wires the step program's parameters (weights, pools, StepNodes fields,
+// LogitsIndex, extra inputs, in that order) through Forward, the logits and post, as
+// StepExec does.
 func stepOutputs(cfg *Config, numW int, post PostFn, in []*graph.Node) []*graph.Node {
-	numP := 2 * cfg.NumHiddenLayers
-	weights := in[:numW]
-	pools := in[numW : numW+numP]
-	step := stepNodesFromSlice(in[numW+numP : numW+numP+numStepInputs])
-	extra := in[numW+numP+numStepInputs:]
-	logits, newPools := Forward(cfg, weights, pools, step)
-	outs := append([]*graph.Node{}, newPools...)
-	if post == nil {
-		return append(outs, logits)
-	}
-	return append(outs, post(logits, extra)...)
+	return stepProgram(cfg, numW, in, logitsTail(cfg, post))
 }
 
 // inputSpecs are the sharding specs of the step program's inputs: the weights', the pools',
@@ -411,7 +402,7 @@ func (e *ShardedStepExec) args(pools *ShardedKVPools, b *Batch, donate bool, ext
 				args = append(args, t)
 			}
 		}
-		step := b.stepTensors()
+		step := append(b.stepTensors(), b.logitsIndexTensor())
 		temps = append(temps, step...)
 		for _, t := range step {
 			args = append(args, t)
@@ -582,4 +573,211 @@ func shardedOutputSpecs(plan *ShardingPlan, mesh *distributed.DeviceMesh, n int)
 		specs = append(specs, specs[len(specs)-1])
 	}
 	return specs[:n]
+}
+
+// ShardedForwardExec is ForwardExec split across the chips: each chip's pools are donated
+// and replaced, and the hidden states come back replicated, one copy per chip.
+type ShardedForwardExec struct {
+	m    *ShardedModel
+	exec *graph.Exec
+	rows int
+}
+
+// NewForwardExec builds the sharded step program (see Model.NewForwardExec).
+func (m *ShardedModel) NewForwardExec(rows, maxPrograms int) (*ShardedForwardExec, error) {
+	cfg := m.Config
+	numW := len(m.Plan.Weights)
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
+		return stepProgram(&cfg, numW, in, func(hidden *graph.Node, _, _ []*graph.Node) []*graph.Node {
+			return []*graph.Node{PadRows(hidden, rows)}
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("model: building the sharded step program: %w", err)
+	}
+	e = e.AutoSharding(m.Mesh).
+		WithInputShardingSpecs(m.Plan.inputSpecs(m.Mesh)...).
+		WithOutputShardingSpecs(m.Plan.outputSpecs(m.Mesh)...)
+	e.SetMaxCache(max(maxPrograms, 1))
+	return &ShardedForwardExec{m: m, exec: e.WithName(fmt.Sprintf("gemma3_forward_tp%d", m.Plan.TP)), rows: rows}, nil
+}
+
+// stepArgs lays out, chip by chip, the weight pieces, the pool pieces (donated when donate)
+// and the step inputs; the second result lists the per-call tensors to free.
+func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool) ([]any, []*tensors.Tensor, error) {
+	if len(pools.Shards) != m.Plan.TP {
+		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
+	}
+	var temps []*tensors.Tensor
+	var args []any
+	for d := 0; d < m.Plan.TP; d++ {
+		for _, t := range m.Shards[d] {
+			args = append(args, t)
+		}
+		for _, t := range pools.Shards[d] {
+			if t == nil || !t.Ok() {
+				return nil, temps, fmt.Errorf("%w: KV pools were lost by an earlier failed step", ErrInput)
+			}
+			if donate {
+				buf, err := graph.DonateTensorBuffer(t, m.Backend, backends.DeviceNum(d))
+				if err != nil {
+					return nil, temps, fmt.Errorf("model: donating KV pool on chip %d: %w", d, err)
+				}
+				args = append(args, buf)
+			} else {
+				args = append(args, t)
+			}
+		}
+		step := b.stepTensors()
+		temps = append(temps, step...)
+		for _, t := range step {
+			args = append(args, t)
+		}
+	}
+	return args, temps, nil
+}
+
+// Precompile compiles the program for b's shape without running it.
+func (e *ShardedForwardExec) Precompile(pools *ShardedKVPools, b *Batch) error {
+	args, temps, err := e.m.stepArgs(pools, b, false)
+	defer finalizeAll(temps)
+	if err != nil {
+		return err
+	}
+	if err := e.exec.PreCompile(args...); err != nil {
+		return fmt.Errorf("model: compiling sharded step %+v: %w", b.Shape, err)
+	}
+	return nil
+}
+
+// Run executes one step on every chip and returns each chip's copy of the hidden states.
+func (e *ShardedForwardExec) Run(pools *ShardedKVPools, b *Batch) ([]*tensors.Tensor, error) {
+	args, temps, err := e.m.stepArgs(pools, b, true)
+	defer finalizeAll(temps)
+	if err != nil {
+		return nil, err
+	}
+	outs, err := e.exec.Exec(args...)
+	if err != nil {
+		for _, dev := range pools.Shards {
+			for i := range dev {
+				dev[i] = nil
+			}
+		}
+		return nil, fmt.Errorf("model: running sharded step %+v: %w", b.Shape, err)
+	}
+	tp := e.m.Plan.TP
+	perChip := len(outs) / tp
+	numP := 2 * e.m.Config.NumHiddenLayers
+	hidden := make([]*tensors.Tensor, tp)
+	for d := 0; d < tp; d++ {
+		copy(pools.Shards[d], outs[d*perChip:d*perChip+numP])
+		hidden[d] = outs[d*perChip+numP]
+	}
+	return hidden, nil
+}
+
+// Finalize frees the compiled programs.
+func (e *ShardedForwardExec) Finalize() { e.exec.Finalize() }
+
+// ShardedHeadExec is HeadExec over the chips: the embedding stays split as the plan says,
+// the final norm, hidden states and extra inputs are replicated, the outputs replicated.
+type ShardedHeadExec struct {
+	m    *ShardedModel
+	exec *graph.Exec
+}
+
+// NewHeadExec builds a sharded head program (see Model.NewHeadExec).
+func (m *ShardedModel) NewHeadExec(name string, fn HeadFn, maxPrograms int) (*ShardedHeadExec, error) {
+	cfg := m.Config
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
+		embed, norm, hidden := in[0], in[1], in[2]
+		return fn(func(idx *graph.Node) *graph.Node { return Logits(&cfg, embed, norm, GatherRows(hidden, idx)) }, in[3:])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("model: building the sharded %s program: %w", name, err)
+	}
+	rep := distributed.NewReplicatedShardingSpec(m.Mesh)
+	last := len(m.Plan.Weights) - 1
+	e = e.AutoSharding(m.Mesh).
+		WithInputShardingSpecs(m.Plan.Weights[0].Spec(m.Mesh), m.Plan.Weights[last].Spec(m.Mesh), rep).
+		WithOutputShardingSpecs(rep)
+	e.SetMaxCache(max(maxPrograms, 1))
+	return &ShardedHeadExec{m: m, exec: e.WithName(fmt.Sprintf("%s_tp%d", name, m.Plan.TP))}, nil
+}
+
+func (e *ShardedHeadExec) args(hidden []*tensors.Tensor, extra []any) ([]any, []*tensors.Tensor, error) {
+	m := e.m
+	if len(hidden) != m.Plan.TP {
+		return nil, nil, fmt.Errorf("%w: hidden states on %d chips, the model has %d", ErrInput, len(hidden), m.Plan.TP)
+	}
+	var temps []*tensors.Tensor
+	var args []any
+	last := len(m.Plan.Weights) - 1
+	for d := 0; d < m.Plan.TP; d++ {
+		args = append(args, m.Shards[d][0], m.Shards[d][last], hidden[d])
+		for i, x := range extra {
+			t, ok := x.(*tensors.Tensor)
+			if !ok {
+				args = append(args, x)
+				continue
+			}
+			c, err := t.LocalClone()
+			if err != nil {
+				return nil, temps, fmt.Errorf("%w: extra input %d: %w", ErrInput, i, err)
+			}
+			temps = append(temps, c)
+			args = append(args, c)
+		}
+	}
+	return args, temps, nil
+}
+
+// Precompile compiles the program for these input shapes without running it.
+func (e *ShardedHeadExec) Precompile(hidden []*tensors.Tensor, extra ...any) error {
+	args, temps, err := e.args(hidden, extra)
+	defer finalizeAll(temps)
+	if err != nil {
+		return err
+	}
+	if err := e.exec.PreCompile(args...); err != nil {
+		return fmt.Errorf("model: compiling a sharded head program: %w", err)
+	}
+	return nil
+}
+
+// Run executes the program and returns chip 0's (replicated) outputs.
+func (e *ShardedHeadExec) Run(hidden []*tensors.Tensor, extra ...any) ([]*tensors.Tensor, error) {
+	args, temps, err := e.args(hidden, extra)
+	defer finalizeAll(temps)
+	if err != nil {
+		return nil, err
+	}
+	outs, err := e.exec.Exec(args...)
+	if err != nil {
+		return nil, fmt.Errorf("model: running a sharded head program: %w", err)
+	}
+	perChip := len(outs) / e.m.Plan.TP
+	for d := 1; d < e.m.Plan.TP; d++ {
+		finalizeAll(outs[d*perChip : (d+1)*perChip])
+	}
+	return outs[:perChip], nil
+}
+
+// Finalize frees the compiled programs.
+func (e *ShardedHeadExec) Finalize() { e.exec.Finalize() }
+
+// ZeroHidden is a zero hidden-state tensor [rows, H] per chip, to compile head programs on.
+func (m *ShardedModel) ZeroHidden(rows int) ([]*tensors.Tensor, error) {
+	out := make([]*tensors.Tensor, m.Plan.TP)
+	for d := range out {
+		t := tensors.FromShape(shapes.Make(m.DType, rows, m.Config.HiddenSize))
+		if err := t.MaterializeOnDevice(m.Backend, false, backends.DeviceNum(d)); err != nil {
+			finalizeAll(out)
+			return nil, fmt.Errorf("model: hidden states on chip %d: %w", d, err)
+		}
+		t.FinalizeLocal()
+		out[d] = t
+	}
+	return out, nil
 }

@@ -218,7 +218,8 @@ func TestShardedStableHLO(t *testing.T) {
 					t.Errorf("%s: step inputs must be replicated, got %s", name, got[1])
 				}
 			}
-			if want := len(specs) + len(plan.PoolPlans(layout)) + numStepInputs; len(args) != want {
+			// The step inputs, then LogitsIndex: this is the one-off program with logits inside.
+			if want := len(specs) + len(plan.PoolPlans(layout)) + numStepInputs + 1; len(args) != want {
 				t.Errorf("%d annotated parameters, want %d", len(args), want)
 			}
 			res := resultRE.FindAllStringSubmatch(results, -1)

@@ -23,7 +23,8 @@ type SamplingParams struct {
 	// RepetitionPenalty follows vLLM/HF (over prompt and generated tokens); 1 disables it.
 	RepetitionPenalty float32
 
-	// MaxTokens is the most tokens to generate (> 0).
+	// MaxTokens is the most tokens to generate; 0 scores the prompt without generating
+	// (with PromptLogprobs: echo with max_tokens 0).
 	MaxTokens int
 	// MinTokens generated before EOS or stop token ids may end the request.
 	MinTokens int
@@ -36,7 +37,21 @@ type SamplingParams struct {
 
 	// Logprobs: nil = none; otherwise the chosen token's logprob plus the top *Logprobs (0..20) alternatives.
 	Logprobs *int
-	// PromptLogprobs is not supported yet (must be nil).
+	// PromptLogprobs: nil = none; otherwise every prompt position after the first gets the
+	// prompt token's logprob plus the top *PromptLogprobs (0..20) alternatives (vLLM's
+	// prompt_logprobs). Such a request computes its whole prompt (no prefix-cache hit).
+	PromptLogprobs *int
+	// LogitBias adds a bias in [-100, 100] to a token's logit before sampling (OpenAI's
+	// logit_bias; at most MaxLogitBias entries).
+	LogitBias map[int32]float32
+}
+
+// wantsFullSampler reports whether a request needs the full sampler program (any feature
+// beyond greedy or temperature sampling).
+func (p *SamplingParams) wantsFullSampler(banned bool) bool {
+	return banned || p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 ||
+		p.Logprobs != nil || len(p.LogitBias) > 0 ||
+		(p.Temperature >= samplingEps && (p.TopK > 0 || p.TopP < 1 || p.MinP > 0))
 }
 
 // DefaultSamplingParams returns vLLM's defaults: temperature 1, no top-k/top-p/min-p, no
@@ -98,6 +113,11 @@ type Event struct {
 	Text string
 	// Logprobs has one entry per TokenIDs entry when logprobs were requested.
 	Logprobs []PositionLogprobs
+	// TokenTimes has one entry per TokenIDs entry: when the step that produced it ended.
+	TokenTimes []time.Time
+	// PromptLogprobs, with PromptLogprobs requested, arrive once, on the first event after
+	// the whole prompt was computed: entry i is prompt position i+1 (position 0 has none).
+	PromptLogprobs []PositionLogprobs
 
 	Finished     bool
 	FinishReason FinishReason
@@ -122,4 +142,10 @@ type Stats struct {
 	PrefixCacheQueries int64
 	PrefixCacheHits    int64
 	NumPreemptions     int64
+	// StepPrograms is how many programs are compiled; ServingCompilations how many of them
+	// compiled after start-up (0 when the whole set was compiled before serving).
+	StepPrograms        int64
+	ServingCompilations int64
+	// StepTokens counts tokens computed by steps, cumulative (for vllm:iteration_tokens).
+	StepTokens int64
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/tpuserve/tpuserve/internal/backendtest"
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
 )
@@ -20,25 +21,44 @@ import (
 type fakeDevice struct {
 	cfg    *model.Config
 	layout model.KVLayout
+	set    *plan.StepSet
 	steps  atomic.Int64
 }
 
-func (d *fakeDevice) run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatures) (*stepOutput, error) {
-	shape := bucketFor(d.cfg, d.layout, 16, chunks)
-	if _, err := model.BuildBatch(d.cfg, d.layout, chunks, shape); err != nil {
+func (d *fakeDevice) run(in *stepInput) (*stepOutput, error) {
+	tokens, pages := 0, 1
+	for _, c := range in.chunks {
+		tokens += len(c.Tokens)
+		pages = max(pages, (c.StartPos+len(c.Tokens)+d.layout.PageSize-1)/d.layout.PageSize)
+	}
+	shape, ok := d.set.StepFor(tokens, pages)
+	if !ok {
+		return nil, fmt.Errorf("step of %d tokens, %d pages outside the set", tokens, pages)
+	}
+	if _, err := model.BuildBatch(d.cfg, d.layout, in.chunks, shape); err != nil {
 		return nil, err
 	}
-	rows.pad(shape.N, d.cfg.VocabSize)
-	_ = rows.inputs(f)
-	out := &stepOutput{tokens: make([]int32, len(chunks))}
+	for _, rows := range []struct {
+		r *samplerRows
+		n int
+		f samplerFeatures
+	}{{in.base, len(in.baseChunk), samplerFeatures{}}, {in.full, len(in.fullChunk), fullFeatures}} {
+		if rows.n > 0 {
+			b, _ := d.set.RowsFor(plan.KindSample, rows.n)
+			rows.r.padFixed(b, d.cfg.VocabSize, listWidths{out: 1 << 20, prompt: 1 << 20, banned: maxBannedTokens, bias: MaxLogitBias}, rows.f)
+			_ = rows.r.inputs(rows.f)
+		}
+	}
+	out := &stepOutput{tokens: make([]int32, len(in.chunks))}
 	for i := range out.tokens {
 		out.tokens[i] = 100 + int32(i%300)
 	}
 	d.steps.Add(1)
 	return out, nil
 }
-func (d *fakeDevice) resetPools() error { return nil }
-func (d *fakeDevice) close()            {}
+func (d *fakeDevice) resetPools() error      { return nil }
+func (d *fakeDevice) counts() (int64, int64) { return 0, 0 }
+func (d *fakeDevice) close()                 {}
 
 // BenchmarkHostOverheadPerStep: plan + input assembly + output processing per decode step
 // with 1, 64 and 256 running sequences (the device replaced by fakeDevice).
@@ -62,7 +82,11 @@ func BenchmarkHostOverheadPerStep(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			dev := &fakeDevice{cfg: &cfg, layout: model.KVLayout{PageSize: 16, NumGlobalPages: kvCfg.NumGlobalBlocks, NumSlidingPages: kvCfg.NumSlidingBlocks}}
+			set, err := plan.NewStepSet(&cfg, plan.StepOptions{MaxNumSeqs: n, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: 1 << 20, PageSize: 16})
+			if err != nil {
+				b.Fatal(err)
+			}
+			dev := &fakeDevice{cfg: &cfg, layout: model.KVLayout{PageSize: 16, NumGlobalPages: kvCfg.NumGlobalBlocks, NumSlidingPages: kvCfg.NumSlidingBlocks}, set: set}
 			e := start(Config{NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
 				Scheduler: sc, MaxQueueLen: -1, Logger: discardLogger()}, &cfg, sched, dev)
 			defer e.Close()

@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
 )
@@ -47,8 +49,14 @@ type Config struct {
 	// MaxQueueLen bounds the waiting queue: Submit returns ErrQueueFull beyond it
 	// (default 4 × MaxNumSeqs; negative = unbounded).
 	MaxQueueLen int
-	// SegmentLen is the attention row length for steps with prefill chunks (default 16).
+	// SegmentLen is the attention row length of steps with more tokens than MaxNumSeqs
+	// (default 16).
 	SegmentLen int
+	// MinTokenBucket is the smallest token and sampling-row bucket of the step set
+	// (default 1; accelerators: plan.DefaultMinTokens).
+	MinTokenBucket int
+	// PromptLogprobRows is the most prompt positions scored per step (default 64).
+	PromptLogprobRows int
 	// Precompile is PrecompileAll (default) or PrecompileNone.
 	Precompile string
 	Logger     *slog.Logger
@@ -70,6 +78,9 @@ type Engine struct {
 	rng     *rand.Rand
 	done    chan struct{}
 	stepErr error
+	// broken is set when the device could not be restored after a failed step.
+	broken     error
+	stepTokens int64
 }
 
 // New sizes the KV cache, allocates the pools, compiles the step programs and starts the
@@ -78,9 +89,9 @@ func New(cfg Config) (*Engine, error) {
 	var dev deviceModel
 	switch {
 	case cfg.Model != nil && cfg.Sharded == nil:
-		dev = plainDevice(cfg.Model)
+		dev = newPlainDevice(cfg.Model)
 	case cfg.Sharded != nil && cfg.Model == nil:
-		dev = shardedDevice(cfg.Sharded)
+		dev = newShardedDevice(cfg.Sharded)
 	default:
 		return nil, fmt.Errorf("%w: set exactly one of Config.Model and Config.Sharded", ErrInvalidRequest)
 	}
@@ -119,6 +130,14 @@ func New(cfg Config) (*Engine, error) {
 	if sc.Logger == nil {
 		sc.Logger = cfg.Logger
 	}
+	set, err := plan.NewStepSet(mc, plan.StepOptions{
+		MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen,
+		PageSize: cfg.PageSize, SegmentLen: cfg.SegmentLen, MinTokens: cfg.MinTokenBucket, PromptLogprobRows: cfg.PromptLogprobRows,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	sc.MaxPromptLogprobRows = set.MaxPromptRows()
 	kvCfg, err := kvcache.ConfigForBudget(cfg.KVCacheBytes, kvcache.MemorySpec{
 		PageSize: cfg.PageSize, NumGlobalLayers: mc.NumGlobalLayers(), NumSlidingLayers: mc.NumSlidingLayers(),
 		KVHeads: dev.kvHeadsPerDevice(), HeadDim: mc.HeadDim, DTypeBytes: dev.dtype().Size(),
@@ -137,14 +156,15 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
-	run, err := newRunner(dev, layout, cfg.SegmentLen, cfg.Logger)
+	run, err := newRunner(dev, layout, set, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
+	cfg.Logger.Info("step programs", "count", len(set.Programs()), "token_buckets_max", set.MaxTokens(), "precompile", cfg.Precompile)
 	cfg.Logger.Info("KV cache", "pool_bytes_per_device", poolBytes(mc, layout, dev), "budget", cfg.KVCacheBytes, "page_size", cfg.PageSize,
 		"global_blocks", kvCfg.NumGlobalBlocks, "sliding_blocks", kvCfg.NumSlidingBlocks, "prefix_caching", !cfg.DisablePrefixCaching)
 	if cfg.Precompile == PrecompileAll {
-		if err := run.precompile(sc.MaxNumSeqs, sc.MaxNumBatchedTokens, sc.MaxModelLen); err != nil {
+		if err := run.precompile(); err != nil {
 			run.close()
 			return nil, fmt.Errorf("engine: %w", err)
 		}
@@ -155,10 +175,13 @@ func New(cfg Config) (*Engine, error) {
 	return start(cfg, mc, sched, run), nil
 }
 
-// stepDevice runs steps: the real one is *runner; tests use fakes to measure the host side.
+// stepDevice runs steps: the real one is *runner; tests use fakes to measure the host
+// side and to inject faults.
 type stepDevice interface {
-	run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatures) (*stepOutput, error)
+	run(in *stepInput) (*stepOutput, error)
 	resetPools() error
+	// counts returns (programs compiled, of which after start-up).
+	counts() (compiled, serving int64)
 	close()
 }
 
@@ -190,6 +213,14 @@ func (e *Engine) validate(req *Request) error {
 			return fmt.Errorf("%w: stop token id %d is outside the vocabulary [0, %d)", ErrInvalidRequest, id, vocab)
 		}
 	}
+	for id, b := range p.LogitBias {
+		if id < 0 || int(id) >= e.mcfg.TextVocabSize {
+			return fmt.Errorf("%w: logit_bias token id %d is outside the vocabulary [0, %d)", ErrInvalidRequest, id, e.mcfg.TextVocabSize)
+		}
+		if !(b >= -100 && b <= 100) {
+			return fmt.Errorf("%w: logit_bias[%d] = %v; want in [-100, 100]", ErrInvalidRequest, id, b)
+		}
+	}
 	bad := func(name string, v any, want string) error {
 		return fmt.Errorf("%w: %s = %v; want %s", ErrInvalidRequest, name, v, want)
 	}
@@ -208,12 +239,20 @@ func (e *Engine) validate(req *Request) error {
 		return bad("frequency_penalty", p.FrequencyPenalty, "in [-2, 2]")
 	case !(p.RepetitionPenalty > 0) || math.IsInf(float64(p.RepetitionPenalty), 0):
 		return bad("repetition_penalty", p.RepetitionPenalty, "> 0")
-	case p.MaxTokens < 1:
-		return bad("max_tokens", p.MaxTokens, ">= 1")
-	case p.MinTokens < 0 || p.MinTokens > p.MaxTokens:
+	case p.MaxTokens < 0:
+		return bad("max_tokens", p.MaxTokens, ">= 0")
+	case p.MinTokens < 0 || p.MinTokens > max(p.MaxTokens, 0):
 		return bad("min_tokens", p.MinTokens, fmt.Sprintf("in [0, max_tokens=%d]", p.MaxTokens))
 	case p.Logprobs != nil && (*p.Logprobs < 0 || *p.Logprobs > maxTopLogprobs):
 		return bad("logprobs", *p.Logprobs, fmt.Sprintf("in [0, %d]", maxTopLogprobs))
+	case p.PromptLogprobs != nil && (*p.PromptLogprobs < 0 || *p.PromptLogprobs > maxTopLogprobs):
+		return bad("prompt_logprobs", *p.PromptLogprobs, fmt.Sprintf("in [0, %d]", maxTopLogprobs))
+	case len(p.LogitBias) > MaxLogitBias:
+		return bad("logit_bias", fmt.Sprintf("%d entries", len(p.LogitBias)), fmt.Sprintf("at most %d", MaxLogitBias))
+	case len(p.StopTokenIDs)+len(e.eos) > maxBannedTokens:
+		return bad("stop_token_ids", fmt.Sprintf("%d ids", len(p.StopTokenIDs)), fmt.Sprintf("at most %d", maxBannedTokens-len(e.eos)))
+	case p.MaxTokens == 0 && req.Params.MinTokens > 0:
+		return bad("min_tokens", p.MinTokens, "0 with max_tokens 0")
 	}
 	return nil
 }
@@ -233,8 +272,15 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 	if e.closed {
 		return nil, ErrClosed
 	}
-	if e.cfg.MaxQueueLen > 0 && e.sched.NumWaiting() >= e.cfg.MaxQueueLen {
-		return nil, fmt.Errorf("%w (%d waiting)", ErrQueueFull, e.sched.NumWaiting())
+	if e.broken != nil {
+		return nil, fmt.Errorf("%w: %w", ErrClosed, e.broken)
+	}
+	if e.reqs[req.ID] != nil {
+		return nil, fmt.Errorf("%w: ID %q is still live", ErrInvalidRequest, req.ID)
+	}
+	// Capacity is the running slots plus the queue: a burst that fits both is admitted.
+	if live := e.sched.NumRunning() + e.sched.NumWaiting(); e.cfg.MaxQueueLen > 0 && live >= e.cfg.Scheduler.MaxNumSeqs+e.cfg.MaxQueueLen {
+		return nil, fmt.Errorf("%w (%d running, %d waiting)", ErrQueueFull, e.sched.NumRunning(), e.sched.NumWaiting())
 	}
 	if req.ArrivalTime.IsZero() {
 		req.ArrivalTime = time.Now()
@@ -256,6 +302,12 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 		decoder: e.cfg.NewDecoder(req.Params.SkipSpecialTokens), maxStop: maxStop, eos: e.eos,
 		metrics: RequestMetrics{ArrivalTime: req.ArrivalTime},
 	}
+	if len(req.Params.LogitBias) > 0 {
+		for id, b := range req.Params.LogitBias {
+			r.bias.ids = append(r.bias.ids, id)
+			r.bias.values = append(r.bias.values, b)
+		}
+	}
 	e.reqs[req.ID] = r
 	id := req.ID
 	r.stopCtx = context.AfterFunc(ctx, func() { e.abort(id) })
@@ -276,12 +328,16 @@ func (e *Engine) abort(id string) {
 	e.cond.Broadcast()
 }
 
-// Health reports an error once the engine is closed or its last step failed.
+// Health reports an error once the engine is closed, while its last step failed, or for
+// good once the device could not be restored after a failure.
 func (e *Engine) Health() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return ErrClosed
+	}
+	if e.broken != nil {
+		return e.broken
 	}
 	return e.stepErr
 }
@@ -290,10 +346,14 @@ func (e *Engine) Health() error {
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.sched.Stats()
+	st := e.sched.Stats()
+	st.StepPrograms, st.ServingCompilations = e.dev.counts()
+	st.StepTokens = e.stepTokens
+	return st
 }
 
-// Close stops the step loop, aborts every live request and frees the device memory.
+// Close stops the step loop, aborts every live request (each stream gets its final event)
+// and frees the device memory.
 func (e *Engine) Close() {
 	e.mu.Lock()
 	if e.closed {
@@ -325,7 +385,7 @@ func (e *Engine) loop() {
 	defer e.mu.Unlock()
 	for {
 		pending := e.deliverAll()
-		for !e.closed && !e.sched.HasUnfinished() && !pending {
+		for !e.closed && (!e.sched.HasUnfinished() || e.broken != nil) && !pending {
 			e.cond.Wait()
 			pending = e.deliverAll()
 		}
@@ -334,7 +394,13 @@ func (e *Engine) loop() {
 				_ = e.sched.Finish(id)
 				r.finish(FinishAbort, nil, nil)
 			}
-			e.deliverAll()
+			// Every stream gets its final event: wait (briefly) for slow consumers.
+			deadline := time.Now().Add(closeDrain)
+			for e.deliverAll() && time.Now().Before(deadline) {
+				e.mu.Unlock()
+				time.Sleep(time.Millisecond)
+				e.mu.Lock()
+			}
 			for id, r := range e.reqs {
 				if !r.closed {
 					close(r.events)
@@ -343,7 +409,7 @@ func (e *Engine) loop() {
 			}
 			return
 		}
-		if !e.sched.HasUnfinished() {
+		if !e.sched.HasUnfinished() || e.broken != nil {
 			// Only undelivered events: give the consumers a moment.
 			e.mu.Unlock()
 			time.Sleep(time.Millisecond)
@@ -358,6 +424,9 @@ func (e *Engine) loop() {
 		e.stepErr = err
 	}
 }
+
+// closeDrain is how long Close waits for consumers to take their final events.
+const closeDrain = 2 * time.Second
 
 // deliverAll hands out pending events and forgets closed streams; it reports whether any
 // event is still waiting for its consumer.
@@ -374,7 +443,10 @@ func (e *Engine) deliverAll() bool {
 	return pending
 }
 
-// failAll ends every request with err after a device failure and rebuilds the pools.
+// failAll ends every request with err after a device failure, then restores the device:
+// the prefix cache is reset (the pools' contents are gone) and the pools reallocated (the
+// old ones were freed first: memory is planned to the byte). If that fails the engine is
+// broken for good: Health reports it and Submit refuses.
 func (e *Engine) failAll(err error) {
 	for id, r := range e.reqs {
 		if !r.finished {
@@ -382,8 +454,14 @@ func (e *Engine) failAll(err error) {
 			r.finish(FinishAbort, nil, fmt.Errorf("engine: step failed: %w", err))
 		}
 	}
+	if rerr := e.sched.KV().ResetPrefixCache(); rerr != nil {
+		e.log.Error("engine: resetting the prefix cache failed", "err", rerr)
+		e.broken = fmt.Errorf("engine: prefix cache reset after a failed step: %w", rerr)
+		return
+	}
 	if perr := e.dev.resetPools(); perr != nil {
-		e.log.Error("engine: reallocating KV pools failed", "err", perr)
+		e.log.Error("engine: reallocating KV pools failed; the engine is unhealthy", "err", perr)
+		e.broken = fmt.Errorf("engine: reallocating the KV pools after a failed step: %w", perr)
 	}
 }
 
@@ -404,10 +482,9 @@ func (e *Engine) step() error {
 		return err
 	}
 	now := time.Now()
-	chunks := make([]model.SeqChunk, len(plan.Seqs))
-	rows := &samplerRows{}
-	var f samplerFeatures
+	in := &stepInput{chunks: make([]model.SeqChunk, len(plan.Seqs)), base: &samplerRows{}, full: &samplerRows{}}
 	states := make([]*reqState, len(plan.Seqs))
+	promptFrom := make([]int, len(plan.Seqs)) // first prompt row of each chunk in in.prompt
 	for i := range plan.Seqs {
 		ps := &plan.Seqs[i]
 		r := e.reqs[ps.RequestID]
@@ -416,20 +493,35 @@ func (e *Engine) step() error {
 			r.metrics.FirstScheduledTime = now
 			r.numCache = ps.NumCachedTokens
 		}
-		chunks[i] = model.SeqChunk{
+		in.chunks[i] = model.SeqChunk{
 			Tokens: ps.TokenIDs, StartPos: ps.StartPos, GlobalBlocks: ps.GlobalBlocks,
 			SlidingBlocks: ps.SlidingBlocks, SlidingFirstBlock: ps.SlidingFirstBlock,
 		}
-		e.addSamplerRow(rows, &f, r, ps)
+		if ps.Sample && r.req.Params.MaxTokens > 0 {
+			e.addSamplerRow(in, i, r, ps)
+		}
+		promptFrom[i] = len(in.prompt.chunk)
+		if r.req.Params.PromptLogprobs != nil {
+			// Hidden state at p scores prompt token p+1; positions already scored (before a
+			// preemption) are not scored again.
+			for p := max(ps.StartPos, len(r.promptLP)); p < min(ps.End(), len(r.req.PromptIDs)-1); p++ {
+				in.prompt.chunk = append(in.prompt.chunk, i)
+				in.prompt.offset = append(in.prompt.offset, p-ps.StartPos)
+				in.prompt.target = append(in.prompt.target, r.req.PromptIDs[p+1])
+			}
+		}
 	}
 	e.mu.Unlock()
-	out, runErr := e.dev.run(chunks, rows, f)
+	out, runErr := e.dev.run(in)
 	e.mu.Lock()
 	if runErr != nil {
-		// The plan must still be retired before the next Schedule.
-		_, _ = e.sched.UpdateFromOutput(plan, make([]int32, len(plan.Seqs)))
+		// Nothing of the step is committed: no K/V, no prefix hashes, no tokens.
+		if err := e.sched.Abandon(plan); err != nil {
+			return errors.Join(runErr, err)
+		}
 		return runErr
 	}
+	e.stepTokens += int64(plan.NumBatchedTokens)
 	capped, err := e.sched.UpdateFromOutput(plan, out.tokens)
 	if err != nil {
 		return err
@@ -438,10 +530,32 @@ func (e *Engine) step() error {
 	for _, id := range capped {
 		cappedSet[id] = true
 	}
+	end := time.Now()
 	for i := range plan.Seqs {
 		ps := &plan.Seqs[i]
 		r := states[i]
-		if !ps.Sample || r == nil || r.finished {
+		if r == nil || r.finished {
+			continue
+		}
+		if np := r.req.Params.PromptLogprobs; np != nil {
+			for j := promptFrom[i]; j < len(in.prompt.chunk) && in.prompt.chunk[j] == i; j++ {
+				pos := PositionLogprobs{Chosen: TokenLogprob{TokenID: in.prompt.target[j], Logprob: out.prompt.chosen[j]}}
+				for k := 0; k < *np; k++ {
+					pos.Top = append(pos.Top, TokenLogprob{TokenID: out.prompt.topIDs[j*maxTopLogprobs+k], Logprob: out.prompt.topLP[j*maxTopLogprobs+k]})
+				}
+				r.promptLP = append(r.promptLP, pos)
+			}
+		}
+		if !ps.Sample {
+			continue
+		}
+		r.promptDone()
+		if r.req.Params.MaxTokens == 0 {
+			// Prompt scoring only: the prompt is computed, nothing is generated.
+			if !cappedSet[ps.RequestID] {
+				_ = e.sched.Finish(ps.RequestID)
+			}
+			r.finish(FinishLength, nil, nil)
 			continue
 		}
 		var lp *PositionLogprobs
@@ -451,54 +565,37 @@ func (e *Engine) step() error {
 				lp.Top = append(lp.Top, TokenLogprob{TokenID: out.topIDs[i*maxTopLogprobs+j], Logprob: out.topLP[i*maxTopLogprobs+j]})
 			}
 		}
-		res := r.addToken(out.tokens[i], lp, cappedSet[ps.RequestID])
+		res := r.addToken(out.tokens[i], lp, cappedSet[ps.RequestID], end)
 		if res.reason != "" {
 			if !cappedSet[ps.RequestID] {
 				_ = e.sched.Finish(ps.RequestID)
 			}
-			r.finish(res.reason, res.stopReason, nil)
+			r.finish(res.reason, res.stopReason, res.err)
 		}
 	}
 	return nil
 }
 
-// addSamplerRow appends one sequence's sampling parameters to the step's rows and widens
-// the feature set to what it needs.
-func (e *Engine) addSamplerRow(rows *samplerRows, f *samplerFeatures, r *reqState, ps *ScheduledSeq) {
+// addSamplerRow adds chunk i's sampling row: to the full sampler when the request asks for
+// any feature beyond greedy or temperature, otherwise to the plain one.
+func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledSeq) {
 	p := &r.req.Params
-	rows.Temperature = append(rows.Temperature, p.Temperature)
-	rows.RNGKey = append(rows.RNGKey, r.key)
-	rows.RNGCounter = append(rows.RNGCounter, uint32(ps.NumOutputTokens))
-	rows.TopK = append(rows.TopK, int32(p.TopK))
-	rows.TopP = append(rows.TopP, p.TopP)
-	rows.MinP = append(rows.MinP, p.MinP)
-	rows.Presence = append(rows.Presence, p.PresencePenalty)
-	rows.Frequency = append(rows.Frequency, p.FrequencyPenalty)
-	rows.Repetition = append(rows.Repetition, p.RepetitionPenalty)
 	var banned []int32
 	if len(r.output) < p.MinTokens {
 		if !p.IgnoreEOS {
 			for id := range e.eos {
 				banned = append(banned, id)
 			}
+			slices.Sort(banned) // map order must not reach the device
 		}
 		banned = append(banned, p.StopTokenIDs...)
 	}
-	penalties := p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 || len(banned) > 0
-	if ps.Sample && penalties {
-		f.Penalties = true
-		rows.outLists = append(rows.outLists, r.output)
-		rows.promptLists = append(rows.promptLists, r.req.PromptIDs)
-		rows.bannedLists = append(rows.bannedLists, banned)
-	} else {
-		rows.outLists = append(rows.outLists, nil)
-		rows.promptLists = append(rows.promptLists, nil)
-		rows.bannedLists = append(rows.bannedLists, nil)
+	counter := uint32(ps.NumOutputTokens)
+	if p.wantsFullSampler(len(banned) > 0) {
+		in.fullChunk = append(in.fullChunk, i)
+		in.full.addRow(p, r.key, counter, r.output, r.req.PromptIDs, banned, r.bias)
+		return
 	}
-	if ps.Sample && p.Temperature >= samplingEps && ((p.TopK > 0) || p.TopP < 1 || p.MinP > 0) {
-		f.Filters = true
-	}
-	if ps.Sample && p.Logprobs != nil {
-		f.Logprobs = true
-	}
+	in.baseChunk = append(in.baseChunk, i)
+	in.base.addRow(p, r.key, counter, nil, nil, nil, logitBias{})
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -37,6 +38,21 @@ type reqState struct {
 	metrics  RequestMetrics
 	numCache int
 	finished bool
+	bias     logitBias
+	// promptLP are the scored prompt positions so far (prompt_logprobs); promptSent once
+	// they went out on an event.
+	promptLP   []PositionLogprobs
+	promptSent bool
+}
+
+// promptDone is called when the whole prompt has been computed: the prompt logprobs, if
+// requested, go out on the next event.
+func (r *reqState) promptDone() {
+	if r.req.Params.PromptLogprobs == nil || r.promptSent {
+		return
+	}
+	r.promptSent = true
+	r.appendEvent(Event{PromptLogprobs: r.promptLP})
 }
 
 // appendEvent merges ev into the request's undelivered event.
@@ -49,6 +65,8 @@ func (r *reqState) appendEvent(ev Event) {
 	p.TokenIDs = append(p.TokenIDs, ev.TokenIDs...)
 	p.Text += ev.Text
 	p.Logprobs = append(p.Logprobs, ev.Logprobs...)
+	p.TokenTimes = append(p.TokenTimes, ev.TokenTimes...)
+	p.PromptLogprobs = append(p.PromptLogprobs, ev.PromptLogprobs...)
 	if ev.Finished || ev.Err != nil {
 		p.Finished, p.FinishReason, p.StopReason, p.Err = ev.Finished, ev.FinishReason, ev.StopReason, ev.Err
 		p.NumPromptTokens, p.NumOutputTokens, p.NumCachedTokens, p.Metrics = ev.NumPromptTokens, ev.NumOutputTokens, ev.NumCachedTokens, ev.Metrics
@@ -86,17 +104,21 @@ func (r *reqState) deliver() bool {
 type tokenResult struct {
 	reason     FinishReason
 	stopReason any
+	err        error // the request ends with this error (a detokenizer failure)
 }
 
-// addToken appends a sampled token, detokenizes it, checks stops and queues an event. It
-// returns a non-empty reason when the request is finished by this token.
-func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached bool) tokenResult {
+// addToken appends a sampled token, detokenizes it and decides whether the request stops
+// — the one place that does (vLLM's check_stop): EOS and stop token ids (not before
+// min_tokens), stop strings (matches ending in text produced at or after min_tokens),
+// max_tokens and max_model_len. It queues an event and returns a non-empty reason when the
+// token finishes the request. at is when the step that produced tok ended.
+func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached bool, at time.Time) tokenResult {
 	p := &r.req.Params
 	r.output = append(r.output, tok)
 	if len(r.output) == 1 {
-		r.metrics.FirstTokenTime = time.Now()
+		r.metrics.FirstTokenTime = at
 	}
-	ev := Event{TokenIDs: []int32{tok}}
+	ev := Event{TokenIDs: []int32{tok}, TokenTimes: []time.Time{at}}
 	if lp != nil {
 		ev.Logprobs = []PositionLogprobs{*lp}
 	}
@@ -111,12 +133,12 @@ func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached 
 			res.reason, res.stopReason, stopToken = FinishStop, int(tok), true
 		}
 	}
+	heldBefore := len(r.held)
 	if !stopToken {
 		text, err := r.decoder.Add(tok)
 		if err != nil {
-			ev.Err = err
 			r.appendEvent(ev)
-			return tokenResult{reason: FinishAbort}
+			return tokenResult{reason: FinishAbort, err: fmt.Errorf("engine: detokenizing token %d: %w", tok, err)}
 		}
 		r.held += text
 	}
@@ -126,8 +148,14 @@ func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached 
 	if res.reason != "" {
 		r.held += r.decoder.Flush()
 	}
-	// Stop strings: emit everything that cannot be the start of one.
-	if idx, stop := r.findStop(); idx >= 0 {
+	// Stop strings: emit everything that cannot be the start of one. Before min_tokens no
+	// stop string counts; after, only matches that end in this token's text (an earlier
+	// match would have been found earlier, or lies before min_tokens).
+	idx, stop := -1, ""
+	if n >= p.MinTokens {
+		idx, stop = r.findStop(heldBefore)
+	}
+	if idx >= 0 {
 		text := r.held[:idx]
 		if p.IncludeStopStrInOutput {
 			text += stop
@@ -152,15 +180,16 @@ func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached 
 	return res
 }
 
-// findStop returns the earliest stop string in the held text.
-func (r *reqState) findStop() (int, string) {
+// findStop returns the earliest stop string in the held text that ends after byte from.
+func (r *reqState) findStop(from int) (int, string) {
 	best, which := -1, ""
 	for _, s := range r.req.Params.Stop {
 		if s == "" {
 			continue
 		}
-		if i := strings.Index(r.held, s); i >= 0 && (best < 0 || i < best) {
-			best, which = i, s
+		start := max(0, from-len(s)+1)
+		if i := strings.Index(r.held[start:], s); i >= 0 && (best < 0 || start+i < best) {
+			best, which = start+i, s
 		}
 	}
 	return best, which

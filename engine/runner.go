@@ -1,76 +1,144 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/bits"
+	"sync/atomic"
 	"time"
 
+	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 )
 
-// runner executes steps on the device: it pads a step to a bucket, picks the compiled
-// program for the sampler features the step needs, runs it and returns what the host needs
-// (token ids and requested logprobs only). It is used by the step loop alone.
+// errPoolsLost: a failed step took the donated pools with it and they were not rebuilt.
+var errPoolsLost = errors.New("engine: the KV pools were lost by a failed step and could not be reallocated")
+
+// Fixed widths of the full sampler's per-row token lists: the program set is closed, so
+// these cannot follow a request's lengths.
+const (
+	// maxBannedTokens bounds EOS plus stop_token_ids banned before min_tokens.
+	maxBannedTokens = 64
+	// MaxLogitBias is the most logit_bias entries a request may carry.
+	MaxLogitBias = 300
+)
+
+// runner executes steps on the device: it maps a step to its member of the closed
+// program set, runs the step program, then the sampler programs over the hidden states it
+// left on the device, and returns what the host needs (token ids and requested logprobs
+// only). It is used by the step loop alone, except its counters (atomic).
 type runner struct {
-	dev       deviceModel
-	cfg       *model.Config
-	layout    model.KVLayout
-	segLen    int
-	textVocab int
-	programs  map[samplerFeatures]program
-	// compiled records the (features, bucket) pairs already compiled, so a first use at
-	// serving time is logged: it costs a compilation.
-	compiled map[compiledKey]bool
-	log      *slog.Logger
+	dev         deviceModel
+	cfg         *model.Config
+	layout      model.KVLayout
+	set         *plan.StepSet
+	textVocab   int
+	listWidth   int // penalty token lists: the longest sequence (max model length)
+	forward     forwardProgram
+	sample      headProgram
+	full        headProgram
+	prompt      headProgram
+	compiled    map[plan.Program]bool
+	numCompiled atomic.Int64
+	// servingCompilations counts programs compiled after start-up: with the whole set
+	// compiled before serving it stays 0, and a move is a bug (logged as an error).
+	servingCompilations atomic.Int64
+	precompiled         bool
+	log                 *slog.Logger
 }
 
-type compiledKey struct {
-	f     samplerFeatures
-	shape model.BatchShape
+// stepInput is one step for the device: the chunks, and who samples or scores what.
+type stepInput struct {
+	chunks []model.SeqChunk
+	// base rows sample with greedy or temperature only; full rows use sampler features.
+	base, full *samplerRows
+	baseChunk  []int // chunk index of each base row
+	fullChunk  []int
+	prompt     promptRows
 }
 
-// stepOutput holds, per scheduled sequence (in plan order), the sampled token and, when
-// the step computed them, the chosen token's logprob and the top maxTopLogprobs.
+// promptRows are the prompt positions a step scores: the hidden state of position
+// chunks[chunk].StartPos+offset and the id of the prompt token that follows it.
+type promptRows struct {
+	chunk, offset []int
+	target        []int32
+}
+
+// stepOutput holds, per chunk (in plan order), the sampled token (where it sampled) and,
+// for full rows, the chosen token's logprob and the top maxTopLogprobs; per prompt row its
+// logprob and top maxTopLogprobs.
 type stepOutput struct {
 	tokens   []int32
+	hasLP    []bool
 	chosenLP []float32
-	topIDs   []int32 // [n·maxTopLogprobs]
+	topIDs   []int32 // [chunks·maxTopLogprobs]
 	topLP    []float32
+	prompt   promptOutput
 }
 
-func newRunner(dev deviceModel, layout model.KVLayout, segLen int, log *slog.Logger) (*runner, error) {
+type promptOutput struct {
+	chosen []float32
+	topIDs []int32 // [rows·maxTopLogprobs]
+	topLP  []float32
+}
+
+func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *slog.Logger) (*runner, error) {
 	if err := dev.allocPools(layout); err != nil {
 		return nil, err
 	}
-	return &runner{
-		dev: dev, cfg: dev.config(), layout: layout, segLen: segLen,
-		textVocab: dev.config().TextVocabSize, programs: map[samplerFeatures]program{},
-		compiled: map[compiledKey]bool{}, log: log,
-	}, nil
+	cfg := dev.config()
+	r := &runner{
+		dev: dev, cfg: cfg, layout: layout, set: set, textVocab: cfg.TextVocabSize,
+		listWidth: set.Options().MaxModelLen, compiled: map[plan.Program]bool{}, log: log,
+	}
+	progs := set.Programs()
+	var err error
+	if r.forward, err = dev.newForward(set.MaxTokens(), len(progs)); err == nil {
+		if r.sample, err = dev.newHead("gemma3_sample", headSampler(samplerFeatures{}, r.textVocab), len(progs)); err == nil {
+			if r.full, err = dev.newHead("gemma3_sample_full", headSampler(fullFeatures, r.textVocab), len(progs)); err == nil {
+				r.prompt, err = dev.newHead("gemma3_prompt_logprobs", headPromptLogprobs(r.textVocab), len(progs))
+			}
+		}
+	}
+	if err != nil {
+		r.close()
+		return nil, err
+	}
+	return r, nil
 }
 
 // resetPools replaces the pools after a failed step lost them (they were donated).
 func (r *runner) resetPools() error { return r.dev.allocPools(r.layout) }
 
 func (r *runner) close() {
-	for _, p := range r.programs {
-		p.finalize()
+	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.prompt} {
+		if p != nil {
+			p.finalize()
+		}
 	}
 	r.dev.freePools()
 }
 
-func (r *runner) program(f samplerFeatures) (program, error) {
-	if p, ok := r.programs[f]; ok {
-		return p, nil
+// counts returns (programs compiled, of which after start-up).
+func (r *runner) counts() (int64, int64) { return r.numCompiled.Load(), r.servingCompilations.Load() }
+
+// use records that program p runs now; the first use of a program that start-up did not
+// compile is a serving-time compilation.
+func (r *runner) use(p plan.Program) {
+	if r.compiled[p] {
+		return
 	}
-	p, err := r.dev.newProgram(f.numInputs(), buildSampler(f, r.textVocab))
-	if err != nil {
-		return nil, err
+	r.compiled[p] = true
+	r.numCompiled.Add(1)
+	r.servingCompilations.Add(1)
+	if r.precompiled {
+		r.log.Error("BUG: a program outside the precompiled set compiles while serving", "program", p.String())
+	} else {
+		r.log.Info("compiling a program on first use", "program", p.String())
 	}
-	r.programs[f] = p
-	return p, nil
 }
 
 // pow2 rounds n up to a power of two (at least lo).
@@ -79,134 +147,182 @@ func pow2(n, lo int) int {
 	return 1 << bits.Len(uint(n-1))
 }
 
-// bucket pads a step's needs to a bucket: powers of two on every axis; a step of one-token
-// decodes runs rows of 1 query, anything else rows of segLen queries.
-func (r *runner) bucket(chunks []model.SeqChunk) model.BatchShape {
-	return bucketFor(r.cfg, r.layout, r.segLen, chunks)
-}
-
-func bucketFor(cfg *model.Config, layout model.KVLayout, segLen int, chunks []model.SeqChunk) model.BatchShape {
-	decode := true
+// shapeOf maps a step's chunks to their member of the step set.
+func (r *runner) shapeOf(chunks []model.SeqChunk) (model.BatchShape, error) {
+	tokens, pages := 0, 1
 	for _, c := range chunks {
-		decode = decode && len(c.Tokens) == 1
+		tokens += len(c.Tokens)
+		pages = max(pages, (c.StartPos+len(c.Tokens)+r.layout.PageSize-1)/r.layout.PageSize)
 	}
-	q := segLen
-	if decode {
-		q = 1
+	s, ok := r.set.StepFor(tokens, pages)
+	if !ok {
+		return s, fmt.Errorf("%w: a step of %d tokens over %d pages is outside the step set", ErrSchedulerState, tokens, pages)
 	}
-	need := model.NeededShape(cfg, layout, chunks, q)
-	s := need
-	s.PG = pow2(need.PG, 1)
-	s.N = pow2(need.N, 1)
-	if decode {
-		s.T, s.B = s.N, s.N
-	} else {
-		s.T = pow2(need.T, q)
-		s.B = pow2(need.B, 1)
-	}
-	return s
+	return s, nil
 }
 
-// run executes one step. rows has one entry per chunk; it is padded here.
-func (r *runner) run(chunks []model.SeqChunk, rows *samplerRows, f samplerFeatures) (*stepOutput, error) {
-	shape := r.bucket(chunks)
-	batch, err := model.BuildBatch(r.cfg, r.layout, chunks, shape)
+// run executes one step.
+func (r *runner) run(in *stepInput) (*stepOutput, error) {
+	shape, err := r.shapeOf(in.chunks)
 	if err != nil {
 		return nil, err
 	}
-	rows.pad(shape.N, r.cfg.VocabSize)
-	p, err := r.program(f)
+	batch, err := model.BuildBatch(r.cfg, r.layout, in.chunks, shape)
 	if err != nil {
 		return nil, err
 	}
-	if key := (compiledKey{f, shape}); !r.compiled[key] {
-		r.compiled[key] = true
-		r.log.Info("compiling a step program on first use", "bucket", fmt.Sprintf("%+v", shape), "sampler", fmt.Sprintf("%+v", f))
-	}
-	outs, err := p.run(batch, rows.inputs(f))
+	r.use(plan.Program{Kind: plan.KindStep, Shape: shape})
+	hidden, err := r.forward.run(batch)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		for _, t := range outs {
-			t.FinalizeAll()
+	defer hidden.Finalize()
+	n := len(in.chunks)
+	out := &stepOutput{
+		tokens: make([]int32, n), hasLP: make([]bool, n), chosenLP: make([]float32, n),
+		topIDs: make([]int32, n*maxTopLogprobs), topLP: make([]float32, n*maxTopLogprobs),
+	}
+	offsets := make([]int, n+1)
+	for i, c := range in.chunks {
+		offsets[i+1] = offsets[i] + len(c.Tokens)
+	}
+	lastToken := func(chunk int) int32 { return int32(offsets[chunk+1] - 1) }
+	if len(in.baseChunk) > 0 {
+		outs, err := r.runSampler(r.sample, plan.KindSample, samplerFeatures{}, hidden, in.base, in.baseChunk, lastToken)
+		if err != nil {
+			return nil, err
 		}
-	}()
-	n := len(chunks)
-	res := &stepOutput{tokens: tensors.MustCopyFlatData[int32](outs[0])[:n]}
-	if f.Logprobs {
-		res.chosenLP = tensors.MustCopyFlatData[float32](outs[1])[:n]
-		res.topIDs = tensors.MustCopyFlatData[int32](outs[2])[:n*maxTopLogprobs]
-		res.topLP = tensors.MustCopyFlatData[float32](outs[3])[:n*maxTopLogprobs]
+		toks := tensors.MustCopyFlatData[int32](outs[0])
+		for j, c := range in.baseChunk {
+			out.tokens[c] = toks[j]
+		}
+		finalize(outs)
 	}
-	return res, nil
+	if len(in.fullChunk) > 0 {
+		outs, err := r.runSampler(r.full, plan.KindSampleFull, fullFeatures, hidden, in.full, in.fullChunk, lastToken)
+		if err != nil {
+			return nil, err
+		}
+		toks := tensors.MustCopyFlatData[int32](outs[0])
+		chosen := tensors.MustCopyFlatData[float32](outs[1])
+		ids := tensors.MustCopyFlatData[int32](outs[2])
+		lps := tensors.MustCopyFlatData[float32](outs[3])
+		for j, c := range in.fullChunk {
+			out.tokens[c], out.hasLP[c], out.chosenLP[c] = toks[j], true, chosen[j]
+			copy(out.topIDs[c*maxTopLogprobs:(c+1)*maxTopLogprobs], ids[j*maxTopLogprobs:])
+			copy(out.topLP[c*maxTopLogprobs:(c+1)*maxTopLogprobs], lps[j*maxTopLogprobs:])
+		}
+		finalize(outs)
+	}
+	if m := len(in.prompt.chunk); m > 0 {
+		rows, ok := r.set.RowsFor(plan.KindPromptLogprobs, m)
+		if !ok {
+			return nil, fmt.Errorf("%w: %d prompt positions to score, the step set scores at most %d", ErrSchedulerState, m, r.set.MaxPromptRows())
+		}
+		idx := make([]int32, rows)
+		target := make([]int32, rows)
+		for j := range in.prompt.chunk {
+			idx[j] = int32(offsets[in.prompt.chunk[j]] + in.prompt.offset[j])
+			target[j] = in.prompt.target[j]
+		}
+		r.use(plan.Program{Kind: plan.KindPromptLogprobs, Rows: rows})
+		outs, err := r.prompt.run(hidden, []any{tensors.FromFlatDataAndDimensions(idx, rows), tensors.FromFlatDataAndDimensions(target, rows)})
+		if err != nil {
+			return nil, err
+		}
+		out.prompt.chosen = tensors.MustCopyFlatData[float32](outs[0])[:m]
+		out.prompt.topIDs = tensors.MustCopyFlatData[int32](outs[1])[:m*maxTopLogprobs]
+		out.prompt.topLP = tensors.MustCopyFlatData[float32](outs[2])[:m*maxTopLogprobs]
+		finalize(outs)
+	}
+	return out, nil
 }
 
-// precompile compiles the plain-sampler program for every decode bucket (1…maxSeqs
-// sequences × page-table widths) and every single-sequence prefill bucket, logging progress.
-func (r *runner) precompile(maxSeqs, maxBatched, maxModelLen int) error {
-	p, err := r.program(samplerFeatures{})
+// runSampler pads rows to their bucket and runs one sampler program.
+func (r *runner) runSampler(p headProgram, kind plan.ProgramKind, f samplerFeatures, hidden hiddenStates, rows *samplerRows, chunkOf []int, token func(int) int32) ([]*tensors.Tensor, error) {
+	n, ok := r.set.RowsFor(kind, len(chunkOf))
+	if !ok {
+		return nil, fmt.Errorf("%w: %d %s rows, the step set holds at most %d", ErrSchedulerState, len(chunkOf), kind, r.set.Options().MaxNumSeqs)
+	}
+	idx := make([]int32, n)
+	for j, c := range chunkOf {
+		idx[j] = token(c)
+	}
+	r.padRows(rows, n, f)
+	r.use(plan.Program{Kind: kind, Rows: n})
+	return p.run(hidden, append([]any{tensors.FromFlatDataAndDimensions(idx, n)}, rows.inputs(f)...))
+}
+
+// padRows pads rows to n, with the full sampler's fixed list widths.
+func (r *runner) padRows(rows *samplerRows, n int, f samplerFeatures) {
+	rows.padFixed(n, r.cfg.VocabSize, listWidths{out: r.listWidth, prompt: r.listWidth, banned: maxBannedTokens, bias: MaxLogitBias}, f)
+}
+
+func finalize(ts []*tensors.Tensor) {
+	for _, t := range ts {
+		t.FinalizeAll()
+	}
+}
+
+// precompile compiles every program of the set before serving, logging progress.
+func (r *runner) precompile() error {
+	progs := r.set.Programs()
+	hidden, err := r.dev.zeroHidden(r.set.MaxTokens())
 	if err != nil {
 		return err
 	}
-	var shapes []model.BatchShape
-	maxPG := pow2((maxModelLen+r.layout.PageSize-1)/r.layout.PageSize, 1)
-	for pg := 1; pg <= maxPG; pg *= 2 {
-		for n := 1; n <= pow2(maxSeqs, 1); n *= 2 {
-			shapes = append(shapes, model.BatchShape{T: n, B: n, Q: 1, PG: pg, PS: model.SlidingPagesPerRow(r.cfg, r.layout.PageSize, 1), N: n})
-		}
-		for t := r.segLen; t <= pow2(maxBatched, r.segLen); t *= 2 {
-			shapes = append(shapes, model.BatchShape{T: t, B: t / r.segLen, Q: r.segLen, PG: pg, PS: model.SlidingPagesPerRow(r.cfg, r.layout.PageSize, r.segLen), N: 1})
-		}
-	}
+	defer hidden.Finalize()
 	start, last := time.Now(), time.Now()
-	for i, s := range shapes {
-		rows := &samplerRows{}
-		rows.pad(s.N, r.cfg.VocabSize)
-		if err := p.precompile(model.ZeroBatch(s), rows.inputs(samplerFeatures{})); err != nil {
-			return err
+	for i, p := range progs {
+		var err error
+		switch p.Kind {
+		case plan.KindStep:
+			err = r.forward.precompile(model.ZeroBatch(p.Shape))
+		case plan.KindSample, plan.KindSampleFull:
+			f, prog := samplerFeatures{}, r.sample
+			if p.Kind == plan.KindSampleFull {
+				f, prog = fullFeatures, r.full
+			}
+			rows := &samplerRows{}
+			r.padRows(rows, p.Rows, f)
+			err = prog.precompile(hidden, append([]any{tensors.FromFlatDataAndDimensions(make([]int32, p.Rows), p.Rows)}, rows.inputs(f)...))
+		case plan.KindPromptLogprobs:
+			z := make([]int32, p.Rows)
+			err = r.prompt.precompile(hidden, []any{tensors.FromFlatDataAndDimensions(z, p.Rows), tensors.FromFlatDataAndDimensions(z, p.Rows)})
 		}
-		r.compiled[compiledKey{samplerFeatures{}, s}] = true
-		if time.Since(last) > 2*time.Second || i == len(shapes)-1 {
+		if err != nil {
+			return fmt.Errorf("compiling %s: %w", p, err)
+		}
+		if !r.compiled[p] {
+			r.compiled[p] = true
+			r.numCompiled.Add(1)
+		}
+		if time.Since(last) > 2*time.Second || i == len(progs)-1 {
 			last = time.Now()
-			r.log.Info("compiling step programs", "done", i+1, "total", len(shapes), "elapsed", time.Since(start).Round(time.Millisecond))
+			elapsed := time.Since(start)
+			left := time.Duration(float64(elapsed) / float64(i+1) * float64(len(progs)-i-1))
+			r.log.Info(fmt.Sprintf("compiling step programs %d/%d, %s, about %s left", i+1, len(progs), elapsed.Round(time.Second), left.Round(time.Second)),
+				"done", i+1, "total", len(progs), "elapsed", elapsed.Round(time.Millisecond))
 		}
 	}
+	r.precompiled = true
 	return nil
 }
 
-// pad extends every per-row array to n rows with inert rows (greedy, no penalties) and
-// fixes the token-list widths (padding entries are the vocabulary size: counted nowhere).
-func (rows *samplerRows) pad(n, vocab int) {
-	for len(rows.Temperature) < n {
-		rows.Temperature = append(rows.Temperature, 0)
-		rows.RNGKey = append(rows.RNGKey, 0)
-		rows.RNGCounter = append(rows.RNGCounter, 0)
-		rows.TopK = append(rows.TopK, 0)
-		rows.TopP = append(rows.TopP, 1)
-		rows.MinP = append(rows.MinP, 0)
-		rows.Presence = append(rows.Presence, 0)
-		rows.Frequency = append(rows.Frequency, 0)
-		rows.Repetition = append(rows.Repetition, 1)
+// headSampler is the sampler as a head program: its first extra input is the hidden-state
+// row of each sampling row, the rest are buildSampler's.
+func headSampler(f samplerFeatures, textVocab int) model.HeadFn {
+	sampler := buildSampler(f, textVocab)
+	return func(logits func(idx *graph.Node) *graph.Node, extra []*graph.Node) []*graph.Node {
+		return sampler(logits(extra[0]), extra[1:])
 	}
-	rows.OutputTokens, rows.L = padLists(rows.outLists, n, vocab)
-	rows.PromptTokens, rows.Lp = padLists(rows.promptLists, n, vocab)
-	rows.Banned, rows.Lb = padLists(rows.bannedLists, n, vocab)
 }
 
-// padLists lays out per-row token lists as [n, L] with L a power of two.
-func padLists(lists [][]int32, n, vocab int) ([]int32, int) {
-	longest := 0
-	for _, l := range lists {
-		longest = max(longest, len(l))
+// headPromptLogprobs scores prompt positions: inputs rows [P] and the next prompt token
+// [P]; outputs that token's logprob [P] and the top maxTopLogprobs ids [P, 20] and
+// logprobs [P, 20], over the text vocabulary, from the raw logits (as vLLM reports them).
+func headPromptLogprobs(textVocab int) model.HeadFn {
+	return func(logits func(idx *graph.Node) *graph.Node, extra []*graph.Node) []*graph.Node {
+		return logprobOutputs(logits(extra[0]), extra[1], textVocab)
 	}
-	L := pow2(longest, 1)
-	out := make([]int32, n*L)
-	for i := range out {
-		out[i] = int32(vocab)
-	}
-	for i, l := range lists {
-		copy(out[i*L:], l)
-	}
-	return out, L
 }

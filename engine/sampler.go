@@ -7,14 +7,19 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 )
 
-// samplerFeatures selects the parts of the on-device sampler a step needs. Each
-// combination is its own compiled program, so a batch of greedy requests never pays for
-// top-p bisection or top-20 logprobs.
+// samplerFeatures selects the parts of the on-device sampler a program holds. The engine
+// builds two: the plain sampler (greedy and temperature) that every sampling row runs, and
+// the full one (every feature) that only the rows asking for a feature run, so a batch of
+// greedy requests never pays for another request's top-p bisection or top-20 logprobs.
 type samplerFeatures struct {
 	Penalties bool // presence/frequency/repetition penalties and banned tokens (min_tokens)
 	Filters   bool // top-k, top-p, min-p
 	Logprobs  bool // chosen-token logprob and the top maxTopLogprobs alternatives
+	Bias      bool // logit_bias: per-row (token id, bias) pairs added before everything else
 }
+
+// fullFeatures is the full sampler's feature set.
+var fullFeatures = samplerFeatures{Penalties: true, Filters: true, Logprobs: true, Bias: true}
 
 // maxTopLogprobs is the most alternatives a request may ask for (OpenAI's limit).
 const maxTopLogprobs = 20
@@ -38,6 +43,9 @@ func (f samplerFeatures) numInputs() int {
 	if f.Filters {
 		n += 3
 	}
+	if f.Bias {
+		n += 2
+	}
 	return n
 }
 
@@ -60,8 +68,19 @@ type samplerRows struct {
 	// min_tokens), padded with the vocabulary size.
 	Banned []int32
 	Lb     int
-	// The unpadded per-row lists that pad lays out into the three arrays above.
+	// BiasIDs and BiasValues [N·Lg] are logit_bias entries (padding id = vocabulary size).
+	BiasIDs    []int32
+	BiasValues []float32
+	Lg         int
+	// The unpadded per-row lists that pad lays out into the arrays above.
 	outLists, promptLists, bannedLists [][]int32
+	biasLists                          []logitBias
+}
+
+// logitBias is one row's logit_bias entries.
+type logitBias struct {
+	ids    []int32
+	values []float32
 }
 
 // inputs returns the program's extra inputs for rows, in the order buildSampler reads them.
@@ -89,6 +108,12 @@ func (r *samplerRows) inputs(f samplerFeatures) []any {
 			tensors.FromFlatDataAndDimensions(r.MinP, n),
 		)
 	}
+	if f.Bias {
+		in = append(in,
+			tensors.FromFlatDataAndDimensions(r.BiasIDs, n, r.Lg),
+			tensors.FromFlatDataAndDimensions(r.BiasValues, n, r.Lg),
+		)
+	}
 	return in
 }
 
@@ -111,6 +136,12 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 		valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
 		logits = Where(valid, logits, BroadcastToDims(negInf, N, V))
 		raw := logits
+		if f.Bias {
+			// logit_bias is added before penalties and sampling, as vLLM's logits
+			// processors do; logprobs stay the raw model's. Its inputs come last.
+			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
+			logits = Add(logits, tokenSums(extra[at], extra[at+1], N, V))
+		}
 
 		if f.Penalties {
 			presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
@@ -165,19 +196,31 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 		if !f.Logprobs {
 			return []*Node{tokens}
 		}
-		lp := LogSoftmax(raw, -1)
-		chosen := ReduceSum(Where(Equal(vocabIota, InsertAxes(tokens, -1)), lp, ZerosLike(lp)), -1)
-		topIDs := make([]*Node, maxTopLogprobs)
-		topVals := make([]*Node, maxTopLogprobs)
-		masked := lp
-		for i := 0; i < maxTopLogprobs; i++ {
-			id := ArgMax(masked, -1, dtypes.Int32)
-			topIDs[i] = InsertAxes(id, -1)
-			topVals[i] = ReduceAndKeep(masked, ReduceMax, -1)
-			masked = Where(Equal(vocabIota, InsertAxes(id, -1)), BroadcastToDims(negInf, N, V), masked)
-		}
-		return []*Node{tokens, chosen, Concatenate(topIDs, -1), Concatenate(topVals, -1)}
+		return append([]*Node{tokens}, logprobOutputs(raw, tokens, textVocab)...)
 	}
+}
+
+// logprobOutputs are, for raw logits [N, V] and chosen ids [N], the chosen ids' logprobs
+// [N] and the top maxTopLogprobs ids [N, 20] int32 and logprobs [N, 20], over the text
+// vocabulary (rows at or beyond textVocab are never reported).
+func logprobOutputs(raw, chosenIDs *Node, textVocab int) []*Node {
+	g := raw.Graph()
+	N, V := raw.Shape().Dimensions[0], raw.Shape().Dimensions[1]
+	vocabIota := Iota(g, shapes.Make(dtypes.Int32, N, V), 1)
+	negInf := Infinity(g, dtypes.Float32, -1)
+	valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
+	lp := LogSoftmax(Where(valid, raw, BroadcastToDims(negInf, N, V)), -1)
+	chosen := ReduceSum(Where(Equal(vocabIota, InsertAxes(chosenIDs, -1)), lp, ZerosLike(lp)), -1)
+	topIDs := make([]*Node, maxTopLogprobs)
+	topVals := make([]*Node, maxTopLogprobs)
+	masked := lp
+	for i := 0; i < maxTopLogprobs; i++ {
+		id := ArgMax(masked, -1, dtypes.Int32)
+		topIDs[i] = InsertAxes(id, -1)
+		topVals[i] = ReduceAndKeep(masked, ReduceMax, -1)
+		masked = Where(Equal(vocabIota, InsertAxes(id, -1)), BroadcastToDims(negInf, N, V), masked)
+	}
+	return []*Node{chosen, Concatenate(topIDs, -1), Concatenate(topVals, -1)}
 }
 
 // bisect finds, per row, the largest threshold t in [zmax−bisectionRange, zmax] for which
@@ -193,6 +236,23 @@ func bisect(zmax *Node, ok func(t *Node) *Node) *Node {
 	}
 	// hi itself may qualify (e.g. k = 1 keeps exactly the maximum).
 	return Where(ok(hi), hi, lo)
+}
+
+// tokenSums adds values [N, L] at token ids [N, L] (padding = V) into [N, V] float32.
+func tokenSums(ids, values *Node, N, V int) *Node {
+	g := ids.Graph()
+	L := ids.Shape().Dimensions[1]
+	rows := Iota(g, shapes.Make(dtypes.Int32, N, L), 0)
+	idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(ids, -1)}, -1) // [N, L, 2]
+	sums := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, V+1)), idx, values, false, false)
+	return Slice(sums, AxisRange(), AxisRange(0, V))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // tokenCounts counts token ids [N, L] (padding = V) into [N, V] float32.
@@ -243,4 +303,72 @@ func hash32Host(x uint32) uint32 {
 	x *= 0x846ca68b
 	x ^= x >> 16
 	return x
+}
+
+// listWidths are the fixed widths of the full sampler's per-row lists.
+type listWidths struct{ out, prompt, banned, bias int }
+
+// padFixed extends every per-row array to n rows with inert rows (greedy, no penalties)
+// and lays the token lists out at the widths w (padding entries are the vocabulary size:
+// counted nowhere). Lists a program with features f does not read get width 1.
+func (rows *samplerRows) padFixed(n, vocab int, w listWidths, f samplerFeatures) {
+	for len(rows.Temperature) < n {
+		rows.Temperature = append(rows.Temperature, 0)
+		rows.RNGKey = append(rows.RNGKey, 0)
+		rows.RNGCounter = append(rows.RNGCounter, 0)
+		rows.TopK = append(rows.TopK, 0)
+		rows.TopP = append(rows.TopP, 1)
+		rows.MinP = append(rows.MinP, 0)
+		rows.Presence = append(rows.Presence, 0)
+		rows.Frequency = append(rows.Frequency, 0)
+		rows.Repetition = append(rows.Repetition, 1)
+	}
+	if !f.Penalties {
+		w.out, w.prompt, w.banned = 1, 1, 1
+	}
+	if !f.Bias {
+		w.bias = 1
+	}
+	rows.OutputTokens, rows.L = padLists(rows.outLists, n, w.out, vocab)
+	rows.PromptTokens, rows.Lp = padLists(rows.promptLists, n, w.prompt, vocab)
+	rows.Banned, rows.Lb = padLists(rows.bannedLists, n, w.banned, vocab)
+	rows.BiasIDs = make([]int32, n*w.bias)
+	rows.BiasValues = make([]float32, n*w.bias)
+	rows.Lg = w.bias
+	for i := range rows.BiasIDs {
+		rows.BiasIDs[i] = int32(vocab)
+	}
+	for i, b := range rows.biasLists {
+		copy(rows.BiasIDs[i*w.bias:(i+1)*w.bias], b.ids)
+		copy(rows.BiasValues[i*w.bias:(i+1)*w.bias], b.values)
+	}
+}
+
+// padLists lays out per-row token lists as [n, width] (each list at most width long).
+func padLists(lists [][]int32, n, width, vocab int) ([]int32, int) {
+	out := make([]int32, n*width)
+	for i := range out {
+		out[i] = int32(vocab)
+	}
+	for i, l := range lists {
+		copy(out[i*width:(i+1)*width], l)
+	}
+	return out, width
+}
+
+// addRow appends one row's parameters (lists unpadded) to rows.
+func (rows *samplerRows) addRow(p *SamplingParams, key, counter uint32, out, prompt, banned []int32, bias logitBias) {
+	rows.Temperature = append(rows.Temperature, p.Temperature)
+	rows.RNGKey = append(rows.RNGKey, key)
+	rows.RNGCounter = append(rows.RNGCounter, counter)
+	rows.TopK = append(rows.TopK, int32(p.TopK))
+	rows.TopP = append(rows.TopP, p.TopP)
+	rows.MinP = append(rows.MinP, p.MinP)
+	rows.Presence = append(rows.Presence, p.PresencePenalty)
+	rows.Frequency = append(rows.Frequency, p.FrequencyPenalty)
+	rows.Repetition = append(rows.Repetition, p.RepetitionPenalty)
+	rows.outLists = append(rows.outLists, out)
+	rows.promptLists = append(rows.promptLists, prompt)
+	rows.bannedLists = append(rows.bannedLists, banned)
+	rows.biasLists = append(rows.biasLists, bias)
 }

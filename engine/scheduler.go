@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 
 	"github.com/tpuserve/tpuserve/kvcache"
 )
@@ -45,6 +46,9 @@ type SchedulerConfig struct {
 	// DisableChunkedPrefill makes a prompt (or a recomputation after preemption) run in
 	// one step; it then requires MaxNumBatchedTokens >= MaxModelLen.
 	DisableChunkedPrefill bool
+	// MaxPromptLogprobRows caps the prompt positions scored in one step (prompt logprobs),
+	// the rows of the step set's prompt-scoring program; 0 means no cap.
+	MaxPromptLogprobRows int
 	// Logger receives preemption and admission debug lines (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -97,8 +101,11 @@ type seqState struct {
 	order        uint64 // Add order: the FCFS tie-break
 	status       seqStatus
 	admitted     bool // admitted by the current Schedule call
-	heapIndex    int
-	kv           kvcache.Seq
+	// promptLP: the request scores its prompt, so every prompt position is computed (no
+	// prefix-cache hit) and its chunks fit the step's prompt-scoring rows.
+	promptLP  bool
+	heapIndex int
+	kv        kvcache.Seq
 }
 
 // Scheduler decides, step by step, which requests run and how many tokens each computes,
@@ -226,6 +233,7 @@ func (s *Scheduler) Add(req *Request) error {
 		numCached: -1,
 		priority:  req.Priority,
 		order:     s.nextOrd,
+		promptLP:  req.Params.PromptLogprobs != nil,
 	}
 	s.nextOrd++
 	s.reqs[r.id] = r
@@ -243,12 +251,16 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 	}
 	plan := &StepPlan{PageSize: s.kv.PageSize(), Preempted: s.planPre[:0]}
 	budget := s.cfg.MaxNumBatchedTokens
+	promptBudget := s.cfg.MaxPromptLogprobRows
+	if promptBudget == 0 {
+		promptBudget = math.MaxInt
+	}
 	s.scheduled = s.scheduled[:0]
 
 	// Running requests first, in admission order.
 	for i := 0; i < len(s.running) && budget > 0; {
 		r := s.running[i]
-		n := s.numNewTokens(r, budget)
+		n := s.capPromptRows(r, r.numComputed, s.numNewTokens(r, budget), promptBudget)
 		if n == 0 {
 			i++
 			continue
@@ -279,6 +291,7 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 		}
 		r.numScheduled = n
 		budget -= n
+		promptBudget -= s.promptRows(r, r.numComputed, n)
 		s.scheduled = append(s.scheduled, r)
 		i++
 	}
@@ -288,7 +301,10 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 	if len(plan.Preempted) == 0 {
 		for s.waiting.Len() > 0 && budget > 0 && len(s.running) < s.cfg.MaxNumSeqs {
 			r := s.waiting.peek()
-			hit := s.kv.Lookup(&r.kv, r.tokens)
+			var hit kvcache.Hit
+			if !r.promptLP {
+				hit = s.kv.Lookup(&r.kv, r.tokens)
+			}
 			computed := hit.NumTokens
 			n := min(len(r.tokens), s.maxComputable(r)) - computed
 			if n <= 0 {
@@ -301,6 +317,9 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 					break
 				}
 				n = min(n, budget, s.maxChunk)
+			}
+			if n = s.capPromptRows(r, computed, n, promptBudget); n == 0 {
+				break // FCFS: the head of the queue waits for the next step's scoring rows
 			}
 			if err := s.kv.Allocate(&r.kv, &hit, computed, n); err != nil {
 				if errors.Is(err, kvcache.ErrNoFreeBlocks) {
@@ -318,6 +337,7 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 			r.admitted = true
 			r.numScheduled = n
 			budget -= n
+			promptBudget -= s.promptRows(r, computed, n)
 			s.running = append(s.running, r)
 			s.scheduled = append(s.scheduled, r)
 		}
@@ -338,6 +358,23 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 func (s *Scheduler) numNewTokens(r *seqState, budget int) int {
 	n := min(len(r.tokens), s.maxComputable(r)) - r.numComputed
 	return max(0, min(n, budget, s.maxChunk))
+}
+
+// promptRows is how many prompt positions a prompt-scoring request scores when it
+// computes n tokens from position start: positions p whose next token is a prompt token.
+func (s *Scheduler) promptRows(r *seqState, start, n int) int {
+	if !r.promptLP {
+		return 0
+	}
+	return max(0, min(start+n, r.numPrompt-1)-start)
+}
+
+// capPromptRows cuts n so that r's scored prompt positions fit budget.
+func (s *Scheduler) capPromptRows(r *seqState, start, n, budget int) int {
+	if s.promptRows(r, start, n) <= budget {
+		return n
+	}
+	return max(0, budget)
 }
 
 // maxComputable is the most positions whose KV r may compute: a request stops once it
@@ -484,6 +521,23 @@ func (s *Scheduler) UpdateFromOutput(plan *StepPlan, sampled []int32) (lengthCap
 	clear(s.pendingSeqs)
 	s.pendingSeqs = s.pendingSeqs[:0]
 	return lengthCapped, nil
+}
+
+// Abandon retires the pending plan of a step that failed on the device: nothing is
+// committed — no K/V counted as computed, no prefix-cache hash registered, no token
+// appended — so the requests' state is what it was before the step. The blocks allocated
+// for the step stay in the tables until the requests are finished or preempted.
+func (s *Scheduler) Abandon(plan *StepPlan) error {
+	if plan == nil || plan != s.pending {
+		return fmt.Errorf("%w: Abandon of a plan that is not the pending one", ErrSchedulerState)
+	}
+	s.pending = nil
+	for _, r := range s.pendingSeqs {
+		r.numScheduled = 0
+	}
+	clear(s.pendingSeqs)
+	s.pendingSeqs = s.pendingSeqs[:0]
+	return nil
 }
 
 // Finish removes a request for any reason (stop, length, abort, client gone) and frees its

@@ -473,3 +473,23 @@ func (m *Manager) CheckAllFree() error {
 }
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// ResetPrefixCache forgets every cached block (vLLM's reset_prefix_cache): the engine
+// calls it when the device pools were reallocated, so no later lookup can hit a block whose
+// K/V no longer exists. Every block must be free; otherwise it returns an error wrapping
+// ErrInvalid and changes nothing.
+func (m *Manager) ResetPrefixCache() error {
+	for _, p := range []*blockPool{m.global, m.sliding} {
+		if p != nil && p.numFree != p.usable() {
+			return fmt.Errorf("%w: reset of the prefix cache with %d blocks in use", ErrInvalid, p.usable()-p.numFree)
+		}
+	}
+	for _, p := range []*blockPool{m.global, m.sliding} {
+		if p != nil {
+			if err := p.resetCache(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

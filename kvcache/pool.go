@@ -183,3 +183,19 @@ func (p *blockPool) check() error {
 	}
 	return nil
 }
+
+// resetCache forgets every cached hash (the blocks' contents are gone). It refuses while
+// any block is in use: a running sequence's registered blocks would lose their hashes.
+func (p *blockPool) resetCache() error {
+	if p.numFree != p.usable() {
+		return fmt.Errorf("%w: %d blocks still in use", ErrInvalid, p.usable()-p.numFree)
+	}
+	for id := range p.blocks {
+		p.blocks[id].hashed = false
+		p.blocks[id].hash = BlockHash{}
+	}
+	if p.cache != nil {
+		clear(p.cache)
+	}
+	return nil
+}

@@ -55,7 +55,7 @@ type BatchShape struct {
 	Q  int // queries per row
 	PG int // global pages per row
 	PS int // sliding pages per row
-	N  int // logits rows
+	N  int // logits rows (0: the program computes no logits; the engine's step programs)
 }
 
 // Batch is a step's host-side inputs, padded to a BatchShape.
@@ -117,7 +117,7 @@ func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShap
 
 // Fits reports whether need fits in s (with the same row length).
 func (s BatchShape) Fits(need BatchShape) bool {
-	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.PG <= s.PG && need.PS <= s.PS && need.N <= s.N
+	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.PG <= s.PG && need.PS <= s.PS && (s.N == 0 || need.N <= s.N)
 }
 
 // BuildBatch checks seqs against the config and layout and lays them out padded to shape.
@@ -203,7 +203,7 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 			b.SlotsSliding[t] = sq.SlidingBlocks[lb-sq.SlidingFirstBlock]*int32(ps) + int32(pos%ps)
 			b.GridIndex[row*shape.Q+q%shape.Q] = int32(t)
 			b.TokenCell[t] = int32(row*shape.Q + q%shape.Q)
-			if sq.AllLogits || q == len(sq.Tokens)-1 {
+			if shape.N > 0 && (sq.AllLogits || q == len(sq.Tokens)-1) {
 				b.LogitsIndex[n] = int32(t)
 				b.LogitsRows[i] = append(b.LogitsRows[i], n)
 				n++

@@ -197,7 +197,7 @@ func (s *StepSet) shapeFor(t, pg int) model.BatchShape {
 		b = ceilDiv(t, q) + s.opts.MaxNumSeqs
 	}
 	ps := min(pg, model.SlidingPagesPerRow(s.cfg, s.opts.PageSize, q))
-	return model.BatchShape{T: t, B: b, Q: q, PG: pg, PS: ps, N: 1}
+	return model.BatchShape{T: t, B: b, Q: q, PG: pg, PS: ps}
 }
 
 // Options returns the options with defaults applied.

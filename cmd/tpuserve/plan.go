@@ -26,6 +26,8 @@ type planOutput struct {
 	Memory   *plan.MemoryPlan       `json:"memory,omitempty"`
 	Error    string                 `json:"error,omitempty"`
 	Roofline []*plan.RooflineResult `json:"roofline,omitempty"`
+	// Programs is the closed set of programs the engine compiles at start-up.
+	Programs []plan.Program `json:"programs,omitempty"`
 }
 
 func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
@@ -37,9 +39,10 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	deviceMem := fs.String("device-memory", "16GiB", "memory of one chip (16GiB: a TPU v5e chip); binary units GiB/MiB, decimal GB/MB")
 	dtype := fs.String("dtype", "bf16", "weight format: bf16, f32, or int8 (a what-if: int8 weights with per-row scales, bf16 KV and activations)")
 	maxModelLen := fs.Int("max-model-len", 0, "longest sequence (default min(8192, the model's max positions))")
-	maxSeqs := fs.Int("max-num-seqs", 256, "most sequences running at once (decode bucket size)")
-	maxBatched := fs.Int("max-num-batched-tokens", 8192, "most tokens in one step (prefill bucket size)")
+	maxSeqs := fs.Int("max-num-seqs", 128, "most sequences running at once (the v5e-8 production setting)")
+	maxBatched := fs.Int("max-num-batched-tokens", 2048, "most tokens in one step (the v5e-8 production setting)")
 	pageSize := fs.Int("page-size", 16, "positions per KV block")
+	minTokens := fs.Int("min-token-bucket", 16, "smallest token bucket of the program set (16 on TPU/GPU, 1 on the CPU)")
 	workspace := fs.String("workspace", "1GiB", "per-chip allowance for XLA temporaries, compiled programs and the runtime")
 	seqLen := fs.Int("seq-len", 0, "sequence length the capacity in sequences is given for (default --max-model-len)")
 	asJSON := fs.Bool("json", false, "write the plan as JSON")
@@ -72,7 +75,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	}
 	opts := plan.MemoryOptions{
 		TP: *tp, DeviceMemoryBytes: mem, Format: format, MaxModelLen: *maxModelLen, MaxNumSeqs: *maxSeqs,
-		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen,
+		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen, MinTokens: *minTokens,
 	}
 	var roofs []*plan.RooflineResult
 	if *roofline {
@@ -87,12 +90,15 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 			return nil
 		}
 	}
-	plan, planErr := plan.PlanMemory(&cfg, opts)
-	if planErr != nil && plan == nil {
+	mp, planErr := plan.PlanMemory(&cfg, opts)
+	if planErr != nil && mp == nil {
 		return planErr
 	}
 	if *asJSON {
-		out := planOutput{Model: *modelSpec, Config: cfg, Sharding: plan.Sharding, Memory: plan, Roofline: roofs}
+		out := planOutput{Model: *modelSpec, Config: cfg, Sharding: mp.Sharding, Memory: mp, Roofline: roofs}
+		if set, err := mp.Options.StepSet(&cfg); err == nil {
+			out.Programs = set.Programs()
+		}
 		if planErr != nil {
 			out.Error = planErr.Error()
 		}
@@ -103,7 +109,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 		return planErr
 	}
-	writePlan(stdout, *modelSpec, &cfg, plan, *tensors)
+	writePlan(stdout, *modelSpec, &cfg, mp, *tensors)
 	return planErr
 }
 
@@ -205,8 +211,8 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, 
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  weights\t%s\t(%s for the model)\n", plan.FormatBytes(p.WeightBytesPerChip), plan.FormatBytes(p.WeightBytes))
 	a := p.Activations
-	fmt.Fprintf(tw, "  activations\t%s\tlargest bucket: %s T=%d B=%d Q=%d PG=%d PS=%d N=%d, peak in %s\n", plan.FormatBytes(a.Peak), a.Kind,
-		a.Shape.T, a.Shape.B, a.Shape.Q, a.Shape.PG, a.Shape.PS, a.Shape.N, a.Phase)
+	fmt.Fprintf(tw, "  activations\t%s\tlargest of %d programs: %s T=%d B=%d Q=%d PG=%d PS=%d, peak in %s\n", plan.FormatBytes(a.Peak), p.Programs, a.Kind,
+		a.Shape.T, a.Shape.B, a.Shape.Q, a.Shape.PG, a.Shape.PS, a.Phase)
 	for _, it := range a.Items {
 		if it.Bytes*50 >= a.Peak { // the items that matter
 			fmt.Fprintf(tw, "    %s\t%s\t\n", it.Name, plan.FormatBytes(it.Bytes))

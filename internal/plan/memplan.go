@@ -55,6 +55,10 @@ type MemoryOptions struct {
 	// steps) default to 16, as in the engine.
 	PageSize   int `json:"page_size"`
 	SegmentLen int `json:"segment_len"`
+	// MinTokens is the smallest token bucket of the step set (default 16: accelerators) and
+	// PromptLogprobRows its prompt-scoring rows (default 64), as StepOptions.
+	MinTokens         int `json:"min_tokens"`
+	PromptLogprobRows int `json:"prompt_logprob_rows"`
 	// WorkspaceBytes defaults to DefaultWorkspaceBytes; a negative value means none.
 	WorkspaceBytes int64 `json:"workspace_bytes"`
 	// SeqLen is the sequence length the "sequences" capacity is given for (default
@@ -87,9 +91,12 @@ type MemoryPlan struct {
 
 	WeightBytes        int64 `json:"weight_bytes"`
 	WeightBytesPerChip int64 `json:"weight_bytes_per_chip"`
-	// Activations is the largest bucket's estimate (decode or prefill).
-	Activations    ActivationEstimate `json:"activations"`
-	WorkspaceBytes int64              `json:"workspace_bytes"`
+	// Activations is the estimate of the step-set member with the most live memory (a step
+	// program or the sampler program with the most rows).
+	Activations ActivationEstimate `json:"activations"`
+	// Programs is the size of the closed program set compiled at start-up.
+	Programs       int   `json:"programs"`
+	WorkspaceBytes int64 `json:"workspace_bytes"`
 	// KVBytesPerChip is the KV cache budget to give the engine (per device).
 	KVBytesPerChip int64 `json:"kv_bytes_per_chip"`
 	KVHeadsPerChip int   `json:"kv_heads_per_chip"`
@@ -141,6 +148,12 @@ func (o *MemoryOptions) setDefaults(cfg *model.Config) error {
 	if o.SegmentLen == 0 {
 		o.SegmentLen = 16
 	}
+	if o.MinTokens == 0 {
+		o.MinTokens = 16
+	}
+	if o.PromptLogprobRows == 0 {
+		o.PromptLogprobRows = 64
+	}
 	switch {
 	case o.WorkspaceBytes == 0:
 		o.WorkspaceBytes = DefaultWorkspaceBytes
@@ -173,27 +186,23 @@ func (o *MemoryOptions) setDefaults(cfg *model.Config) error {
 	return nil
 }
 
-// bucketPow2 rounds n up to a power of two, at least lo (the engine's bucket rule).
-func bucketPow2(n, lo int) int {
-	n = max(n, lo, 1)
-	p := 1
-	for p < n {
-		p *= 2
-	}
-	return p
+// StepSet is the closed program set the engine compiles for these options (the plan sizes
+// activations from its largest members).
+func (o MemoryOptions) StepSet(cfg *model.Config) (*StepSet, error) {
+	return NewStepSet(cfg, StepOptions{
+		MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: o.MaxNumBatchedTokens, MaxModelLen: o.MaxModelLen,
+		PageSize: o.PageSize, SegmentLen: o.SegmentLen, MinTokens: o.MinTokens, PromptLogprobRows: o.PromptLogprobRows,
+	})
 }
 
-// LargestBuckets are the largest decode and prefill buckets the engine compiles for the
-// options (engine/runner.go's precompile): decode rows of one query for up to
-// bucketPow2(MaxNumSeqs) sequences, prefill rows of SegmentLen queries for up to
-// bucketPow2(MaxNumBatchedTokens) tokens, both with page tables as wide as bucketPow2(MaxModelLen/PageSize).
-func LargestBuckets(cfg *model.Config, o MemoryOptions) (decode, prefill model.BatchShape) {
-	pg := bucketPow2((o.MaxModelLen+o.PageSize-1)/o.PageSize, 1)
-	n := bucketPow2(o.MaxNumSeqs, 1)
-	decode = model.BatchShape{T: n, B: n, Q: 1, PG: pg, PS: model.SlidingPagesPerRow(cfg, o.PageSize, 1), N: n}
-	t := bucketPow2(o.MaxNumBatchedTokens, o.SegmentLen)
-	prefill = model.BatchShape{T: t, B: t / o.SegmentLen, Q: o.SegmentLen, PG: pg, PS: model.SlidingPagesPerRow(cfg, o.PageSize, o.SegmentLen), N: 1}
-	return decode, prefill
+// SamplerActivations estimates the live memory of the sampler program with the most rows:
+// the logits [rows, V/N] f32 and the full sampler's temporaries (penalty counts and
+// perturbed logits), ×4.
+func SamplerActivations(cfg *model.Config, sp *model.ShardingPlan, rows int) ActivationEstimate {
+	vc := int64(cfg.VocabSize / sp.TP)
+	b := 4 * int64(rows) * vc * 4
+	return ActivationEstimate{Kind: "sampler", Shape: model.BatchShape{N: rows}, Peak: b, Phase: "logits",
+		Items: []NamedBytes{{"logits + sampler temporaries [rows, V/N] f32 x4", b}}}
 }
 
 // StepActivations estimates the live memory of one step of bucket s on one chip. It counts
@@ -273,14 +282,20 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 		Options: opts, Sharding: sp, WeightBytes: sp.WeightBytes, WeightBytesPerChip: sp.WeightBytesPerChip,
 		WorkspaceBytes: opts.WorkspaceBytes, KVHeadsPerChip: sp.KVHeadsPerChip, SeqLen: opts.SeqLen,
 	}
-	decode, prefill := LargestBuckets(cfg, opts)
-	de := StepActivations(cfg, sp, decode, opts.PageSize)
-	de.Kind = "decode"
-	pe := StepActivations(cfg, sp, prefill, opts.PageSize)
-	pe.Kind = "prefill"
-	p.Activations = de
-	if pe.Peak > de.Peak {
-		p.Activations = pe
+	set, err := opts.StepSet(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.Programs = len(set.Programs())
+	p.Activations = SamplerActivations(cfg, sp, max(opts.MaxNumSeqs, set.MaxPromptRows()))
+	for _, s := range set.LargestSteps() {
+		e := StepActivations(cfg, sp, s, opts.PageSize)
+		e.Kind = "step"
+		e.Items = append(e.Items, NamedBytes{"hidden states left for the sampler [Tmax, H]", int64(set.MaxTokens()) * int64(cfg.HiddenSize) * int64(opts.Format.ComputeBytes())})
+		e.Peak += e.Items[len(e.Items)-1].Bytes
+		if e.Peak > p.Activations.Peak {
+			p.Activations = e
+		}
 	}
 	elem := opts.Format.ComputeBytes()
 	p.SeqKVBytesPerChip = SeqKVBytes(cfg, opts.SeqLen, sp.KVHeadsPerChip, elem)

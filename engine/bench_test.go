@@ -188,3 +188,81 @@ func BenchmarkGenerateTiny(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSamplerIsolation: 16 greedy requests decoding together on the tiny model (the
+// real 262k vocabulary), alone and with one of them asking for top-p or logprobs: the
+// others' time per token (ms/token of the greedy requests) must not follow the feature —
+// only the row that asks runs the full sampler. Compare the sub-benchmarks' ms/token.
+func BenchmarkSamplerIsolation(b *testing.B) {
+	cfg, err := model.Preset("tiny")
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := model.RandomWeights(&cfg, dtypes.Float32, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := model.New(backendtest.Backend(b), cfg, w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	e, err := New(Config{Model: m, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip, vocab: int32(cfg.VocabSize)} },
+		Scheduler:  SchedulerConfig{MaxNumSeqs: 16, MaxNumBatchedTokens: 256, MaxModelLen: 128},
+		Precompile: PrecompileAll, KVCacheBytes: 32 << 20, Logger: discardLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	const batch, tokens = 16, 24
+	for _, tc := range []struct {
+		name  string
+		first func(p *SamplingParams)
+	}{
+		{"all greedy", func(*SamplingParams) {}},
+		{"one top-p 0.9", func(p *SamplingParams) { p.Temperature, p.TopP = 1, 0.9 }},
+		{"one logprobs 1", func(p *SamplingParams) { lp := 1; p.Logprobs = &lp }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var greedyTime time.Duration
+			for round := 0; round < b.N; round++ {
+				var wg sync.WaitGroup
+				var mu sync.Mutex
+				var last time.Time
+				t0 := time.Now()
+				for i := 0; i < batch; i++ {
+					prompt := make([]int32, 8)
+					for j := range prompt {
+						prompt[j] = int32(2 + ((round+1)*977+i*131+j*7)%100000)
+					}
+					p := greedyParams(tokens)
+					p.Logprobs = nil
+					if i == 0 {
+						tc.first(&p)
+					}
+					ch, err := e.Submit(context.Background(), Request{ID: fmt.Sprint(tc.name, round, "-", i), PromptIDs: prompt, Params: p})
+					if err != nil {
+						b.Fatal(err)
+					}
+					wg.Add(1)
+					go func(greedy bool) {
+						defer wg.Done()
+						for range ch {
+						}
+						if greedy {
+							now := time.Now()
+							mu.Lock()
+							if now.After(last) {
+								last = now
+							}
+							mu.Unlock()
+						}
+					}(i > 0)
+				}
+				wg.Wait()
+				greedyTime += last.Sub(t0)
+			}
+			b.ReportMetric(float64(greedyTime.Microseconds())/1000/float64(b.N*tokens), "ms/token")
+		})
+	}
+}

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"math/bits"
+
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // the graph DSL reads best unqualified
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -10,7 +12,7 @@ import (
 // samplerFeatures selects the parts of the on-device sampler a program holds. The engine
 // builds two: the plain sampler (greedy and temperature) that every sampling row runs, and
 // the full one (every feature) that only the rows asking for a feature run, so a batch of
-// greedy requests never pays for another request's top-p bisection or top-20 logprobs.
+// greedy requests never pays for another request's top-p search or top-20 logprobs.
 type samplerFeatures struct {
 	Penalties bool // presence/frequency/repetition penalties and banned tokens (min_tokens)
 	Filters   bool // top-k, top-p, min-p
@@ -26,13 +28,6 @@ const maxTopLogprobs = 20
 
 // samplingEps: temperatures below it mean greedy (vLLM's _SAMPLING_EPS).
 const samplingEps = 1e-5
-
-// bisectionSteps of the top-k/top-p threshold search over a logit range of bisectionRange:
-// resolution 80/2³² in log-probability, far below float32 rounding of real logits.
-const (
-	bisectionSteps = 32
-	bisectionRange = 80
-)
 
 // numSamplerInputs is the number of extra program inputs for a feature set.
 func (f samplerFeatures) numInputs() int {
@@ -170,24 +165,26 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 			// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
 			tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
 			tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(negInf, N, 1))
-			// top-k: the largest threshold that still keeps at least k tokens.
+			minPKeep := GreaterOrEqual(z, tau)
+			// Top-k and top-p select on a 30-bit key of z's distance below the row's maximum
+			// (bins of 80/2³⁰ in log-probability, far below float32 rounding of real logits),
+			// found by a few histograms over its digits instead of a 32-step bisection: about a
+			// third of the passes over the vocabulary.
+			key, inRange := selectionKey(z, zmax, valid)
+			// top-k: the smallest key whose tokens at or above it number at least k.
 			k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
-			countAbove := func(t *Node) *Node {
-				return ReduceAndKeep(ConvertDType(GreaterOrEqual(z, t), dtypes.Float32), ReduceSum, -1)
-			}
-			tauK := bisect(zmax, func(t *Node) *Node { return GreaterOrEqual(countAbove(t), k) })
+			kKey := histogramSelect(key, ConvertDType(inRange, dtypes.Float32), k)
 			kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
-			tau = Max(tau, Where(kOn, tauK, BroadcastToDims(negInf, N, 1)))
+			kKeep := Or(LogicalNot(kOn), LessOrEqual(key, kKey))
 			// top-p over the distribution renormalised after min-p and top-k.
-			expZ := Exp(Sub(z, zmax))
-			massAbove := func(t *Node) *Node {
-				return ReduceAndKeep(Where(GreaterOrEqual(z, t), expZ, ZerosLike(expZ)), ReduceSum, -1)
-			}
-			target := Mul(massAbove(tau), InsertAxes(topP, -1))
-			tauP := bisect(zmax, func(t *Node) *Node { return GreaterOrEqual(massAbove(Max(t, tau)), target) })
+			survive := And(And(inRange, minPKeep), kKeep)
+			mass := Where(survive, Exp(Sub(z, zmax)), ZerosLike(z))
+			target := Mul(ReduceAndKeep(mass, ReduceSum, -1), InsertAxes(topP, -1))
+			pKey := histogramSelect(key, mass, target)
 			pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
-			tau = Max(tau, Where(pOn, tauP, BroadcastToDims(negInf, N, 1)))
-			keep = And(keep, GreaterOrEqual(z, tau))
+			pKeep := Or(LogicalNot(pOn), LessOrEqual(key, pKey))
+			keep = And(keep, And(And(minPKeep, kKeep), pKeep))
+			keep = And(keep, Or(inRange, LogicalNot(Or(kOn, pOn))))
 		}
 		gumbel := gumbelNoise(key, counter, N, V)
 		perturbed := Where(keep, Add(z, gumbel), BroadcastToDims(negInf, N, V))
@@ -223,19 +220,71 @@ func logprobOutputs(raw, chosenIDs *Node, textVocab int) []*Node {
 	return []*Node{chosen, Concatenate(topIDs, -1), Concatenate(topVals, -1)}
 }
 
-// bisect finds, per row, the largest threshold t in [zmax−bisectionRange, zmax] for which
-// ok(t) holds, assuming ok is true at the bottom and monotone (true below, false above).
-func bisect(zmax *Node, ok func(t *Node) *Node) *Node {
-	lo := AddScalar(zmax, -bisectionRange)
-	hi := zmax
-	for i := 0; i < bisectionSteps; i++ {
-		mid := MulScalar(Add(lo, hi), 0.5)
-		good := ok(mid)
-		lo = Where(good, mid, lo)
-		hi = Where(good, hi, mid)
+// Selection keys: z within selectionRange of the row's maximum maps to
+// floor((zmax−z)/selectionRange·2³⁰), an int32 in [0, 2³⁰); anything further below (or
+// outside the text vocabulary) is out of range and never kept by top-k or top-p.
+const (
+	selectionRange = 80
+	selectionBits  = 30
+)
+
+func selectionKey(z, zmax, valid *Node) (key, inRange *Node) {
+	g := z.Graph()
+	u := MulScalar(Sub(zmax, z), float64(int64(1)<<selectionBits)/selectionRange)
+	limit := Scalar(g, dtypes.Float32, float32(int64(1)<<selectionBits))
+	inRange = And(valid, LessThan(u, limit))
+	key = ConvertDType(Floor(Where(inRange, u, ZerosLike(u))), dtypes.Int32)
+	key = Where(inRange, key, BroadcastToDims(Scalar(g, dtypes.Int32, int32(1)<<selectionBits), key.Shape().Dimensions...))
+	return key, inRange
+}
+
+// histogramDigits is the bits per histogram level for a vocabulary of v tokens: about
+// log2(v), between 4 and 10, so each level's histogram is no wider than the row.
+func histogramDigits(v int) int {
+	b := bits.Len(uint(max(v, 2) - 1))
+	return min(10, max(4, b))
+}
+
+// histogramSelect returns, per row, the smallest key K [N, 1] such that the weights [N, V]
+// of the tokens with key ≤ K sum to at least target [N, 1] (the largest key reached when
+// none does): levels of 2^b-bin histograms over the key's b-bit digits, most significant
+// first, each level restricted to the bin the previous one chose. Prefix sums over the bins
+// are a product with a triangular matrix.
+func histogramSelect(key, weight, target *Node) *Node {
+	g := key.Graph()
+	N, V := key.Shape().Dimensions[0], key.Shape().Dimensions[1]
+	b := histogramDigits(V)
+	bins := 1 << b
+	levels := (selectionBits + b - 1) / b
+	tri := make([][]float32, bins)
+	for i := range tri {
+		tri[i] = make([]float32, bins)
+		for j := i; j < bins; j++ {
+			tri[i][j] = 1
+		}
 	}
-	// hi itself may qualify (e.g. k = 1 keeps exactly the maximum).
-	return Where(ok(hi), hi, lo)
+	triangle := Const(g, tri)
+	rows := Iota(g, shapes.Make(dtypes.Int32, N, V), 0)
+	binIota := Iota(g, shapes.Make(dtypes.Int32, N, bins), 1)
+	binsN := Scalar(g, dtypes.Int32, int32(bins))
+	prefix := ZerosLike(target)                         // weight of the bins before the chosen ones
+	chosen := Zeros(g, shapes.Make(dtypes.Int32, N, 1)) // the key's digits so far
+	in := GreaterThan(weight, ZerosLike(weight))        // tokens still in the chosen bins
+	for level := levels - 1; level >= 0; level-- {
+		digit := Div(key, Scalar(g, dtypes.Int32, int32(1)<<(b*level)))
+		digit = Sub(digit, Mul(Div(digit, binsN), binsN))
+		w := Where(in, weight, ZerosLike(weight))
+		idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(Where(in, digit, ZerosLike(digit)), -1)}, -1)
+		hist := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, bins)), idx, w, false, false)
+		cum := Add(Einsum("nb,bc->nc", hist, triangle), prefix) // weight up to and including each bin
+		first := ReduceAndKeep(ConvertDType(LessThan(cum, target), dtypes.Int32), ReduceSum, -1)
+		first = Min(first, Scalar(g, dtypes.Int32, int32(bins-1)))
+		atFirst := Equal(binIota, first)
+		prefix = Sub(ReduceAndKeep(Where(atFirst, cum, ZerosLike(cum)), ReduceSum, -1), ReduceAndKeep(Where(atFirst, hist, ZerosLike(hist)), ReduceSum, -1))
+		chosen = Add(Mul(chosen, binsN), first)
+		in = And(in, Equal(digit, first))
+	}
+	return chosen
 }
 
 // tokenSums adds values [N, L] at token ids [N, L] (padding = V) into [N, V] float32.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tpuserve/tpuserve/engine"
 	"github.com/tpuserve/tpuserve/server/proto/enginepb"
@@ -28,6 +30,7 @@ func (s *Server) newGRPC() (*grpc.Server, *health.Server) {
 		limit = 1 << 30
 	}
 	gs := grpc.NewServer(
+		grpc.ForceServerCodec(lenientCodec{}),
 		grpc.MaxRecvMsgSize(int(limit)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
@@ -50,15 +53,52 @@ func (s *Server) setServing(st healthpb.HealthCheckResponse_ServingStatus) {
 	}
 }
 
-// invalidArgumentOnBadMessages wraps a service so that a request message that does not
-// decode is answered InvalidArgument (the client's fault), not grpc-go's Internal.
+// grpc-go answers a request message that does not decode with Internal, and writes that
+// status itself before the handler can change it. The server codec therefore lets the
+// tpuserve service's messages "decode" (empty) and remembers the failure; the service's
+// handlers (invalidArgumentOnBadMessages) turn it into InvalidArgument, the client's fault.
+
+// lenientCodec is the proto codec, except for tpuserve messages that fail to decode.
+type lenientCodec struct{}
+
+// badMessages maps a message that failed to decode to its error, until the handler asks.
+var badMessages sync.Map
+
+func (lenientCodec) Name() string { return "proto" }
+
+func (lenientCodec) Marshal(v any) ([]byte, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("lenientCodec: %T is not a proto message", v)
+	}
+	return proto.Marshal(m)
+}
+
+func (lenientCodec) Unmarshal(data []byte, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("lenientCodec: %T is not a proto message", v)
+	}
+	err := proto.Unmarshal(data, m)
+	if err != nil && m.ProtoReflect().Descriptor().ParentFile().Package() == enginePackage {
+		proto.Reset(m)
+		badMessages.Store(m, err)
+		return nil
+	}
+	return err
+}
+
+var enginePackage = enginepb.File_enginepb_engine_proto.Package()
+
+// invalidArgumentOnBadMessages wraps a service so that a request message that did not
+// decode is answered InvalidArgument.
 func invalidArgumentOnBadMessages(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
 	d := *desc
 	d.Methods = slices.Clone(desc.Methods)
 	for i := range d.Methods {
 		h := d.Methods[i].Handler
 		d.Methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
-			return h(srv, ctx, func(m any) error { return badMessage(dec(m)) }, ic)
+			return h(srv, ctx, func(m any) error { return badMessage(m, dec(m)) }, ic)
 		}
 	}
 	d.Streams = slices.Clone(desc.Streams)
@@ -73,12 +113,11 @@ func invalidArgumentOnBadMessages(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
 
 type badMessageStream struct{ grpc.ServerStream }
 
-func (s badMessageStream) RecvMsg(m any) error { return badMessage(s.ServerStream.RecvMsg(m)) }
+func (s badMessageStream) RecvMsg(m any) error { return badMessage(m, s.ServerStream.RecvMsg(m)) }
 
-// badMessage turns grpc-go's Internal "error unmarshalling request" into InvalidArgument.
-func badMessage(err error) error {
-	if st, ok := status.FromError(err); ok && st.Code() == codes.Internal {
-		return status.Error(codes.InvalidArgument, "malformed request message: "+st.Message())
+func badMessage(m any, err error) error {
+	if bad, ok := badMessages.LoadAndDelete(m); ok && err == nil {
+		return status.Errorf(codes.InvalidArgument, "malformed request message: %v", bad)
 	}
 	return err
 }

@@ -319,6 +319,12 @@ func TestChatRefusalAndFingerprint(t *testing.T) {
 		if chunk["system_fingerprint"] != fp {
 			t.Errorf("chunk without the fingerprint %q: %s", fp, ev)
 		}
+		if choices := chunk["choices"].([]any); len(choices) > 0 {
+			delta := choices[0].(map[string]any)["delta"].(map[string]any)
+			if r, ok := delta["refusal"]; (delta["role"] == "assistant") != (ok && r == nil) {
+				t.Errorf("refusal: null belongs in the role delta only: %s", ev)
+			}
+		}
 	}
 }
 

@@ -245,7 +245,7 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 	// Every choice opens with the assistant role (and the echoed message), as vLLM does.
 	empty := ""
 	for i := range accs {
-		w.data(chunk(chatChoice{Index: i, Delta: &chatDelta{Role: "assistant", Content: &empty}}))
+		w.data(chunk(chatChoice{Index: i, Delta: &chatDelta{Role: "assistant", Content: &empty, Refusal: jsonNull}}))
 		if echo := plan.promptOf(i).echoText; plan.echo && echo != "" {
 			w.data(chunk(chatChoice{Index: i, Delta: &chatDelta{Content: &echo}}))
 		}

@@ -168,7 +168,13 @@ type chatMessageOut struct {
 type chatDelta struct {
 	Role    string  `json:"role,omitempty"`
 	Content *string `json:"content,omitempty"`
+	// Refusal is "refusal": null in a choice's first delta (with the role), as OpenAI
+	// sends it; absent after.
+	Refusal json.RawMessage `json:"refusal,omitempty"`
 }
+
+// jsonNull is a JSON null that omitempty keeps.
+var jsonNull = json.RawMessage("null")
 
 type chatLogprobs struct {
 	Content []chatTokenLogprob `json:"content"`

@@ -304,3 +304,36 @@ func TestServeTokenizerFile(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+// TestServeAdmissionAndPriority: a request with more choices than max-num-seqs +
+// max-queue-len can never be admitted (400, not 429); with fcfs a priority is a 400, with
+// --scheduling-policy priority it is served.
+func TestServeAdmissionAndPriority(t *testing.T) {
+	p := openai.CompletionNewParams{Model: "tiny", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Hi")},
+		MaxTokens: openai.Int(2)}
+	fcfs := startServe(t, func(o *serveOptions) { o.maxNumSeqs, o.maxQueueLen = 2, 1 })
+	client := fcfs.client()
+	for _, tc := range []struct {
+		opt  option.RequestOption
+		want string
+	}{
+		{option.WithJSONSet("n", 4), "can never be admitted"},
+		{option.WithJSONSet("priority", 1), "priority scheduling is not enabled"},
+	} {
+		_, err := client.Completions.New(context.Background(), p, tc.opt)
+		var apiErr *openai.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || !strings.Contains(apiErr.Message, tc.want) {
+			t.Errorf("want 400 %q, got %v", tc.want, err)
+		}
+	}
+	if _, err := client.Completions.New(context.Background(), p, option.WithJSONSet("n", 3)); err != nil {
+		t.Errorf("n=3 within a capacity of 3: %v", err)
+	}
+	fcfs.cancel()
+
+	prio := startServe(t, func(o *serveOptions) { o.schedulingPolicy = "priority" })
+	pc := prio.client()
+	if _, err := pc.Completions.New(context.Background(), p, option.WithJSONSet("priority", 1)); err != nil {
+		t.Errorf("priority with --scheduling-policy priority: %v", err)
+	}
+}

@@ -9,8 +9,18 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego" // the pure-Go CPU backend ("go")
-	_ "github.com/gomlx/gomlx/backends/xla"      // PJRT plugins ("xla:<plugin>")
+	"github.com/gomlx/gomlx/backends/xla"        // PJRT plugins ("xla:<plugin>")
 )
+
+func init() {
+	// gomlx downloads a missing PJRT plugin from the internet by default; TPU nodes often
+	// have no egress, so a start-up must not reach for it unless asked (SetPJRTAutoInstall).
+	xla.EnableAutoInstall(false)
+}
+
+// SetPJRTAutoInstall lets (or stops) an xla: backend download a missing PJRT plugin.
+// It is off by default; serve's --pjrt-auto-install turns it on.
+func SetPJRTAutoInstall(enable bool) { xla.EnableAutoInstall(enable) }
 
 // ErrBackend is wrapped by errors creating a backend.
 var ErrBackend = errors.New("backend")

@@ -43,7 +43,7 @@ func TestConfigParsing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.RMSNormEps != 1e-6 || c.RopeTheta != 1e6 || c.RopeLocalBaseFreq != 1e4 || c.SlidingWindow != 512 ||
+	if c.RMSNormEps != 1e-6 || c.RopeTheta != 1e6 || c.RopeLocalBaseFreq != 1e4 || c.SlidingWindow != 4096 || c.MaxPositionEmbeddings != 131072 ||
 		c.QueryPreAttnScalar != 256 || !c.IsGlobal(0) || c.IsGlobal(1) || c.RopeScalingFactor != 1 {
 		t.Errorf("defaults/layer_types: %+v", c)
 	}
@@ -65,12 +65,12 @@ func TestConfigParsing(t *testing.T) {
 		{`{"model_type":"llama"}`, `model_type "llama"`},
 		{`{"model_type":"gemma3"}`, "text_config is missing"},
 		{`{"model_type":"gemma3","text_config":7}`, "text_config is not an object"},
-		{`{"model_type":"gemma3_text","hidden_size":"big"}`, "field hidden_size"},
-		{`{"model_type":"gemma3_text","hidden_size":0}`, "field hidden_size must be > 0"},
+		{`{"model_type":"gemma3_text","hidden_size":"big","intermediate_size":128,"num_hidden_layers":2}`, "field hidden_size"},
+		{`{"model_type":"gemma3_text","hidden_size":0,"intermediate_size":128,"num_hidden_layers":2}`, "field hidden_size must be > 0"},
 		{`{"model_type":"gemma3_text","num_attention_heads":3,"num_key_value_heads":2}`, "field num_attention_heads (3) must be a multiple"},
 		{`{"model_type":"gemma3_text","head_dim":7}`, "field head_dim must be even"},
-		{`{"model_type":"gemma3_text","num_hidden_layers":2,"layer_types":["full_attention"]}`, "field layer_types has 1 entries"},
-		{`{"model_type":"gemma3_text","num_hidden_layers":1,"layer_types":["chunked"]}`, `field layer_types[0] is "chunked"`},
+		{`{"model_type":"gemma3_text","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"layer_types":["full_attention"]}`, "field layer_types has 1 entries"},
+		{`{"model_type":"gemma3_text","hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"layer_types":["chunked"]}`, `field layer_types[0] is "chunked"`},
 		{`{"model_type":"gemma3_text","rope_scaling":{"rope_type":"yarn","factor":2}}`, `field rope_scaling.rope_type "yarn"`},
 		{`{"model_type":"gemma3_text","rope_scaling":{"rope_type":"linear"}}`, "field rope_scaling.factor is missing"},
 		{`{"model_type":"gemma3_text","final_logit_softcapping":30.0}`, "softcapping"},
@@ -79,6 +79,18 @@ func TestConfigParsing(t *testing.T) {
 		{`{"model_type":"gemma3_text","eos_token_id":"x"}`, "field eos_token_id"},
 		{`{"model_type":"gemma3_text","query_pre_attn_scalar":0}`, "field query_pre_attn_scalar"},
 	}
+	// The cases that test other fields get the required sizes.
+	const sizes = `"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,`
+	for i, tc := range bad {
+		if strings.HasPrefix(tc.json, `{"model_type":"gemma3_text",`) && !strings.Contains(tc.json, "num_hidden_layers") {
+			bad[i].json = strings.Replace(tc.json, `{"model_type":"gemma3_text",`, `{"model_type":"gemma3_text",`+sizes, 1)
+		}
+	}
+	bad = append(bad,
+		struct{ json, want string }{`{"model_type":"gemma3_text","intermediate_size":128,"num_hidden_layers":2}`, "field hidden_size is missing"},
+		struct{ json, want string }{`{"model_type":"gemma3","text_config":{"hidden_size":64,"num_hidden_layers":2}}`, "field intermediate_size is missing"},
+		struct{ json, want string }{`{"model_type":"gemma3_text","hidden_size":64,"intermediate_size":128}`, "field num_hidden_layers is missing"},
+	)
 	for _, tc := range bad {
 		_, err := model.ParseConfig([]byte(tc.json))
 		if err == nil || !errors.Is(err, model.ErrConfig) || !strings.Contains(err.Error(), tc.want) {

@@ -21,7 +21,8 @@ const (
 )
 
 // Config is the text part of a Gemma 3 configuration, as in Hugging Face's
-// Gemma3TextConfig. Fields a hub config omits take Gemma 3's defaults (see DefaultConfig).
+// Gemma3TextConfig. A hub config must give hidden_size, intermediate_size and
+// num_hidden_layers; the other fields it omits take Gemma3TextConfig's defaults.
 type Config struct {
 	VocabSize             int      `json:"vocab_size"`
 	HiddenSize            int      `json:"hidden_size"`
@@ -169,11 +170,14 @@ func ParseConfig(data []byte) (Config, error) {
 	default:
 		return Config{}, fmt.Errorf("%w: field model_type %q is not a Gemma 3 model (want gemma3 or gemma3_text)", ErrConfig, modelType)
 	}
-	c := DefaultConfig()
-	if multimodal {
-		// The multimodal checkpoints' vocabulary has 64 padding rows after the text vocabulary.
-		c.VocabSize = 262208
+	// The model's sizes have no default that fits every Gemma 3: a config without them is
+	// refused, never read as 1B's shapes.
+	for _, name := range requiredFields {
+		if raw, ok := text[name]; !ok || string(raw) == "null" {
+			return Config{}, fmt.Errorf("%w: field %s is missing (Gemma 3's sizes differ per model, so it has no default)", ErrConfig, name)
+		}
 	}
+	c := hubDefaults()
 	if err := decodeFields(text, &c); err != nil {
 		return Config{}, err
 	}
@@ -220,6 +224,21 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// requiredFields must be in every hub config: every published Gemma 3 lists them (the
+// 4B's text_config lists little else).
+var requiredFields = []string{"hidden_size", "intermediate_size", "num_hidden_layers"}
+
+// hubDefaults are the values a hub config.json may omit, as transformers'
+// Gemma3TextConfig defaults them (the 4B checkpoint relies on its num_attention_heads 8,
+// num_key_value_heads 4, head_dim 256 and max_position_embeddings 131072): the
+// 1B-shaped DefaultConfig would silently build another model.
+func hubDefaults() Config {
+	c := DefaultConfig()
+	c.VocabSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim = 262208, 8, 4, 256
+	c.MaxPositionEmbeddings, c.SlidingWindow = 131072, 4096
+	return c
 }
 
 // decodeFields unmarshals the known scalar fields one by one so an error names its field.

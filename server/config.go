@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"time"
 )
@@ -46,6 +47,30 @@ type Config struct {
 	// MaxLogprobs bounds logprobs/top_logprobs (default 20, vLLM's max_logprobs).
 	MaxLogprobs int
 
+	// IdleTimeout closes keep-alive connections idle that long (default 60s).
+	IdleTimeout time.Duration
+	// BodyReadTimeout bounds reading one request's body (default 30s): a slower body is
+	// cut off with 408.
+	BodyReadTimeout time.Duration
+	// MaxHeaderBytes bounds a request's header (default 64 KiB); a bigger one gets 431.
+	MaxHeaderBytes int
+	// MaxTokenizeBodyBytes bounds /tokenize and /detokenize bodies (default 1 MiB), and
+	// MaxTokenizeTokens the tokens they take or return (default 131072).
+	MaxTokenizeBodyBytes int64
+	MaxTokenizeTokens    int
+
+	// QueueCapacity is how many sequences the engine can hold at once, running and waiting
+	// (max-num-seqs + max-queue-len); a request with more choices (prompts × n) can never be
+	// admitted and is refused with 400. 0 = unchecked.
+	QueueCapacity int
+	// PriorityScheduling is --scheduling-policy priority: a request's priority goes to the
+	// engine. Off (fcfs), a non-zero priority is a 400, as in vLLM.
+	PriorityScheduling bool
+	// Defaults are the sampling parameters a request gets when it leaves them out (vLLM's
+	// --generation-config: the checkpoint's generation_config.json); nil fields keep
+	// vLLM's defaults.
+	Defaults GenerationDefaults
+
 	// Version is what /version reports.
 	Version string
 	// Logger receives the server's logs (default slog.Default()).
@@ -61,7 +86,53 @@ const (
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultRetryAfter          = time.Second
 	DefaultMaxLogprobs         = 20
+	DefaultIdleTimeout         = 60 * time.Second
+	DefaultBodyReadTimeout     = 30 * time.Second
+	DefaultMaxHeaderBytes      = 64 << 10
+	DefaultMaxTokenizeBody     = 1 << 20
+	DefaultMaxTokenizeTokens   = 1 << 17
 )
+
+// GenerationDefaults override vLLM's defaults for parameters a request leaves out.
+type GenerationDefaults struct {
+	Temperature       *float64
+	TopK              *int
+	TopP              *float64
+	MinP              *float64
+	RepetitionPenalty *float64
+	// MaxTokens is generation_config.json's max_new_tokens: the default max_tokens where
+	// the endpoint's own default would be larger.
+	MaxTokens *int
+}
+
+// IsZero reports whether no default is set.
+func (d GenerationDefaults) IsZero() bool {
+	return d.Temperature == nil && d.TopK == nil && d.TopP == nil && d.MinP == nil && d.RepetitionPenalty == nil && d.MaxTokens == nil
+}
+
+// LogValue lists the defaults that are set.
+func (d GenerationDefaults) LogValue() slog.Value {
+	var attrs []slog.Attr
+	if d.Temperature != nil {
+		attrs = append(attrs, slog.Float64("temperature", *d.Temperature))
+	}
+	if d.TopK != nil {
+		attrs = append(attrs, slog.Int("top_k", *d.TopK))
+	}
+	if d.TopP != nil {
+		attrs = append(attrs, slog.Float64("top_p", *d.TopP))
+	}
+	if d.MinP != nil {
+		attrs = append(attrs, slog.Float64("min_p", *d.MinP))
+	}
+	if d.RepetitionPenalty != nil {
+		attrs = append(attrs, slog.Float64("repetition_penalty", *d.RepetitionPenalty))
+	}
+	if d.MaxTokens != nil {
+		attrs = append(attrs, slog.Int("max_tokens", *d.MaxTokens))
+	}
+	return slog.GroupValue(attrs...)
+}
 
 // maxChoices bounds prompts × n in one request, so one request cannot flood the engine.
 const maxChoices = 1024
@@ -73,14 +144,19 @@ const maxN = 128
 // MaxModelLen still need setting.
 func DefaultConfig() Config {
 	return Config{
-		Host:                DefaultHost,
-		Port:                DefaultPort,
-		GRPCPort:            DefaultGRPCPort,
-		MaxRequestBodyBytes: DefaultMaxRequestBodyBytes,
-		ShutdownTimeout:     DefaultShutdownTimeout,
-		RetryAfter:          DefaultRetryAfter,
-		MaxLogprobs:         DefaultMaxLogprobs,
-		Version:             "dev",
+		Host:                 DefaultHost,
+		Port:                 DefaultPort,
+		GRPCPort:             DefaultGRPCPort,
+		MaxRequestBodyBytes:  DefaultMaxRequestBodyBytes,
+		ShutdownTimeout:      DefaultShutdownTimeout,
+		RetryAfter:           DefaultRetryAfter,
+		MaxLogprobs:          DefaultMaxLogprobs,
+		IdleTimeout:          DefaultIdleTimeout,
+		BodyReadTimeout:      DefaultBodyReadTimeout,
+		MaxHeaderBytes:       DefaultMaxHeaderBytes,
+		MaxTokenizeBodyBytes: DefaultMaxTokenizeBody,
+		MaxTokenizeTokens:    DefaultMaxTokenizeTokens,
+		Version:              "dev",
 	}
 }
 
@@ -128,6 +204,39 @@ func (c Config) withDefaults(tok Tokenizer) (Config, error) {
 	} else if c.MaxLogprobs < 0 {
 		errs = append(errs, fmt.Errorf("MaxLogprobs: must be positive, got %d", c.MaxLogprobs))
 	}
+	durations := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{{"IdleTimeout", &c.IdleTimeout, DefaultIdleTimeout}, {"BodyReadTimeout", &c.BodyReadTimeout, DefaultBodyReadTimeout}}
+	for _, d := range durations {
+		if *d.v == 0 {
+			*d.v = d.def
+		} else if *d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: must be positive, got %s", d.name, *d.v))
+		}
+	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	} else if c.MaxHeaderBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxHeaderBytes: must be positive, got %d", c.MaxHeaderBytes))
+	}
+	if c.MaxTokenizeBodyBytes == 0 {
+		c.MaxTokenizeBodyBytes = min(DefaultMaxTokenizeBody, c.MaxRequestBodyBytes)
+	} else if c.MaxTokenizeBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxTokenizeBodyBytes: must be positive, got %d", c.MaxTokenizeBodyBytes))
+	}
+	if c.MaxTokenizeTokens == 0 {
+		c.MaxTokenizeTokens = DefaultMaxTokenizeTokens
+	} else if c.MaxTokenizeTokens < 0 {
+		errs = append(errs, fmt.Errorf("MaxTokenizeTokens: must be positive, got %d", c.MaxTokenizeTokens))
+	}
+	if c.QueueCapacity < 0 {
+		errs = append(errs, fmt.Errorf("QueueCapacity: must be >= 0, got %d", c.QueueCapacity))
+	}
+	if err := c.Defaults.check(c.VocabSize); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -150,5 +259,31 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("max_model_len", c.MaxModelLen), slog.Int("vocab_size", c.VocabSize),
 		slog.String("api_key", key), slog.Int64("max_request_body_bytes", c.MaxRequestBodyBytes),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout), slog.Int("max_logprobs", c.MaxLogprobs),
+		slog.Duration("idle_timeout", c.IdleTimeout), slog.Duration("body_read_timeout", c.BodyReadTimeout),
+		slog.Int("max_header_bytes", c.MaxHeaderBytes), slog.Int("queue_capacity", c.QueueCapacity),
+		slog.Bool("priority_scheduling", c.PriorityScheduling), slog.Any("generation_defaults", c.Defaults),
 	)
+}
+
+// check validates the defaults with the ranges requests get, so that a bad
+// generation_config.json fails at start-up rather than in every request.
+func (d GenerationDefaults) check(vocab int) error {
+	bad := func(name string, v any) error {
+		return fmt.Errorf("Defaults: %s = %v is out of range", name, v)
+	}
+	switch {
+	case d.Temperature != nil && !(*d.Temperature >= 0 && *d.Temperature <= 2):
+		return bad("temperature", *d.Temperature)
+	case d.TopP != nil && !(*d.TopP > 0 && *d.TopP <= 1):
+		return bad("top_p", *d.TopP)
+	case d.MinP != nil && !(*d.MinP >= 0 && *d.MinP <= 1):
+		return bad("min_p", *d.MinP)
+	case d.RepetitionPenalty != nil && !(*d.RepetitionPenalty > 0 && *d.RepetitionPenalty <= math.MaxFloat32):
+		return bad("repetition_penalty", *d.RepetitionPenalty)
+	case d.TopK != nil && (*d.TopK < -1 || (vocab > 0 && *d.TopK > vocab)):
+		return bad("top_k", *d.TopK)
+	case d.MaxTokens != nil && *d.MaxTokens < 1:
+		return bad("max_tokens", *d.MaxTokens)
+	}
+	return nil
 }

@@ -5,11 +5,30 @@
 // # HTTP
 //
 // POST /v1/completions (prompt as string, [string], [int] or [[int]]), POST
-// /v1/chat/completions (text content as a string or as parts), both with SSE streaming
-// ("data: {json}" … "data: [DONE]", stream_options.include_usage and vLLM's
-// continuous_usage_stats); GET /v1/models (and /v1/models/{id}) with vLLM's root and
-// max_model_len; GET /health, /ping, /version, /metrics; POST /tokenize and /detokenize as
-// vLLM has them. Parameters are OpenAI's plus vLLM's extras (top_k, min_p,
+// /v1/chat/completions (text content as a string or as parts; message.refusal null and
+// system_fingerprint as OpenAI sends them), both with SSE streaming ("data: {json}" …
+// "data: [DONE]", stream_options.include_usage and vLLM's continuous_usage_stats); POST
+// /v1/responses (responses.go: the Responses API for text, the same chat prompt, named SSE
+// events with sequence numbers, no stored state); GET /v1/models (and /v1/models/{id}) with
+// vLLM's root and max_model_len; GET /health, /ping, /version, /metrics; POST /tokenize and
+// /detokenize as vLLM has them (behind the API key, with 1 MiB bodies and a token limit).
+// The routes of non-generative models (/v1/embeddings, /v1/audio/*, /v1/images/*, rerank,
+// score, pooling, classify) answer 400 "The model does not support … API", as vLLM's.
+//
+// The HTTP server closes idle connections (IdleTimeout), cuts bodies not received within
+// BodyReadTimeout (408), refuses headers over MaxHeaderBytes (431) and POST bodies that are
+// not Content-Type application/json (415: no cross-site form posts); a missing type is
+// refused too, as vLLM's validate_json_request does.
+//
+// # Validation
+//
+// samplingParams validates the sampling parameters of every endpoint, HTTP and gRPC: ranges,
+// the generation defaults (Config.Defaults, vLLM's --generation-config) for what a request
+// leaves out, priority (a 400 unless Config.PriorityScheduling, as vLLM's fcfs), and
+// checkChoices bounds prompts × n by the engine's capacity (a request that can never be
+// admitted is a 400, not a 429 to retry forever). One accumulator per choice (choice.go)
+// collects text, tokens, logprobs, finish and the typed stop reason for the non-streaming,
+// SSE and gRPC answers. Parameters are OpenAI's plus vLLM's extras (top_k, min_p,
 // repetition_penalty, ignore_eos, min_tokens, skip_special_tokens,
 // include_stop_str_in_output, return_tokens_as_token_ids, stop_token_ids, priority,
 // truncate_prompt_tokens, add_special_tokens, add_generation_prompt). n > 1 and batched
@@ -34,7 +53,9 @@
 // vllm_engine.proto): Generate (server stream of chunks, then one complete or error per
 // sample), Abort, GetModelInfo, HealthCheck; plus grpc.health.v1. Validation is the HTTP
 // API's; errors before the stream starts are gRPC statuses (InvalidArgument,
-// ResourceExhausted, Unavailable, …).
+// ResourceExhausted, Unavailable, …). A request message that does not decode is
+// InvalidArgument; server reflection is registered; an engine error ends the stream with an
+// error message and the error's status.
 //
 // # Metrics
 //
@@ -42,13 +63,20 @@
 // vllm:kv_cache_usage_perc and the deprecated vllm:gpu_cache_usage_perc from Engine.Stats at
 // scrape time; histograms of TTFT, inter-token latency, e2e latency, queue, prefill and
 // decode time; counters of prompt and generation tokens and of finished requests by
-// finished_reason), labelled model_name and engine, from a registry of the Server's own.
+// finished_reason; vllm:request_params_n, vllm:request_params_max_tokens,
+// vllm:request_max_num_generation_tokens, and vllm:iteration_tokens_total from an Engine
+// that implements StepObserver), labelled model_name and engine, from a registry of the
+// Server's own; OpenMetrics when the scraper asks for it. Inter-token latency is per token
+// from Event.TokenTimes when the engine stamps them.
 //
 // # Lifecycle and concurrency
 //
-// New validates the Config; Serve listens (or uses injected listeners) and blocks until its
-// context is cancelled, then stops accepting, lets in-flight requests finish within
-// ShutdownTimeout and aborts the rest. Each HTTP or gRPC request runs on its own goroutine;
+// New validates the Config; the Engine may come later (SetEngine): Listen binds the ports
+// first, and until SetEngine /health answers 503, gRPC health NOT_SERVING and generation
+// requests 503. Serve listens (if Listen was not called) and blocks until its context is
+// cancelled, then stops accepting, lets in-flight requests finish within ShutdownTimeout
+// and aborts the rest; health watches and other idle gRPC streams are ended once the
+// requests have drained, without waiting for the timeout. Each HTTP or gRPC request runs on its own goroutine;
 // its context (cancelled when the client goes away, or on the hard stop of a shutdown) is
 // the context its engine requests are submitted with, so a disconnect aborts them at the
 // engine's next step. Requests with several choices use one forwarding goroutine per choice;

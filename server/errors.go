@@ -53,6 +53,8 @@ const (
 	codeUnavailable      = "service_unavailable"
 	codeNotFound         = "not_found"
 	codeMethodNotAllowed = "method_not_allowed"
+	codeUnsupportedMedia = "unsupported_media_type"
+	codeTimeout          = "request_timeout"
 )
 
 // APIError is an error answered to the client as OpenAI's error object:
@@ -131,6 +133,9 @@ func (s *Server) classifyEngineError(requestID string, err error) *APIError {
 	switch {
 	case errors.As(err, &api):
 		return api
+	case errors.Is(err, errEngineLoading):
+		return &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: codeUnavailable,
+			Message: "the model is still loading; retry later", RetryAfter: s.cfg.RetryAfter, cause: err}
 	case errors.Is(err, ErrQueueFull):
 		return &APIError{Status: http.StatusTooManyRequests, Type: typeRateLimit, Code: codeRateLimit,
 			Message: "the server's request queue is full; retry later", RetryAfter: s.cfg.RetryAfter, cause: err}

@@ -24,6 +24,15 @@ type run struct {
 	// sub, next reads its channel directly (no extra goroutine on the common path).
 	merged chan tagged
 	open   int // subs whose channel is not closed yet
+	// n is the choices per prompt; groups track each prompt's choices for vLLM's
+	// vllm:request_max_num_generation_tokens (the most tokens any of its n generated).
+	n      int
+	groups []promptGroup
+}
+
+type promptGroup struct {
+	left      int // choices not finished yet
+	maxTokens int
 }
 
 type sub struct {
@@ -41,18 +50,23 @@ type tagged struct {
 	closed bool
 }
 
-// startRun submits reqs (one per choice, in choice order) under a context derived from
-// parent. If a Submit fails, the requests already submitted are aborted and drained, and
-// the error is returned.
-func (s *Server) startRun(parent context.Context, reqs []engine.Request) (*run, error) {
+// startRun submits the plan's engine requests (one per choice, in choice order) under a
+// context derived from parent. If a Submit fails, the requests already submitted are
+// aborted and drained, and the error is returned.
+func (s *Server) startRun(parent context.Context, plan *genPlan) (*run, error) {
+	eng := s.engine()
+	if eng == nil {
+		return nil, errEngineLoading
+	}
+	reqs := plan.engineRequests()
 	ctx, cancel := context.WithCancel(parent)
-	r := &run{s: s, ctx: ctx, cancel: cancel, subs: make([]*sub, len(reqs))}
+	r := &run{s: s, ctx: ctx, cancel: cancel, subs: make([]*sub, len(reqs)), n: max(plan.n, 1)}
 	now := time.Now()
 	for i, req := range reqs {
 		if req.ArrivalTime.IsZero() {
 			req.ArrivalTime = now
 		}
-		ch, err := s.eng.Submit(ctx, req)
+		ch, err := eng.Submit(ctx, req)
 		if err != nil {
 			cancel()
 			for _, prev := range r.subs[:i] {
@@ -61,9 +75,15 @@ func (s *Server) startRun(parent context.Context, reqs []engine.Request) (*run, 
 			}
 			return nil, fmt.Errorf("submit %s: %w", req.ID, err)
 		}
-		r.subs[i] = &sub{choice: i, req: req, ch: ch, m: requestMetrics{arrival: req.ArrivalTime, promptLen: len(req.PromptIDs)}}
+		r.subs[i] = &sub{choice: i, req: req, ch: ch, m: requestMetrics{arrival: req.ArrivalTime, promptLen: len(req.PromptIDs),
+			maxTokens: req.Params.MaxTokens}}
 	}
 	r.open = len(reqs)
+	r.groups = make([]promptGroup, (len(reqs)+r.n-1)/r.n)
+	for i := range r.groups {
+		r.groups[i].left = min(r.n, len(reqs)-i*r.n)
+		s.metrics.paramsN.Observe(float64(r.groups[i].left))
+	}
 	if len(reqs) > 1 {
 		r.merged = make(chan tagged, 4*len(reqs))
 		for i, sb := range r.subs {
@@ -101,6 +121,7 @@ func (r *run) next() (choice int, ev engine.Event, ok bool) {
 				sb.final = true
 				ev := engine.Event{Err: errNoFinal}
 				r.s.metrics.observe(&sb.m, &ev)
+				r.finishChoice(sb.choice, &ev)
 				return sb.choice, ev, true
 			}
 			continue
@@ -108,14 +129,28 @@ func (r *run) next() (choice int, ev engine.Event, ok bool) {
 		if sb.final {
 			continue // events after the final one are a contract violation; drop them
 		}
+		r.s.metrics.observe(&sb.m, &t.ev)
 		if t.ev.Finished || t.ev.Err != nil {
 			sb.final = true
+			r.finishChoice(sb.choice, &t.ev)
 		}
-		r.s.metrics.observe(&sb.m, &t.ev)
 		return sb.choice, t.ev, true
 	}
 	r.cancel()
 	return 0, engine.Event{}, false
+}
+
+// finishChoice counts a choice's final event in its prompt's group; the group's largest
+// generation is observed once all its choices are done (errors count as done, not as a
+// generation).
+func (r *run) finishChoice(choice int, ev *engine.Event) {
+	g := &r.groups[choice/r.n]
+	if ev.Err == nil {
+		g.maxTokens = max(g.maxTokens, ev.NumOutputTokens)
+	}
+	if g.left--; g.left == 0 {
+		r.s.metrics.maxGenTokens.Observe(float64(g.maxTokens))
+	}
 }
 
 // ready reports whether next would return without blocking; the streaming writers use it

@@ -6,15 +6,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tpuserve/tpuserve/engine"
 	"github.com/tpuserve/tpuserve/server/proto/enginepb"
@@ -26,16 +30,96 @@ func (s *Server) newGRPC() (*grpc.Server, *health.Server) {
 		limit = 1 << 30
 	}
 	gs := grpc.NewServer(
+		grpc.ForceServerCodec(lenientCodec{}),
 		grpc.MaxRecvMsgSize(int(limit)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	enginepb.RegisterTpuserveEngineServer(gs, &grpcService{s: s})
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus(enginepb.TpuserveEngine_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	gs.RegisterService(invalidArgumentOnBadMessages(&enginepb.TpuserveEngine_ServiceDesc), &grpcService{s: s})
+	// Server reflection, so that grpcurl and grpcui work without the .proto files.
+	reflection.Register(gs)
+	// NOT_SERVING until SetEngine.
+	for _, svc := range []string{"", enginepb.TpuserveEngine_ServiceDesc.ServiceName} {
+		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	return gs, hs
+}
+
+func (s *Server) setServing(st healthpb.HealthCheckResponse_ServingStatus) {
+	for _, svc := range []string{"", enginepb.TpuserveEngine_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, st)
+	}
+}
+
+// grpc-go answers a request message that does not decode with Internal, and writes that
+// status itself before the handler can change it. The server codec therefore lets the
+// tpuserve service's messages "decode" (empty) and remembers the failure; the service's
+// handlers (invalidArgumentOnBadMessages) turn it into InvalidArgument, the client's fault.
+
+// lenientCodec is the proto codec, except for tpuserve messages that fail to decode.
+type lenientCodec struct{}
+
+// badMessages maps a message that failed to decode to its error, until the handler asks.
+var badMessages sync.Map
+
+func (lenientCodec) Name() string { return "proto" }
+
+func (lenientCodec) Marshal(v any) ([]byte, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("lenientCodec: %T is not a proto message", v)
+	}
+	return proto.Marshal(m)
+}
+
+func (lenientCodec) Unmarshal(data []byte, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("lenientCodec: %T is not a proto message", v)
+	}
+	err := proto.Unmarshal(data, m)
+	if err != nil && m.ProtoReflect().Descriptor().ParentFile().Package() == enginePackage {
+		proto.Reset(m)
+		badMessages.Store(m, err)
+		return nil
+	}
+	return err
+}
+
+var enginePackage = enginepb.File_enginepb_engine_proto.Package()
+
+// invalidArgumentOnBadMessages wraps a service so that a request message that did not
+// decode is answered InvalidArgument.
+func invalidArgumentOnBadMessages(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
+	d := *desc
+	d.Methods = slices.Clone(desc.Methods)
+	for i := range d.Methods {
+		h := d.Methods[i].Handler
+		d.Methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+			return h(srv, ctx, func(m any) error { return badMessage(m, dec(m)) }, ic)
+		}
+	}
+	d.Streams = slices.Clone(desc.Streams)
+	for i := range d.Streams {
+		h := d.Streams[i].Handler
+		d.Streams[i].Handler = func(srv any, ss grpc.ServerStream) error {
+			return h(srv, badMessageStream{ss})
+		}
+	}
+	return &d
+}
+
+type badMessageStream struct{ grpc.ServerStream }
+
+func (s badMessageStream) RecvMsg(m any) error { return badMessage(m, s.ServerStream.RecvMsg(m)) }
+
+func badMessage(m any, err error) error {
+	if bad, ok := badMessages.LoadAndDelete(m); ok && err == nil {
+		return status.Errorf(codes.InvalidArgument, "malformed request message: %v", bad)
+	}
+	return err
 }
 
 var engineServicePrefix = "/" + enginepb.TpuserveEngine_ServiceDesc.ServiceName + "/"
@@ -54,12 +138,16 @@ func (s *Server) grpcAuth(ctx context.Context, method string) error {
 	return status.Error(codes.Unauthenticated, "missing or incorrect API key; send metadata 'authorization: Bearer <key>'")
 }
 
+// The interceptors count the tpuserve service's RPCs as in flight (shutdown drains them);
+// health watches and reflection streams are not counted: shutdown ends them.
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if err := s.grpcAuth(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
-	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
+	if strings.HasPrefix(info.FullMethod, engineServicePrefix) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+	}
 	return handler(ctx, req)
 }
 
@@ -67,8 +155,10 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	if err := s.grpcAuth(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
-	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
+	if strings.HasPrefix(info.FullMethod, engineServicePrefix) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+	}
 	return handler(srv, ss)
 }
 
@@ -133,7 +223,7 @@ func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) 
 		f.MinTokens = ptr(int(sp.GetMinTokens()))
 	}
 	if sp.GetN() > 1 {
-		f.N = ptr(int(min(sp.GetN(), 1<<20)))
+		f.N = ptr(int(sp.GetN())) // the value sent, so that an error reports it
 	}
 	if len(sp.GetStop()) > 0 {
 		f.Stop, _ = json.Marshal(sp.GetStop())
@@ -173,6 +263,9 @@ func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) 
 	}
 	if len(pr.ids) == 0 {
 		return nil, badParam("input", "input must not be empty")
+	}
+	if e := s.checkChoices(1, n); e != nil {
+		return nil, e
 	}
 	prompts := []promptIn{pr}
 	if e := s.resolveLengths(prompts, nil, f.MaxTokens, "sampling_params.max_tokens", 0, params.MinTokens, "input"); e != nil {
@@ -214,19 +307,13 @@ func (g *grpcService) Generate(req *enginepb.GenerateRequest, stream grpc.Server
 	}
 	defer s.unregister(plan.id)
 
-	r, err := s.startRun(ctx, plan.engineRequests())
+	r, err := s.startRun(ctx, plan)
 	if err != nil {
 		return grpcStatus(s.classifyEngineError(plan.id, err))
 	}
 	defer r.drain()
 
-	type acc struct {
-		ids       []uint32
-		text      strings.Builder
-		positions []*enginepb.PositionLogprobs
-		tokens    int
-	}
-	accs := make([]acc, len(r.subs))
+	accs := make([]choiceAcc, len(r.subs))
 	promptLen := uint32(len(plan.prompts[0].ids))
 	var sendErr error
 	send := func(m *enginepb.GenerateResponse) {
@@ -236,49 +323,50 @@ func (g *grpcService) Generate(req *enginepb.GenerateRequest, stream grpc.Server
 			}
 		}
 	}
+	var failure *APIError
 	for {
 		i, ev, ok := r.next()
 		if !ok {
 			break
 		}
-		a := &accs[i]
 		if ev.Err != nil {
 			ae := s.classifyEngineError(plan.id, ev.Err)
 			if ae.Status >= 500 {
 				s.log.Error("grpc generate failed", "request_id", plan.id, "err", ev.Err)
 			}
+			if failure == nil {
+				failure = ae
+			}
 			send(&enginepb.GenerateResponse{RequestId: plan.id, Index: uint32(i), Response: &enginepb.GenerateResponse_Error{
 				Error: &enginepb.GenerateError{Message: ae.Message, HttpStatusCode: strconv.Itoa(ae.Status), Details: ae.Code}}})
 			continue
 		}
-		ids := toUint32(ev.TokenIDs)
-		lps := toProtoLogprobs(eventLogprobs(&ev))
-		a.ids = append(a.ids, ids...)
-		a.text.WriteString(ev.Text)
-		a.positions = append(a.positions, lps...)
-		a.tokens += len(ev.TokenIDs)
-		if plan.stream && (len(ids) > 0 || ev.Text != "") {
+		a := &accs[i]
+		a.add(&ev, plan.logprobs >= 0, true)
+		if plan.stream && (len(ev.TokenIDs) > 0 || ev.Text != "") {
 			send(&enginepb.GenerateResponse{RequestId: plan.id, Index: uint32(i), Response: &enginepb.GenerateResponse_Chunk{
-				Chunk: &enginepb.GenerateStreamChunk{TokenIds: ids, PromptTokens: promptLen, CompletionTokens: uint32(a.tokens),
-					CachedTokens: uint32(ev.NumCachedTokens), Text: ev.Text, Logprobs: lps}}})
+				Chunk: &enginepb.GenerateStreamChunk{TokenIds: toUint32(ev.TokenIDs), PromptTokens: promptLen, CompletionTokens: uint32(a.tokens),
+					CachedTokens: uint32(ev.NumCachedTokens), Text: ev.Text, Logprobs: toProtoLogprobs(a.lastPositions)}}})
 		}
 		if ev.Finished {
-			done := &enginepb.GenerateComplete{OutputIds: a.ids, FinishReason: string(ev.FinishReason), PromptTokens: promptLen,
-				CompletionTokens: uint32(max(a.tokens, ev.NumOutputTokens)), CachedTokens: uint32(ev.NumCachedTokens),
-				Text: a.text.String(), Logprobs: a.positions}
-			switch sr := ev.StopReason.(type) {
-			case string:
-				done.StopReason = &enginepb.GenerateComplete_StopStr{StopStr: sr}
-			case int32:
-				done.StopReason = &enginepb.GenerateComplete_StopTokenId{StopTokenId: uint32(sr)}
-			case int:
-				done.StopReason = &enginepb.GenerateComplete_StopTokenId{StopTokenId: uint32(sr)}
+			done := &enginepb.GenerateComplete{OutputIds: toUint32(a.tokenIDs), FinishReason: string(a.finish), PromptTokens: promptLen,
+				CompletionTokens: uint32(a.tokens), CachedTokens: uint32(a.cached),
+				Text: a.text.String(), Logprobs: toProtoLogprobs(a.positions)}
+			switch a.stop.kind {
+			case stopString:
+				done.StopReason = &enginepb.GenerateComplete_StopStr{StopStr: a.stop.str}
+			case stopTokenID:
+				done.StopReason = &enginepb.GenerateComplete_StopTokenId{StopTokenId: uint32(a.stop.tokenID)}
 			}
 			send(&enginepb.GenerateResponse{RequestId: plan.id, Index: uint32(i), Response: &enginepb.GenerateResponse_Complete{Complete: done}})
 		}
 	}
 	if sendErr != nil {
 		return sendErr
+	}
+	if failure != nil {
+		// After the per-sample error messages, the RPC itself ends with the error's status.
+		return grpcStatus(failure)
 	}
 	return nil
 }
@@ -325,8 +413,13 @@ func (s *Server) unregister(id string) {
 func (g *grpcService) Abort(_ context.Context, req *enginepb.AbortRequest) (*enginepb.AbortResponse, error) {
 	s := g.s
 	n := 0
+	seen := make(map[string]bool, len(req.GetRequestIds()))
 	s.liveMu.Lock()
 	for _, id := range req.GetRequestIds() {
+		if seen[id] {
+			continue // an id listed twice is one request
+		}
+		seen[id] = true
 		if cancel, ok := s.live[id]; ok {
 			cancel()
 			n++

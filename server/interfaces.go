@@ -8,6 +8,10 @@ import (
 
 // Engine is what the server needs from the inference engine.
 //
+// A final Event with Err set (a detokenizer failure, a device error) is answered as an
+// error: an OpenAI error object (non-streaming), an SSE error event (streaming), a gRPC
+// error message and status; never as an abort.
+//
 // Submit queues one request and returns its event stream. The channel is closed after the
 // final event (Finished or Err set). Cancelling ctx aborts the request at the engine's next
 // step; the engine still sends a final event (FinishAbort) and closes the channel. Submit
@@ -23,6 +27,15 @@ type Engine interface {
 // grpc.health.v1 report unhealthy while Health returns an error.
 type HealthChecker interface {
 	Health() error
+}
+
+// StepObserver is optionally implemented by an Engine: the server calls SetStepObserver
+// once, when it gets the engine, with a function the engine then calls after every step
+// with the number of tokens the step computed (prompt and generated, all requests
+// together). It feeds vllm:iteration_tokens_total. The function is safe for concurrent use
+// and returns at once.
+type StepObserver interface {
+	SetStepObserver(observe func(tokens int))
 }
 
 // Tokenizer is what the server needs from the tokenizer.

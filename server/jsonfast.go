@@ -67,8 +67,9 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// chunkPrefix is `{"id":…,"object":…,"created":…,"model":…,"choices":[` for one request.
-func chunkPrefix(plan *genPlan, object string) []byte {
+// chunkPrefix is `{"id":…,"object":…,"created":…,"model":…,"choices":[` for one request,
+// with "system_fingerprint" before "choices" when fingerprint is set (chat chunks).
+func chunkPrefix(plan *genPlan, object, fingerprint string) []byte {
 	b := append([]byte(`{"id":`), appendJSONString(nil, plan.id)...)
 	b = append(b, `,"object":"`...)
 	b = append(b, object...)
@@ -76,11 +77,15 @@ func chunkPrefix(plan *genPlan, object string) []byte {
 	b = strconv.AppendInt(b, plan.created, 10)
 	b = append(b, `,"model":`...)
 	b = appendJSONString(b, plan.model)
+	if fingerprint != "" {
+		b = append(b, `,"system_fingerprint":`...)
+		b = appendJSONString(b, fingerprint)
+	}
 	return append(b, `,"choices":[`...)
 }
 
 // appendChoiceTail appends `"logprobs":null,"finish_reason":…,"stop_reason":…}]}`.
-func appendChoiceTail(b []byte, finished bool, reason engine.FinishReason, stop any) ([]byte, bool) {
+func appendChoiceTail(b []byte, finished bool, reason engine.FinishReason, stop stopReason) []byte {
 	b = append(b, `"logprobs":null,"finish_reason":`...)
 	if finished {
 		b = appendJSONString(b, string(reason))
@@ -88,24 +93,12 @@ func appendChoiceTail(b []byte, finished bool, reason engine.FinishReason, stop 
 		b = append(b, "null"...)
 	}
 	b = append(b, `,"stop_reason":`...)
-	switch v := stop.(type) {
-	case nil:
-		b = append(b, "null"...)
-	case string:
-		b = appendJSONString(b, v)
-	case int32:
-		b = strconv.AppendInt(b, int64(v), 10)
-	case int:
-		b = strconv.AppendInt(b, int64(v), 10)
-	default:
-		return b, false // unusual type: let encoding/json do it
-	}
-	return append(b, "}]}"...), true
+	b = stop.appendJSON(b)
+	return append(b, "}]}"...)
 }
 
-// appendCompletionChunk appends a text-only completions chunk; ok is false when the
-// caller must use encoding/json instead.
-func appendCompletionChunk(b, prefix []byte, index int, text string, finished bool, reason engine.FinishReason, stop any) ([]byte, bool) {
+// appendCompletionChunk appends a text-only completions chunk.
+func appendCompletionChunk(b, prefix []byte, index int, text string, finished bool, reason engine.FinishReason, stop stopReason) []byte {
 	b = append(b, prefix...)
 	b = append(b, `{"index":`...)
 	b = strconv.AppendInt(b, int64(index), 10)
@@ -116,7 +109,7 @@ func appendCompletionChunk(b, prefix []byte, index int, text string, finished bo
 }
 
 // appendChatChunk appends a content-only chat chunk (delta {} when text is empty).
-func appendChatChunk(b, prefix []byte, index int, text string, finished bool, reason engine.FinishReason, stop any) ([]byte, bool) {
+func appendChatChunk(b, prefix []byte, index int, text string, finished bool, reason engine.FinishReason, stop stopReason) []byte {
 	b = append(b, prefix...)
 	b = append(b, `{"index":`...)
 	b = strconv.AppendInt(b, int64(index), 10)

@@ -35,32 +35,32 @@ func TestFastChunksMatchEncodingJSON(t *testing.T) {
 		text     string
 		finished bool
 		reason   engine.FinishReason
-		stop     any
+		stop     stopReason
 	}{
-		{"hello", false, "", nil},
-		{"", true, engine.FinishLength, nil},
-		{"a\"b\n", true, engine.FinishStop, "STOP"},
-		{"x", true, engine.FinishStop, int32(1)},
+		{"hello", false, "", stopReason{}},
+		{"", true, engine.FinishLength, stopReason{}},
+		{"a\"b\n", true, engine.FinishStop, stopReasonOf("STOP")},
+		{"x", true, engine.FinishStop, stopReasonOf(int32(1))},
 	}
 	for _, c := range cases {
 		var fr *string
 		if c.finished {
 			fr = finishPtr(c.reason)
 		}
-		got, ok := appendCompletionChunk(nil, chunkPrefix(plan, "text_completion"), 3, c.text, c.finished, c.reason, c.stop)
+		got := appendCompletionChunk(nil, chunkPrefix(plan, "text_completion", ""), 3, c.text, c.finished, c.reason, c.stop)
 		want := stdJSON(t, completionResponse{ID: plan.id, Object: "text_completion", Created: plan.created, Model: plan.model,
 			Choices: []completionChoice{{Index: 3, Text: c.text, FinishReason: fr, StopReason: c.stop}}})
-		if !ok || !bytes.Equal(got, want) {
+		if !bytes.Equal(got, want) {
 			t.Errorf("completion chunk\n%s\nwant\n%s", got, want)
 		}
 		delta := &chatDelta{}
 		if c.text != "" {
 			delta.Content = &c.text
 		}
-		got, ok = appendChatChunk(nil, chunkPrefix(plan, "chat.completion.chunk"), 3, c.text, c.finished, c.reason, c.stop)
+		got = appendChatChunk(nil, chunkPrefix(plan, "chat.completion.chunk", "fp_\"x"), 3, c.text, c.finished, c.reason, c.stop)
 		want = stdJSON(t, chatResponse{ID: plan.id, Object: "chat.completion.chunk", Created: plan.created, Model: plan.model,
-			Choices: []chatChoice{{Index: 3, Delta: delta, FinishReason: fr, StopReason: c.stop}}})
-		if !ok || !bytes.Equal(got, want) {
+			SystemFingerprint: "fp_\"x", Choices: []chatChoice{{Index: 3, Delta: delta, FinishReason: fr, StopReason: c.stop}}})
+		if !bytes.Equal(got, want) {
 			t.Errorf("chat chunk\n%s\nwant\n%s", got, want)
 		}
 	}

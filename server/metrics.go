@@ -21,7 +21,25 @@ var (
 	latencyBuckets = []float64{0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
 		50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0}
 	tokenBuckets = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000}
+	// iterationBuckets and nBuckets are vLLM's for vllm:iteration_tokens_total and
+	// vllm:request_params_n.
+	iterationBuckets = []float64{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}
+	nBuckets         = []float64{1, 2, 5, 10, 20}
 )
+
+// buckets125 is vLLM's build_1_2_5_buckets: 1, 2, 5, 10, 20, 50, … up to max.
+func buckets125(max int) []float64 {
+	var out []float64
+	for exp := 1; ; exp *= 10 {
+		for _, m := range []int{1, 2, 5} {
+			v := m * exp
+			if v > max {
+				return out
+			}
+			out = append(out, float64(v))
+		}
+	}
+}
 
 type metrics struct {
 	reg *prometheus.Registry
@@ -30,17 +48,20 @@ type metrics struct {
 	promptTokensHist, genTokensHist                   prometheus.Observer
 	promptTokens, genTokens                           prometheus.Counter
 	success                                           *prometheus.CounterVec
+	// vLLM's request-parameter and step histograms.
+	iterationTokens, paramsN, paramsMaxTokens, maxGenTokens prometheus.Observer
 }
 
 // requestMetrics is what the server tracks about one engine request between events.
 type requestMetrics struct {
 	arrival    time.Time
 	promptLen  int
+	maxTokens  int
 	firstToken time.Time
 	lastToken  time.Time
 }
 
-func newMetrics(model string, eng Engine) *metrics {
+func newMetrics(model string, maxModelLen int, eng func() Engine) *metrics {
 	labels := prometheus.Labels{"model_name": model, "engine": "0"}
 	reg := prometheus.NewRegistry()
 	hist := func(name, help string, buckets []float64) prometheus.Observer {
@@ -68,6 +89,11 @@ func newMetrics(model string, eng Engine) *metrics {
 		genTokens:        counter("vllm:generation_tokens_total", "Number of generation tokens processed."),
 		success: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vllm:request_success_total",
 			Help: "Count of successfully processed requests.", ConstLabels: labels}, []string{"finished_reason"}),
+		iterationTokens: hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", iterationBuckets),
+		paramsN:         hist("vllm:request_params_n", "Histogram of the n request parameter.", nBuckets),
+		paramsMaxTokens: hist("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", buckets125(maxModelLen)),
+		maxGenTokens: hist("vllm:request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.",
+			buckets125(maxModelLen)),
 	}
 	reg.MustRegister(m.success)
 	for _, r := range []engine.FinishReason{engine.FinishStop, engine.FinishLength, engine.FinishAbort} {
@@ -78,24 +104,47 @@ func newMetrics(model string, eng Engine) *metrics {
 	return m
 }
 
+// observeStep is the StepObserver callback: tokens computed in one engine step.
+func (m *metrics) observeStep(tokens int) {
+	if tokens > 0 {
+		m.iterationTokens.Observe(float64(tokens))
+	}
+}
+
 // observe records one event of a request: token counts and inter-token latency as they
 // arrive, and on the final event the request's latencies (from the engine's timestamps
-// where it gives them, else the server's).
+// where it gives them, else the server's). Inter-token latency is per token: from
+// Event.TokenTimes when the engine stamps each token, else from the events' arrival
+// (several tokens in one event then count as one gap).
 func (m *metrics) observe(rm *requestMetrics, ev *engine.Event) {
 	now := time.Now()
 	if n := len(ev.TokenIDs); n > 0 {
 		m.genTokens.Add(float64(n))
-		if rm.firstToken.IsZero() {
-			rm.firstToken = now
+		if len(ev.TokenTimes) == n {
+			for _, t := range ev.TokenTimes {
+				if rm.firstToken.IsZero() {
+					rm.firstToken = t
+				} else {
+					m.itl.Observe(max(0, t.Sub(rm.lastToken).Seconds()))
+				}
+				rm.lastToken = t
+			}
 		} else {
-			m.itl.Observe(now.Sub(rm.lastToken).Seconds())
+			if rm.firstToken.IsZero() {
+				rm.firstToken = now
+			} else {
+				m.itl.Observe(now.Sub(rm.lastToken).Seconds())
+			}
+			rm.lastToken = now
 		}
-		rm.lastToken = now
 	}
 	if !ev.Finished || ev.Err != nil {
 		return
 	}
 	m.success.WithLabelValues(string(ev.FinishReason)).Inc()
+	if rm.maxTokens > 0 {
+		m.paramsMaxTokens.Observe(float64(rm.maxTokens))
+	}
 	prompt := ev.NumPromptTokens
 	if prompt == 0 {
 		prompt = rm.promptLen
@@ -135,12 +184,12 @@ func (m *metrics) observe(rm *requestMetrics, ev *engine.Event) {
 
 // statsCollector turns Engine.Stats into gauges and counters at scrape time.
 type statsCollector struct {
-	eng                                  Engine
+	eng                                  func() Engine
 	running, waiting, kvUsage, gpuUsage  *prometheus.Desc
 	prefixQueries, prefixHits, preempted *prometheus.Desc
 }
 
-func newStatsCollector(eng Engine, labels prometheus.Labels) *statsCollector {
+func newStatsCollector(eng func() Engine, labels prometheus.Labels) *statsCollector {
 	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, labels) }
 	return &statsCollector{
 		eng:           eng,
@@ -161,7 +210,10 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.eng.Stats()
+	var st engine.Stats
+	if eng := c.eng(); eng != nil { // zeros while the model loads
+		st = eng.Stats()
+	}
 	ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(st.NumRunning))
 	ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(st.NumWaiting))
 	ch <- prometheus.MustNewConstMetric(c.kvUsage, prometheus.GaugeValue, st.KVCacheUsage)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -39,7 +38,7 @@ func (s *Server) generate(c *gin.Context, plan *genPlan, chat bool) {
 	ctx := c.Request.Context()
 	plan.created = time.Now().Unix()
 	plan.arrival = c.GetTime(arrivalKey)
-	r, err := s.startRun(ctx, plan.engineRequests())
+	r, err := s.startRun(ctx, plan)
 	if err != nil {
 		s.writeError(c, s.classifyEngineError(plan.id, err))
 		return
@@ -68,20 +67,10 @@ func (s *Server) generate(c *gin.Context, plan *genPlan, chat bool) {
 	}
 }
 
-// choiceOut accumulates one choice of a non-streaming request.
-type choiceOut struct {
-	text      strings.Builder
-	positions []engine.PositionLogprobs
-	tokens    int
-	finish    engine.FinishReason
-	stop      any
-	cached    int
-}
-
 // collect drains the run into per-choice outputs. An engine error aborts the other choices
 // and is returned; so is an abort (the server is shutting down).
-func (s *Server) collect(r *run, plan *genPlan) ([]choiceOut, *APIError) {
-	outs := make([]choiceOut, len(r.subs))
+func (s *Server) collect(r *run, plan *genPlan) ([]choiceAcc, *APIError) {
+	outs := make([]choiceAcc, len(r.subs))
 	var firstErr error
 	for {
 		i, ev, ok := r.next()
@@ -95,24 +84,13 @@ func (s *Server) collect(r *run, plan *genPlan) ([]choiceOut, *APIError) {
 			}
 			continue
 		}
-		o := &outs[i]
-		o.text.WriteString(ev.Text)
-		o.tokens += len(ev.TokenIDs)
-		if plan.logprobs >= 0 {
-			o.positions = append(o.positions, eventLogprobs(&ev)...)
-		}
-		if ev.Finished {
-			o.finish, o.stop, o.cached = ev.FinishReason, ev.StopReason, ev.NumCachedTokens
-			if ev.NumOutputTokens > 0 {
-				o.tokens = ev.NumOutputTokens
-			}
-		}
+		outs[i].add(&ev, plan.logprobs >= 0, false)
 	}
 	if firstErr != nil {
 		return nil, s.classifyEngineError(plan.id, firstErr)
 	}
 	for i := range outs {
-		if outs[i].finish == engine.FinishAbort || outs[i].finish == engine.FinishNone {
+		if outs[i].aborted() {
 			cause := errAborted
 			if err := context.Cause(r.ctx); err != nil {
 				cause = err
@@ -143,10 +121,9 @@ func (p *genPlan) usage(completionTokens int, cached int) *usageInfo {
 
 func (p *genPlan) promptOf(choice int) *promptIn { return &p.prompts[choice/p.n] }
 
-func (s *Server) completionResponse(plan *genPlan, outs []choiceOut) completionResponse {
+func (s *Server) completionResponse(plan *genPlan, outs []choiceAcc) completionResponse {
 	resp := completionResponse{ID: plan.id, Object: "text_completion", Created: plan.created, Model: plan.model,
 		Choices: make([]completionChoice, len(outs))}
-	total, cached := 0, 0
 	for i := range outs {
 		o := &outs[i]
 		text := o.text.String()
@@ -160,19 +137,14 @@ func (s *Server) completionResponse(plan *genPlan, outs []choiceOut) completionR
 			ch.Logprobs = lp
 		}
 		resp.Choices[i] = ch
-		total += o.tokens
-		if i%plan.n == 0 {
-			cached += o.cached
-		}
 	}
-	resp.Usage = plan.usage(total, cached)
+	resp.Usage = plan.usage(sumAccs(outs, plan.n))
 	return resp
 }
 
-func (s *Server) chatResponse(plan *genPlan, outs []choiceOut) chatResponse {
+func (s *Server) chatResponse(plan *genPlan, outs []choiceAcc) chatResponse {
 	resp := chatResponse{ID: plan.id, Object: "chat.completion", Created: plan.created, Model: plan.model,
-		Choices: make([]chatChoice, len(outs))}
-	total, cached := 0, 0
+		SystemFingerprint: s.fingerprint, Choices: make([]chatChoice, len(outs))}
 	for i := range outs {
 		o := &outs[i]
 		text := o.text.String()
@@ -187,27 +159,17 @@ func (s *Server) chatResponse(plan *genPlan, outs []choiceOut) chatResponse {
 			ch.Logprobs = lp
 		}
 		resp.Choices[i] = ch
-		total += o.tokens
-		if i%plan.n == 0 {
-			cached += o.cached
-		}
 	}
-	resp.Usage = plan.usage(total, cached)
+	resp.Usage = plan.usage(sumAccs(outs, plan.n))
 	return resp
 }
 
-// streamState is one choice's progress in a stream.
-type streamState struct {
-	started bool // echo sent (completions) / role sent (chat)
-	offset  int  // completions logprobs text_offset
-	tokens  int
-	cached  int
-}
-
 func (s *Server) streamCompletion(c *gin.Context, plan *genPlan, r *run) {
-	w := startSSE(c)
-	states := make([]streamState, len(r.subs))
-	prefix := chunkPrefix(plan, "text_completion")
+	w := startSSE(c, r.abort)
+	accs := make([]choiceAcc, len(r.subs))
+	started := make([]bool, len(r.subs)) // echo sent
+	offsets := make([]int, len(r.subs))  // logprobs text_offset
+	prefix := chunkPrefix(plan, "text_completion", "")
 	failed := false
 	for {
 		i, ev, ok := r.next()
@@ -224,49 +186,41 @@ func (s *Server) streamCompletion(c *gin.Context, plan *genPlan, r *run) {
 			w.flush()
 			continue
 		}
-		st := &states[i]
-		st.tokens += len(ev.TokenIDs)
-		text := ev.Text
-		if plan.echo && !st.started {
+		a := &accs[i]
+		a.add(&ev, plan.logprobs >= 0, false)
+		text := a.lastText
+		if plan.echo && !started[i] {
 			echo := plan.promptOf(i).echoText
 			text = echo + text
-			st.offset = utf8.RuneCountInString(echo)
+			offsets[i] = utf8.RuneCountInString(echo)
 		}
-		st.started = true
-		positions := eventLogprobs(&ev)
-		if ev.Finished {
-			st.cached = ev.NumCachedTokens
-			if ev.NumOutputTokens > 0 {
-				st.tokens = ev.NumOutputTokens
-			}
-		}
-		if text == "" && !ev.Finished && (plan.logprobs < 0 || len(positions) == 0) {
+		started[i] = true
+		positions := a.lastPositions
+		if text == "" && !ev.Finished && len(positions) == 0 {
 			continue
 		}
-		fast := plan.logprobs < 0 && !(plan.includeUsage && plan.continuousUsage)
-		if fast {
-			var ok bool
-			if w.scratch, ok = appendCompletionChunk(w.scratch[:0], prefix, i, text, ev.Finished, ev.FinishReason, ev.StopReason); ok {
-				w.raw(w.scratch)
-				if !r.ready() {
-					w.flush()
-				}
-				continue
+		if plan.logprobs < 0 && !(plan.includeUsage && plan.continuousUsage) {
+			w.scratch = appendCompletionChunk(w.scratch[:0], prefix, i, text, ev.Finished, a.finish, a.stop)
+			w.raw(w.scratch)
+			if !r.ready() {
+				w.flush()
 			}
+			continue
 		}
 		ch := completionChoice{Index: i, Text: text}
 		if plan.logprobs >= 0 {
 			lp := &completionLogprobs{TextOffset: []int{}, TokenLogprobs: []float64{}, Tokens: []string{}, TopLogprobs: []map[string]float64{}}
-			st.offset = s.appendCompletionLogprobs(lp, positions, plan.logprobs, plan.returnTokenIDs, st.offset)
+			offsets[i] = s.appendCompletionLogprobs(lp, positions, plan.logprobs, plan.returnTokenIDs, offsets[i])
 			ch.Logprobs = lp
 		}
 		if ev.Finished {
-			ch.FinishReason, ch.StopReason = finishPtr(ev.FinishReason), ev.StopReason
+			ch.FinishReason, ch.StopReason = finishPtr(a.finish), a.stop
 		}
 		chunk := completionResponse{ID: plan.id, Object: "text_completion", Created: plan.created, Model: plan.model,
 			Choices: []completionChoice{ch}}
 		if plan.includeUsage && plan.continuousUsage {
-			chunk.Usage = &usageInfo{PromptTokens: len(plan.promptOf(i).ids), CompletionTokens: st.tokens, TotalTokens: len(plan.promptOf(i).ids) + st.tokens}
+			n := len(plan.promptOf(i).ids)
+			chunk.Usage = &usageInfo{PromptTokens: n, CompletionTokens: a.tokens, TotalTokens: n + a.tokens}
 		}
 		w.data(chunk)
 		if !r.ready() {
@@ -274,41 +228,30 @@ func (s *Server) streamCompletion(c *gin.Context, plan *genPlan, r *run) {
 		}
 	}
 	if plan.includeUsage && !failed {
-		total, cached := sumStates(states, plan.n)
 		w.data(completionResponse{ID: plan.id, Object: "text_completion", Created: plan.created, Model: plan.model,
-			Choices: []completionChoice{}, Usage: plan.usage(total, cached)})
+			Choices: []completionChoice{}, Usage: plan.usage(sumAccs(accs, plan.n))})
 	}
 	w.done()
 	w.flush()
 }
 
-func sumStates(states []streamState, n int) (tokens, cached int) {
-	for i, st := range states {
-		tokens += st.tokens
-		if i%n == 0 {
-			cached += st.cached
-		}
-	}
-	return tokens, cached
-}
-
 func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
-	w := startSSE(c)
-	states := make([]streamState, len(r.subs))
+	w := startSSE(c, r.abort)
+	accs := make([]choiceAcc, len(r.subs))
 	chunk := func(ch chatChoice) chatResponse {
 		return chatResponse{ID: plan.id, Object: "chat.completion.chunk", Created: plan.created, Model: plan.model,
-			Choices: []chatChoice{ch}}
+			SystemFingerprint: s.fingerprint, Choices: []chatChoice{ch}}
 	}
 	// Every choice opens with the assistant role (and the echoed message), as vLLM does.
 	empty := ""
-	for i := range states {
-		w.data(chunk(chatChoice{Index: i, Delta: &chatDelta{Role: "assistant", Content: &empty}}))
+	for i := range accs {
+		w.data(chunk(chatChoice{Index: i, Delta: &chatDelta{Role: "assistant", Content: &empty, Refusal: jsonNull}}))
 		if echo := plan.promptOf(i).echoText; plan.echo && echo != "" {
 			w.data(chunk(chatChoice{Index: i, Delta: &chatDelta{Content: &echo}}))
 		}
 	}
 	w.flush()
-	prefix := chunkPrefix(plan, "chat.completion.chunk")
+	prefix := chunkPrefix(plan, "chat.completion.chunk", s.fingerprint)
 	failed := false
 	for {
 		i, ev, ok := r.next()
@@ -325,31 +268,23 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 			w.flush()
 			continue
 		}
-		st := &states[i]
-		st.tokens += len(ev.TokenIDs)
-		positions := eventLogprobs(&ev)
-		if ev.Finished {
-			st.cached = ev.NumCachedTokens
-			if ev.NumOutputTokens > 0 {
-				st.tokens = ev.NumOutputTokens
-			}
-		}
-		if ev.Text == "" && !ev.Finished && (plan.logprobs < 0 || len(positions) == 0) {
+		a := &accs[i]
+		a.add(&ev, plan.logprobs >= 0, false)
+		positions := a.lastPositions
+		if a.lastText == "" && !ev.Finished && len(positions) == 0 {
 			continue
 		}
 		if plan.logprobs < 0 && !(plan.includeUsage && plan.continuousUsage) {
-			var ok bool
-			if w.scratch, ok = appendChatChunk(w.scratch[:0], prefix, i, ev.Text, ev.Finished, ev.FinishReason, ev.StopReason); ok {
-				w.raw(w.scratch)
-				if !r.ready() {
-					w.flush()
-				}
-				continue
+			w.scratch = appendChatChunk(w.scratch[:0], prefix, i, a.lastText, ev.Finished, a.finish, a.stop)
+			w.raw(w.scratch)
+			if !r.ready() {
+				w.flush()
 			}
+			continue
 		}
 		delta := &chatDelta{}
-		if ev.Text != "" {
-			text := ev.Text
+		if a.lastText != "" {
+			text := a.lastText
 			delta.Content = &text
 		}
 		ch := chatChoice{Index: i, Delta: delta}
@@ -359,12 +294,12 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 			ch.Logprobs = lp
 		}
 		if ev.Finished {
-			ch.FinishReason, ch.StopReason = finishPtr(ev.FinishReason), ev.StopReason
+			ch.FinishReason, ch.StopReason = finishPtr(a.finish), a.stop
 		}
 		resp := chunk(ch)
 		if plan.includeUsage && plan.continuousUsage {
 			n := len(plan.promptOf(i).ids)
-			resp.Usage = &usageInfo{PromptTokens: n, CompletionTokens: st.tokens, TotalTokens: n + st.tokens}
+			resp.Usage = &usageInfo{PromptTokens: n, CompletionTokens: a.tokens, TotalTokens: n + a.tokens}
 		}
 		w.data(resp)
 		if !r.ready() {
@@ -372,9 +307,8 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 		}
 	}
 	if plan.includeUsage && !failed {
-		total, cached := sumStates(states, plan.n)
 		w.data(chatResponse{ID: plan.id, Object: "chat.completion.chunk", Created: plan.created, Model: plan.model,
-			Choices: []chatChoice{}, Usage: plan.usage(total, cached)})
+			SystemFingerprint: s.fingerprint, Choices: []chatChoice{}, Usage: plan.usage(sumAccs(accs, plan.n))})
 	}
 	w.done()
 	w.flush()

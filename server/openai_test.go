@@ -546,7 +546,7 @@ func TestErrors(t *testing.T) {
 		{"unknown model", "/v1/completions", `{"model":"gpt-4","prompt":"x"}`, 404, "model", codeModelNotFound, "`gpt-4` does not exist"},
 		{"unknown model chat", "/v1/chat/completions", `{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}`, 404, "model", codeModelNotFound, "gpt-4"},
 		{"body too large", "/v1/completions", `{"prompt":"` + strings.Repeat("a", 5000) + `"}`, 413, "", codeTooLarge, "4096 bytes"},
-		{"unknown route", "/v1/embeddings", `{}`, 404, "", codeNotFound, "no route"},
+		{"unknown route", "/v1/nonexistent", `{}`, 404, "", codeNotFound, "no route"},
 		{"tokenize unknown model", "/tokenize", `{"model":"nope","prompt":"x"}`, 404, "model", codeModelNotFound, "nope"},
 		{"tokenize nothing", "/tokenize", `{}`, 400, "prompt", codeMissing, "required"},
 		{"detokenize beyond vocab", "/detokenize", `{"tokens":[1,300]}`, 400, "tokens[1]", codeInvalidValue, "vocabulary"},

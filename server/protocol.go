@@ -69,6 +69,8 @@ type chatRequest struct {
 	ChatTemplate         *string         `json:"chat_template"`
 	Tools                json.RawMessage `json:"tools"`
 	ToolChoice           json.RawMessage `json:"tool_choice"`
+	Functions            json.RawMessage `json:"functions"`
+	FunctionCall         json.RawMessage `json:"function_call"`
 }
 
 type chatMessageIn struct {
@@ -125,7 +127,7 @@ type completionChoice struct {
 	Logprobs     *completionLogprobs `json:"logprobs"`
 	FinishReason *string             `json:"finish_reason"`
 	// StopReason is vLLM's: the stop string or stop token id that ended the choice.
-	StopReason any `json:"stop_reason"`
+	StopReason stopReason `json:"stop_reason"`
 }
 
 type completionLogprobs struct {
@@ -136,12 +138,14 @@ type completionLogprobs struct {
 }
 
 type chatResponse struct {
-	ID      string       `json:"id"`
-	Object  string       `json:"object"`
-	Created int64        `json:"created"`
-	Model   string       `json:"model"`
-	Choices []chatChoice `json:"choices"`
-	Usage   *usageInfo   `json:"usage,omitempty"`
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	// SystemFingerprint names the server build and model, as OpenAI's does.
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Choices           []chatChoice `json:"choices"`
+	Usage             *usageInfo   `json:"usage,omitempty"`
 }
 
 type chatChoice struct {
@@ -150,19 +154,27 @@ type chatChoice struct {
 	Delta        *chatDelta      `json:"delta,omitempty"`
 	Logprobs     *chatLogprobs   `json:"logprobs"`
 	FinishReason *string         `json:"finish_reason"`
-	StopReason   any             `json:"stop_reason"`
+	StopReason   stopReason      `json:"stop_reason"`
 }
 
 type chatMessageOut struct {
-	Role      string `json:"role"`
-	Content   string `json:"content"`
-	ToolCalls []any  `json:"tool_calls"`
+	Role    string `json:"role"`
+	Content string `json:"content"`
+	// Refusal is always null (the model's refusals are plain content), as OpenAI sends it.
+	Refusal   *string `json:"refusal"`
+	ToolCalls []any   `json:"tool_calls"`
 }
 
 type chatDelta struct {
 	Role    string  `json:"role,omitempty"`
 	Content *string `json:"content,omitempty"`
+	// Refusal is "refusal": null in a choice's first delta (with the role), as OpenAI
+	// sends it; absent after.
+	Refusal json.RawMessage `json:"refusal,omitempty"`
 }
+
+// jsonNull is a JSON null that omitempty keeps.
+var jsonNull = json.RawMessage("null")
 
 type chatLogprobs struct {
 	Content []chatTokenLogprob `json:"content"`

@@ -7,10 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -22,17 +25,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Server serves the OpenAI-compatible HTTP API, /metrics and the gRPC API over one Engine
 // and Tokenizer. Create it with New and run it with Serve.
 type Server struct {
-	cfg       Config
-	eng       Engine
+	cfg Config
+	// eng is nil until the engine is ready (New without one, then SetEngine): the ports
+	// are bound and /health answers 503 while the model loads.
+	eng       atomic.Pointer[engineBox]
+	engineSet chan struct{}
 	tok       Tokenizer
 	log       *slog.Logger
 	modelName string
 	created   int64
+	// fingerprint is chat's system_fingerprint: the build and the model.
+	fingerprint string
 
 	metrics *metrics
 	handler http.Handler
@@ -52,19 +61,27 @@ type Server struct {
 	liveMu sync.Mutex
 	live   map[string]context.CancelFunc
 
-	ready    chan struct{}
-	addrMu   sync.Mutex
-	httpAddr net.Addr
-	grpcAddr net.Addr
+	ready      chan struct{}
+	listenOnce sync.Once
+	listenErr  error
+	hl, gl     net.Listener
+	addrMu     sync.Mutex
+	httpAddr   net.Addr
+	grpcAddr   net.Addr
 }
+
+// engineBox lets an interface value sit in an atomic.Pointer.
+type engineBox struct{ Engine }
+
+// errEngineLoading is the cause of a 503 answered before SetEngine.
+var errEngineLoading = errors.New("the model is still loading")
 
 var ginModeOnce sync.Once
 
-// New checks cfg and builds a Server; it does not listen yet.
+// New checks cfg and builds a Server; it does not listen yet. eng may be nil: the server
+// can then Listen (and Serve) while the model loads, answering /health with 503, gRPC
+// health with NOT_SERVING and generation requests with 503, until SetEngine.
 func New(cfg Config, eng Engine, tok Tokenizer) (*Server, error) {
-	if eng == nil {
-		return nil, errors.New("server: New: nil Engine")
-	}
 	if tok == nil {
 		return nil, errors.New("server: New: nil Tokenizer")
 	}
@@ -74,26 +91,75 @@ func New(cfg Config, eng Engine, tok Tokenizer) (*Server, error) {
 	}
 	ginModeOnce.Do(func() { gin.SetMode(gin.ReleaseMode) })
 	s := &Server{
-		cfg:       cfg,
-		eng:       eng,
-		tok:       tok,
-		log:       cfg.Logger,
-		modelName: cfg.ServedModelNames[0],
-		created:   time.Now().Unix(),
-		live:      make(map[string]context.CancelFunc),
-		ready:     make(chan struct{}),
+		cfg:         cfg,
+		engineSet:   make(chan struct{}),
+		tok:         tok,
+		log:         cfg.Logger,
+		modelName:   cfg.ServedModelNames[0],
+		created:     time.Now().Unix(),
+		fingerprint: fingerprint(cfg.Version, cfg.ModelRoot, cfg.ServedModelNames[0]),
+		live:        make(map[string]context.CancelFunc),
+		ready:       make(chan struct{}),
 	}
 	s.hardCtx, s.hardCancel = context.WithCancel(context.Background())
-	s.metrics = newMetrics(s.modelName, eng)
+	s.metrics = newMetrics(s.modelName, cfg.MaxModelLen, s.engine)
 	s.handler = s.routes()
 	s.grpc, s.health = s.newGRPC()
+	if eng != nil {
+		if err := s.SetEngine(eng); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// SetEngine makes the server take work: /health turns 200 and gRPC health SERVING. It may
+// be called once (New with an engine calls it). An engine that implements StepObserver is
+// given the metrics' step callback.
+func (s *Server) SetEngine(eng Engine) error {
+	if eng == nil {
+		return errors.New("server: SetEngine: nil Engine")
+	}
+	if !s.eng.CompareAndSwap(nil, &engineBox{eng}) {
+		return errors.New("server: SetEngine called twice")
+	}
+	if so, ok := eng.(StepObserver); ok {
+		so.SetStepObserver(s.metrics.observeStep)
+	}
+	close(s.engineSet)
+	if !s.shuttingDown.Load() {
+		s.setServing(healthpb.HealthCheckResponse_SERVING)
+	}
+	s.log.Info("engine ready: serving requests")
+	return nil
+}
+
+// EngineReady is closed once the server has its engine.
+func (s *Server) EngineReady() <-chan struct{} { return s.engineSet }
+
+// engine is the Engine, or nil while the model loads.
+func (s *Server) engine() Engine {
+	if b := s.eng.Load(); b != nil {
+		return b.Engine
+	}
+	return nil
+}
+
+// fingerprint is a short stable hash of the build and the model.
+func fingerprint(parts ...string) string {
+	h := fnv.New64a()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return fmt.Sprintf("fp_%012x", h.Sum64()>>16)
 }
 
 // Handler is the HTTP handler (for tests and embedding); Serve uses it.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Ready is closed once Serve listens; HTTPAddr and GRPCAddr are valid after it.
+// Ready is closed once the server listens (Listen, or Serve); HTTPAddr and GRPCAddr are
+// valid after it.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // HTTPAddr is the address HTTP listens on (nil before Ready).
@@ -120,33 +186,24 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("server: Serve called twice")
 	}
 	defer s.hardCancel()
-	hl, gl, err := s.listen()
-	if err != nil {
+	if err := s.Listen(); err != nil {
 		return err
 	}
+	hl, gl := s.hl, s.gl
 	hs := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return s.hardCtx },
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// Accept errors and the like are worth seeing at the default level.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- ignoreClosed(hs.Serve(hl)) }()
 	if gl != nil {
 		go func() { errc <- s.grpc.Serve(gl) }()
 	}
-	s.addrMu.Lock()
-	s.httpAddr = hl.Addr()
-	if gl != nil {
-		s.grpcAddr = gl.Addr()
-	}
-	s.addrMu.Unlock()
-	close(s.ready)
-	attrs := []any{"http", hl.Addr().String(), "model", s.modelName}
-	if gl != nil {
-		attrs = append(attrs, "grpc", gl.Addr().String())
-	}
-	s.log.Info("server listening", attrs...)
 
 	var serveErr error
 	select {
@@ -165,6 +222,31 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
+}
+
+// Listen binds the HTTP and gRPC ports (or takes the injected listeners) without serving
+// yet, so that a port in use fails before a long model load; Serve calls it if it was not
+// called. Connections wait in the listen backlog until Serve starts.
+func (s *Server) Listen() error {
+	s.listenOnce.Do(func() {
+		s.hl, s.gl, s.listenErr = s.listen()
+		if s.listenErr != nil {
+			return
+		}
+		s.addrMu.Lock()
+		s.httpAddr = s.hl.Addr()
+		if s.gl != nil {
+			s.grpcAddr = s.gl.Addr()
+		}
+		s.addrMu.Unlock()
+		close(s.ready)
+		attrs := []any{"http", s.hl.Addr().String(), "model", s.modelName, "engine_ready", s.engine() != nil}
+		if s.gl != nil {
+			attrs = append(attrs, "grpc", s.gl.Addr().String())
+		}
+		s.log.Info("server listening", attrs...)
+	})
+	return s.listenErr
 }
 
 func (s *Server) listen() (hl, gl net.Listener, err error) {
@@ -193,6 +275,8 @@ const abortGrace = 5 * time.Second
 func (s *Server) shutdown(hs *http.Server, withGRPC bool) {
 	start := time.Now()
 	s.shuttingDown.Store(true)
+	// Health watchers see NOT_SERVING at once; their streams are ended below, once the
+	// requests have drained, so that an open Watch does not hold the shutdown up.
 	s.health.Shutdown()
 	s.log.Info("server shutting down", "in_flight", s.inflight.Load(), "timeout", s.cfg.ShutdownTimeout)
 
@@ -201,14 +285,15 @@ func (s *Server) shutdown(hs *http.Server, withGRPC bool) {
 	grpcDone := make(chan struct{})
 	go func() {
 		if withGRPC {
-			s.grpc.GracefulStop()
+			s.grpc.GracefulStop() // no new RPCs; returns once Stop below ends the rest
 		}
 		close(grpcDone)
 	}()
 	httpErr := hs.Shutdown(sdCtx)
-	select {
-	case <-grpcDone:
-	case <-sdCtx.Done():
+	// Wait for the engine RPCs only (s.inflight counts HTTP handlers and the tpuserve
+	// service, not health watches or reflection streams).
+	for s.inflight.Load() > 0 && sdCtx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
 	}
 	if httpErr != nil || sdCtx.Err() != nil {
 		// Timeout: abort what is left and give the handlers a moment to say so.
@@ -219,9 +304,9 @@ func (s *Server) shutdown(hs *http.Server, withGRPC bool) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		hs.Close()
-		s.grpc.Stop()
-		<-grpcDone
 	}
+	s.grpc.Stop()
+	<-grpcDone
 	s.log.Info("server stopped", "took", time.Since(start).Round(time.Millisecond))
 }
 
@@ -243,17 +328,68 @@ func (s *Server) routes() http.Handler {
 	r.GET("/health", s.handleHealth)
 	r.GET("/ping", s.handleHealth)
 	r.GET("/version", func(c *gin.Context) { s.writeJSON(c, http.StatusOK, map[string]string{"version": s.cfg.Version}) })
-	metricsHandler := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
+	// OpenMetrics when the scraper asks for it (Accept), the text format otherwise.
+	metricsHandler := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn), EnableOpenMetrics: true})
 	r.GET("/metrics", gin.WrapH(metricsHandler))
-	r.POST("/tokenize", s.limitBody, s.handleTokenize)
-	r.POST("/detokenize", s.limitBody, s.handleDetokenize)
+	// Tokenizing is compute: behind the API key, with small bodies.
+	tokenizeBody := s.limitBody(func() int64 { return s.cfg.MaxTokenizeBodyBytes })
+	r.POST("/tokenize", s.auth, s.requireJSON, tokenizeBody, s.handleTokenize)
+	r.POST("/detokenize", s.auth, s.requireJSON, tokenizeBody, s.handleDetokenize)
 
+	body := s.limitBody(func() int64 { return s.cfg.MaxRequestBodyBytes })
 	v1 := r.Group("/v1", s.auth)
 	v1.GET("/models", s.handleModels)
 	v1.GET("/models/:model", s.handleModel)
-	v1.POST("/completions", s.limitBody, s.handleCompletions)
-	v1.POST("/chat/completions", s.limitBody, s.handleChat)
+	v1.POST("/completions", s.requireJSON, body, s.handleCompletions)
+	v1.POST("/chat/completions", s.requireJSON, body, s.handleChat)
+	v1.POST("/responses", s.requireJSON, body, s.handleResponses)
+	v1.GET("/responses/:id", s.handleResponseNotStored)
+	v1.POST("/responses/:id/cancel", s.handleResponseNotStored)
+	s.unsupportedAPIs(r, v1)
 	return r
+}
+
+// unsupportedAPIs answers the OpenAI and vLLM routes of non-generative models with 400
+// "The model does not support … API", as vLLM does for a generative model, not 404.
+func (s *Server) unsupportedAPIs(root *gin.Engine, v1 *gin.RouterGroup) {
+	refuse := func(api string) gin.HandlerFunc {
+		return func(c *gin.Context) {
+			s.writeError(c, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeUnsupported,
+				Message: fmt.Sprintf("The model does not support %s API", api)})
+		}
+	}
+	for path, api := range map[string]string{
+		"/embeddings": "Embeddings", "/audio/transcriptions": "Transcriptions", "/audio/translations": "Translations",
+		"/audio/speech": "Speech", "/images/generations": "Images", "/images/edits": "Images",
+		"/images/variations": "Images", "/rerank": "Rerank", "/score": "Score", "/moderations": "Moderations",
+	} {
+		v1.POST(path, refuse(api))
+	}
+	for path, api := range map[string]string{
+		"/pooling": "Pooling", "/classify": "Classification", "/score": "Score", "/rerank": "Rerank",
+		"/v2/rerank": "Rerank",
+	} {
+		root.POST(path, s.auth, refuse(api))
+	}
+}
+
+// requireJSON answers 415 unless the body is declared application/json (any parameters):
+// a cross-site form or a no-cors fetch can post text/plain (or no type) without a CORS
+// preflight, so only JSON is taken, as vLLM's validate_json_request does.
+func (s *Server) requireJSON(c *gin.Context) {
+	ct := c.GetHeader("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil && mt == "application/json" {
+		return
+	}
+	got := "no Content-Type"
+	if ct != "" {
+		got = "Content-Type " + strconv.Quote(truncate(ct, 100))
+	}
+	s.writeError(c, &APIError{Status: http.StatusUnsupportedMediaType, Type: typeInvalidRequest, Code: codeUnsupportedMedia,
+		Message: fmt.Sprintf("Unsupported Media Type: only 'application/json' is allowed, got %s", got)})
+	c.Abort()
 }
 
 // recovery turns a handler panic into a 500 that says nothing about the cause.
@@ -290,7 +426,7 @@ func (s *Server) track(c *gin.Context) {
 
 const arrivalKey = "tpuserve.arrival"
 
-// auth checks the Bearer API key on /v1/*.
+// auth checks the Bearer API key on /v1/* and the tokenizer endpoints.
 func (s *Server) auth(c *gin.Context) {
 	if s.cfg.APIKey == "" {
 		return
@@ -304,29 +440,42 @@ func (s *Server) auth(c *gin.Context) {
 	}
 }
 
-// limitBody reads the whole body (at most MaxRequestBodyBytes, else 413) into the context.
-func (s *Server) limitBody(c *gin.Context) {
-	limit := s.cfg.MaxRequestBodyBytes
-	tooLarge := &APIError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: codeTooLarge,
-		Message: fmt.Sprintf("the request body is larger than the limit of %d bytes", limit)}
-	if c.Request.ContentLength > limit {
-		s.writeError(c, tooLarge)
-		c.Abort()
-		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+// limitBody reads the whole body (at most limit() bytes, else 413) into the context,
+// within BodyReadTimeout (else 408: a client trickling its body would hold a handler).
+func (s *Server) limitBody(limit func() int64) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		limit := limit()
+		tooLarge := &APIError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: codeTooLarge,
+			Message: fmt.Sprintf("the request body is larger than the limit of %d bytes", limit)}
+		if c.Request.ContentLength > limit {
 			s.writeError(c, tooLarge)
-		} else {
-			s.writeError(c, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
-				Message: "could not read the request body"})
+			c.Abort()
+			return
 		}
-		c.Abort()
-		return
+		rc := http.NewResponseController(c.Writer)
+		deadlineSet := rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
+		body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
+		if deadlineSet {
+			_ = rc.SetReadDeadline(time.Time{})
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			switch {
+			case errors.As(err, &mbe):
+				s.writeError(c, tooLarge)
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				c.Header("Connection", "close")
+				s.writeError(c, &APIError{Status: http.StatusRequestTimeout, Type: typeInvalidRequest, Code: codeTimeout,
+					Message: fmt.Sprintf("the request body was not received within %s", s.cfg.BodyReadTimeout)})
+			default:
+				s.writeError(c, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeInvalidJSON,
+					Message: "could not read the request body"})
+			}
+			c.Abort()
+			return
+		}
+		c.Set(bodyKey, body)
 	}
-	c.Set(bodyKey, body)
 }
 
 const bodyKey = "tpuserve.body"
@@ -368,7 +517,11 @@ func (s *Server) healthErr() error {
 	if s.shuttingDown.Load() {
 		return ErrShuttingDown
 	}
-	if hc, ok := s.eng.(HealthChecker); ok {
+	eng := s.engine()
+	if eng == nil {
+		return errEngineLoading
+	}
+	if hc, ok := eng.(HealthChecker); ok {
 		if err := hc.Health(); err != nil {
 			return fmt.Errorf("engine unhealthy: %w", err)
 		}
@@ -464,6 +617,10 @@ func (s *Server) handleTokenize(c *gin.Context) {
 			Message: "prompt (a string) or messages is required"})
 		return
 	}
+	if len(ids) > s.cfg.MaxTokenizeTokens {
+		s.writeError(c, badParam("prompt", "the input tokenizes to %d tokens, more than this endpoint's limit of %d", len(ids), s.cfg.MaxTokenizeTokens))
+		return
+	}
 	resp := tokenizeResponse{Count: len(ids), MaxModelLen: s.cfg.MaxModelLen, Tokens: ids}
 	if resp.Tokens == nil {
 		resp.Tokens = []int32{}
@@ -495,6 +652,10 @@ func (s *Server) handleDetokenize(c *gin.Context) {
 	ids, e := s.parseTokenIDs("tokens", req.Tokens)
 	if e != nil {
 		s.writeError(c, e)
+		return
+	}
+	if len(ids) > s.cfg.MaxTokenizeTokens {
+		s.writeError(c, badParam("tokens", "%d tokens is more than this endpoint's limit of %d", len(ids), s.cfg.MaxTokenizeTokens))
 		return
 	}
 	text, err := s.tok.Decode(ids, false)

@@ -177,8 +177,21 @@ func TestServeErrors(t *testing.T) {
 	if _, err := New(Config{}, &fakeEngine{}, fakeTokenizer{}); err == nil || !strings.Contains(err.Error(), "ServedModelNames") || !strings.Contains(err.Error(), "MaxModelLen") {
 		t.Errorf("New with an empty config: %v", err)
 	}
-	if _, err := New(testConfig(), nil, fakeTokenizer{}); err == nil {
-		t.Error("New with a nil engine")
+	if _, err := New(testConfig(), &fakeEngine{}, nil); err == nil {
+		t.Error("New with a nil tokenizer")
+	}
+	s0, err := New(testConfig(), nil, fakeTokenizer{})
+	if err != nil {
+		t.Fatalf("New without an engine (set later): %v", err)
+	}
+	if err := s0.SetEngine(nil); err == nil {
+		t.Error("SetEngine(nil)")
+	}
+	if err := s0.SetEngine(&fakeEngine{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s0.SetEngine(&fakeEngine{}); err == nil {
+		t.Error("SetEngine twice")
 	}
 	// A port in use is an error from Serve, not a hang.
 	busy, err := net.Listen("tcp", "127.0.0.1:0")

@@ -115,10 +115,13 @@ func finiteIn(name string, v *float64, lo, hi float64, loOpen bool, into *float3
 	return nil
 }
 
-// samplingParams validates the parameters both generation endpoints share. maxTokens is
-// the explicit max_tokens (nil when absent); the caller resolves it against the prompt.
+// samplingParams validates the sampling parameters of every generation request, HTTP
+// (completions, chat, responses) and gRPC alike: ranges, the server's generation defaults
+// for what the request leaves out, n and priority. The explicit max_tokens (nil when
+// absent) is resolved against the prompt later, by resolveLengths.
 func (s *Server) samplingParams(f *samplingFields) (p engine.SamplingParams, n int, apiErr *APIError) {
 	p = engine.DefaultSamplingParams()
+	f.applyDefaults(&s.cfg.Defaults)
 	if e := finiteIn("temperature", f.Temperature, 0, 2, false, &p.Temperature); e != nil {
 		return p, 0, e
 	}
@@ -200,7 +203,44 @@ func (s *Server) samplingParams(f *samplingFields) (p engine.SamplingParams, n i
 			return p, 0, badParam("truncate_prompt_tokens", "truncate_prompt_tokens must be -1 or in [1, %d], got %d", s.cfg.MaxModelLen, t)
 		}
 	}
+	if f.Priority != 0 && !s.cfg.PriorityScheduling {
+		return p, 0, badParam("priority", "Got priority %d but priority scheduling is not enabled (start the server with --scheduling-policy priority)", f.Priority)
+	}
 	return p, n, nil
+}
+
+// applyDefaults fills the sampling parameters the request left out from the server's
+// generation defaults (vLLM's --generation-config auto).
+func (f *samplingFields) applyDefaults(d *GenerationDefaults) {
+	if f.Temperature == nil && d.Temperature != nil {
+		f.Temperature = ptr(*d.Temperature)
+	}
+	if f.TopP == nil && d.TopP != nil {
+		f.TopP = ptr(*d.TopP)
+	}
+	if f.TopK == nil && d.TopK != nil {
+		f.TopK = ptr(*d.TopK)
+	}
+	if f.MinP == nil && d.MinP != nil {
+		f.MinP = ptr(*d.MinP)
+	}
+	if f.RepetitionPenalty == nil && d.RepetitionPenalty != nil {
+		f.RepetitionPenalty = ptr(*d.RepetitionPenalty)
+	}
+}
+
+// checkChoices bounds prompts × n: by maxChoices, and by the engine's capacity (running
+// plus waiting sequences), since a request with more choices than that can never be
+// admitted; 429 would make a retrying client loop forever, so it is a 400.
+func (s *Server) checkChoices(prompts, n int) *APIError {
+	total := prompts * n
+	if total > maxChoices {
+		return badParam("n", "prompts × n must be at most %d, got %d × %d", maxChoices, prompts, n)
+	}
+	if c := s.cfg.QueueCapacity; c > 0 && total > c {
+		return badParam("n", "prompts × n = %d × %d = %d sequences can never be admitted: the server holds at most %d (max-num-seqs + max-queue-len)", prompts, n, total, c)
+	}
+	return nil
 }
 
 // parseStop accepts null, a string or an array of strings; empty strings are refused.
@@ -356,8 +396,18 @@ func (s *Server) parsePrompt(raw json.RawMessage, addSpecial bool) ([]promptIn, 
 // capped by the room left.
 func (s *Server) resolveLengths(prompts []promptIn, truncateTo *int, explicit *int, maxParam string, defaultMax int, minTokens int, promptParam string) *APIError {
 	maxLen := s.cfg.MaxModelLen
+	if d := s.cfg.Defaults.MaxTokens; d != nil && (defaultMax == 0 || *d < defaultMax) {
+		defaultMax = *d
+	}
 	for i := range prompts {
 		pr := &prompts[i]
+		// Text can encode to special tokens beyond the model's rows (Gemma 3's
+		// <image_soft_token> in a text-only checkpoint): the model has no row for them.
+		for j, id := range pr.ids {
+			if id < 0 || int(id) >= s.cfg.VocabSize {
+				return badParam(promptParam, "token id %d at prompt position %d is outside the model's vocabulary [0, %d)", id, j, s.cfg.VocabSize)
+			}
+		}
 		if truncateTo != nil {
 			k := *truncateTo
 			if k == -1 {
@@ -448,8 +498,8 @@ func (s *Server) completionPlan(body []byte) (*genPlan, *APIError) {
 	if e != nil {
 		return nil, e
 	}
-	if len(prompts)*n > maxChoices {
-		return nil, badParam("n", "prompts × n must be at most %d, got %d × %d", maxChoices, len(prompts), n)
+	if e := s.checkChoices(len(prompts), n); e != nil {
+		return nil, e
 	}
 	// OpenAI's and vLLM's default max_tokens for completions is 16.
 	if e := s.resolveLengths(prompts, req.TruncatePromptTokens, req.MaxTokens, "max_tokens", 16, params.MinTokens, "prompt"); e != nil {
@@ -510,11 +560,14 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	if req.ContinueFinalMessage {
 		return nil, unsupported("continue_final_message", "continue_final_message is not supported")
 	}
-	if hasElements(req.Tools) && !isJSONString(req.ToolChoice, "none") {
-		return nil, unsupported("tools", "tool calling is not supported")
+	if e := checkTools(req.Tools, req.ToolChoice, req.Functions, req.FunctionCall); e != nil {
+		return nil, e
 	}
 	msgs, e := convertMessages(req.Messages)
 	if e != nil {
+		return nil, e
+	}
+	if e := s.checkChoices(1, n); e != nil {
 		return nil, e
 	}
 	addGen := true
@@ -548,6 +601,28 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	plan.params = params
 	plan.id = newRequestID("chatcmpl-")
 	return plan, nil
+}
+
+// checkTools refuses what would need tool calling: tools (unless tool_choice is "none"),
+// a tool_choice without tools, and the legacy functions / function_call.
+func checkTools(tools, toolChoice, functions, functionCall json.RawMessage) *APIError {
+	switch {
+	case present(functions):
+		return unsupported("functions", "functions (the legacy form of tools) is not supported")
+	case present(functionCall):
+		return unsupported("function_call", "function_call (the legacy form of tool_choice) is not supported")
+	case hasElements(tools) && !isJSONString(toolChoice, "none"):
+		return unsupported("tools", "tool calling is not supported")
+	case !hasElements(tools) && present(toolChoice) && !isJSONString(toolChoice, "none"):
+		return badParam("tool_choice", "tool_choice needs tools: it is only allowed when tools is set")
+	}
+	return nil
+}
+
+// present reports whether a field was sent with a non-null value.
+func present(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && string(raw) != "null"
 }
 
 func hasElements(raw json.RawMessage) bool {

@@ -44,6 +44,9 @@ type serveOptions struct {
 	precompile                            string
 	disablePrefixCaching                  bool
 	logLevel                              string
+	schedulingPolicy, generationConfig    string
+	pjrtAutoInstall                       bool
+	idleTimeout, bodyReadTimeout          time.Duration
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
@@ -51,7 +54,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.model, "model", "tiny", "checkpoint directory, or a preset with seeded random weights ("+strings.Join(model.PresetNames(), ", ")+")")
-	fs.StringVar(&o.tokenizerDir, "tokenizer", defaultTokenizerDir(), "directory with tokenizer.json and tokenizer_config.json (default: the model directory, else .cache/tokenizer)")
+	fs.StringVar(&o.tokenizerDir, "tokenizer", defaultTokenizerDir(), "tokenizer directory (tokenizer.json and tokenizer_config.json) or a tokenizer.json file (default: the model directory, else .cache/tokenizer)")
 	fs.StringVar(&o.backend, "backend", "go", "compute backend: go (pure-Go CPU), xla:cpu, xla:cuda, xla:tpu or xla:/abs/plugin.so")
 	fs.StringVar(&o.dtype, "dtype", "f32", "compute dtype: f32 or bf16")
 	fs.StringVar(&o.host, "host", server.DefaultHost, "HTTP listen host")
@@ -72,6 +75,11 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.precompile, "precompile", engine.PrecompileAll, "compile step programs at start-up: all or none")
 	fs.BoolVar(&o.disablePrefixCaching, "no-enable-prefix-caching", false, "turn the prefix cache off")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.schedulingPolicy, "scheduling-policy", "fcfs", "fcfs (arrival order; a request with a non-zero priority is refused) or priority (lower priority values first)")
+	fs.StringVar(&o.generationConfig, "generation-config", "auto", "sampling defaults for what requests leave out: auto (the checkpoint's generation_config.json), vllm (vLLM's defaults) or a directory with a generation_config.json")
+	fs.BoolVar(&o.pjrtAutoInstall, "pjrt-auto-install", false, "let an xla: backend download a missing PJRT plugin (off: TPU nodes often have no internet access)")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive HTTP connections idle this long")
+	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", server.DefaultBodyReadTimeout, "most time a client may take to send a request body (slower: 408)")
 	return fs, o
 }
 
@@ -121,19 +129,144 @@ func runServe(args []string, _ io.Reader, _, stderr io.Writer) error {
 	return serve(ctx, o, log, nil)
 }
 
-// serve builds everything from the options and serves until ctx ends. ready, if not nil,
-// receives the server once it listens (tests use it).
+// validateServeOptions refuses settings that would otherwise be replaced by a default or
+// fail deep inside the engine, naming the flag.
+func validateServeOptions(o *serveOptions) error {
+	var errs []error
+	positive := []struct {
+		flag string
+		v    int
+	}{
+		{"--max-num-seqs", o.maxNumSeqs}, {"--max-num-batched-tokens", o.maxBatched}, {"--max-model-len", o.maxModelLen},
+		{"--block-size", o.pageSize}, {"--tensor-parallel-size", o.tensorParallel},
+	}
+	for _, f := range positive {
+		if f.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s %d must be > 0", f.flag, f.v))
+		}
+	}
+	if o.maxNumSeqs > 0 && o.maxBatched > 0 && o.maxBatched < o.maxNumSeqs {
+		errs = append(errs, fmt.Errorf("--max-num-batched-tokens %d must be >= --max-num-seqs %d (every running request decodes a token per step)", o.maxBatched, o.maxNumSeqs))
+	}
+	if o.maxQueueLen < -1 {
+		errs = append(errs, fmt.Errorf("--max-queue-len %d must be >= 0 (0: 4 × max-num-seqs), or -1 for no limit", o.maxQueueLen))
+	}
+	if o.port < 0 || o.port > 65535 {
+		errs = append(errs, fmt.Errorf("--port %d is not a TCP port", o.port))
+	}
+	if o.grpcPort > 65535 {
+		errs = append(errs, fmt.Errorf("--grpc-port %d is not a TCP port", o.grpcPort))
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--shutdown-timeout", o.shutdownTimeout}, {"--idle-timeout", o.idleTimeout}, {"--body-read-timeout", o.bodyReadTimeout}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s %s must be > 0", d.flag, d.v))
+		}
+	}
+	if o.schedulingPolicy != "fcfs" && o.schedulingPolicy != "priority" {
+		errs = append(errs, fmt.Errorf("--scheduling-policy %q: want fcfs or priority", o.schedulingPolicy))
+	}
+	if o.generationConfig == "" {
+		errs = append(errs, errors.New("--generation-config: want auto, vllm or a directory"))
+	}
+	return errors.Join(errs...)
+}
+
+// modelConfig reads the model's configuration without its weights: config.json of a
+// checkpoint directory, or a preset.
+func modelConfig(name string) (model.Config, error) {
+	if isDirWith(name, "config.json") {
+		return model.LoadConfig(name)
+	}
+	if st, err := os.Stat(name); err == nil && st.IsDir() {
+		return model.Config{}, fmt.Errorf("--model %s: the directory has no config.json", name)
+	}
+	cfg, err := model.Preset(name)
+	if err != nil {
+		return model.Config{}, fmt.Errorf("--model %q is neither a checkpoint directory nor a preset: %w", name, err)
+	}
+	return cfg, nil
+}
+
+// checkVocab compares the tokenizer with the embedding's rows before the weights load. A
+// tokenizer with more ids is accepted when every extra id is a special token (Gemma 3's
+// <image_soft_token>, id 262144, beyond a text-only checkpoint's 262,144 rows): plain text
+// does not produce them, and a prompt that does is refused with 400 naming the id.
+func checkVocab(tok *tokenizer.Tokenizer, rows int, log *slog.Logger) error {
+	n := tok.VocabSize()
+	if n <= rows {
+		return nil
+	}
+	var extra []string
+	for id := rows; id < n; id++ {
+		if !tok.IsSpecial(int32(id)) {
+			piece, _ := tok.TokenString(int32(id))
+			return fmt.Errorf("the tokenizer has %d tokens but the model only %d embedding rows, and id %d (%q) is not a special token", n, rows, id, piece)
+		}
+		if len(extra) < 4 {
+			piece, _ := tok.TokenString(int32(id))
+			extra = append(extra, piece)
+		}
+	}
+	log.Warn("the tokenizer has special tokens beyond the model's embedding rows; prompts containing them are refused",
+		"tokenizer_vocab", n, "embedding_rows", rows, "extra_tokens", extra)
+	return nil
+}
+
+// generationDefaults resolves --generation-config: auto reads the checkpoint's
+// generation_config.json (none for a preset), vllm keeps vLLM's defaults, anything else is
+// a directory holding a generation_config.json.
+func generationDefaults(o *serveOptions, log *slog.Logger) (server.GenerationDefaults, error) {
+	dir := o.generationConfig
+	switch dir {
+	case "vllm":
+		return server.GenerationDefaults{}, nil
+	case "auto":
+		dir = o.model
+		if !isDirWith(dir, model.GenerationConfigFile) {
+			return server.GenerationDefaults{}, nil
+		}
+	default:
+		if !isDirWith(dir, model.GenerationConfigFile) {
+			return server.GenerationDefaults{}, fmt.Errorf("--generation-config %s: no %s there", dir, model.GenerationConfigFile)
+		}
+	}
+	gc, err := model.LoadGenerationConfig(dir)
+	if err != nil {
+		return server.GenerationDefaults{}, fmt.Errorf("--generation-config %s: %w", o.generationConfig, err)
+	}
+	d := server.GenerationDefaults{Temperature: gc.Temperature, TopK: gc.TopK, TopP: gc.TopP, MinP: gc.MinP,
+		RepetitionPenalty: gc.RepetitionPenalty, MaxTokens: gc.MaxNewTokens}
+	if !d.IsZero() {
+		log.Info("default sampling parameters come from the checkpoint's generation_config.json (--generation-config vllm for vLLM's)",
+			"dir", dir, "defaults", d)
+	}
+	return d, nil
+}
+
+// serve builds everything from the options and serves until ctx ends. The ports are bound
+// before the model loads (a port in use fails at once; /health answers 503 and gRPC health
+// NOT_SERVING while it loads). ready, if not nil, receives the server once its engine is
+// ready (tests use it).
 func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*server.Server)) error {
 	log.Info("tpuserve starting", "version", version, "model", o.model, "tokenizer", o.tokenizerDir,
 		"backend", o.backend, "dtype", o.dtype, "host", o.host, "port", o.port, "grpc_port", o.grpcPort,
 		"max_model_len", o.maxModelLen, "max_num_seqs", o.maxNumSeqs, "max_num_batched_tokens", o.maxBatched,
 		"kv_cache_memory", o.kvCacheMemory, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
 		"max_queue_len", o.maxQueueLen, "shutdown_timeout", o.shutdownTimeout, "prefix_caching", !o.disablePrefixCaching,
-		"api_key_set", o.apiKey != "", "precompile", o.precompile)
-	if o.tensorParallel < 1 {
-		return fmt.Errorf("--tensor-parallel-size %d must be >= 1", o.tensorParallel)
+		"api_key_set", o.apiKey != "", "precompile", o.precompile, "scheduling_policy", o.schedulingPolicy,
+		"generation_config", o.generationConfig)
+	if err := validateServeOptions(o); err != nil {
+		return err
 	}
+	model.SetPJRTAutoInstall(o.pjrtAutoInstall)
 	dtype, err := model.ParseDType(o.dtype)
+	if err != nil {
+		return err
+	}
+	mcfg, err := modelConfig(o.model)
 	if err != nil {
 		return err
 	}
@@ -141,65 +274,23 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	if err != nil {
 		return err
 	}
-	tokDir := o.tokenizerDir
-	if tokDir == defaultTokenizerDir() && isDirWith(o.model, "tokenizer.json") {
-		tokDir = o.model // a checkpoint that ships its tokenizer
+	tokPath := o.tokenizerDir
+	if tokPath == defaultTokenizerDir() && isDirWith(o.model, "tokenizer.json") {
+		tokPath = o.model // a checkpoint that ships its tokenizer
 	}
 	t0 := time.Now()
-	tok, err := tokenizer.LoadDir(tokDir)
+	tok, err := loadTokenizer(tokPath)
 	if err != nil {
-		return fmt.Errorf("loading the tokenizer from %s (run `make tokenizer` to fetch Gemma 3's): %w", tokDir, err)
+		return fmt.Errorf("--tokenizer %s (run `make tokenizer` to fetch Gemma 3's): %w", tokPath, err)
 	}
-	log.Info("tokenizer loaded", "dir", tokDir, "vocab", tok.VocabSize(), "elapsed", time.Since(t0).Round(time.Millisecond))
-	backend, err := model.NewBackend(o.backend)
+	log.Info("tokenizer loaded", "path", tokPath, "vocab", tok.VocabSize(), "elapsed", time.Since(t0).Round(time.Millisecond))
+	if err := checkVocab(tok, mcfg.VocabSize, log); err != nil {
+		return err
+	}
+	defaults, err := generationDefaults(o, log)
 	if err != nil {
 		return err
 	}
-	ecfg := engine.Config{}
-	var mc *model.Config
-	loadOpts := model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed}
-	if o.tensorParallel == 1 {
-		m, err := model.Load(backend, loadOpts)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
-		ecfg.Model, mc = m, &m.Config
-	} else {
-		m, err := model.LoadShardedModel(backend, loadOpts, o.tensorParallel)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
-		ecfg.Sharded, mc = m, &m.Config
-	}
-	if tok.VocabSize() > mc.VocabSize {
-		return fmt.Errorf("the tokenizer has %d tokens but the model only %d embedding rows", tok.VocabSize(), mc.VocabSize)
-	}
-	// Rows beyond the tokenizer's vocabulary (multimodal padding) are never sampled.
-	mc.TextVocabSize = min(mc.TextVocabSize, tok.VocabSize())
-	// Instruction-tuned Gemma 3 stops on <eos> and <end_of_turn>.
-	for _, id := range tok.StopIDs() {
-		if !containsInt(mc.EOSTokenIDs, int(id)) {
-			mc.EOSTokenIDs = append(mc.EOSTokenIDs, int(id))
-		}
-	}
-	t0 = time.Now()
-	eng, err := engine.New(engine.Config{
-		Model:      ecfg.Model,
-		Sharded:    ecfg.Sharded,
-		NewDecoder: func(skip bool) engine.StreamDecoder { return tok.NewStreamDecoder(skip) },
-		Scheduler: engine.SchedulerConfig{
-			MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, MaxModelLen: o.maxModelLen, Logger: log,
-		},
-		PageSize: o.pageSize, KVCacheBytes: kvBytes, DisablePrefixCaching: o.disablePrefixCaching,
-		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	defer eng.Close()
-	log.Info("engine ready", "elapsed", time.Since(t0).Round(time.Millisecond))
 	names := []string{}
 	for _, n := range strings.Split(o.servedModelName, ",") {
 		if n = strings.TrimSpace(n); n != "" {
@@ -209,24 +300,100 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	if len(names) == 0 {
 		names = []string{o.model}
 	}
+	queueLen := o.maxQueueLen
+	if queueLen == 0 {
+		queueLen = 4 * o.maxNumSeqs // the engine's default
+	}
 	cfg := server.DefaultConfig()
 	cfg.Host, cfg.Port, cfg.GRPCPort = o.host, o.port, o.grpcPort
 	cfg.ServedModelNames, cfg.ModelRoot, cfg.MaxModelLen = names, o.model, o.maxModelLen
 	cfg.APIKey, cfg.ShutdownTimeout, cfg.Version, cfg.Logger = o.apiKey, o.shutdownTimeout, version, log
-	srv, err := server.New(cfg, engineAdapter{eng}, tokenizerAdapter{tok})
+	cfg.IdleTimeout, cfg.BodyReadTimeout = o.idleTimeout, o.bodyReadTimeout
+	// Prompt ids must have an embedding row.
+	cfg.VocabSize = min(tok.VocabSize(), mcfg.VocabSize)
+	if queueLen > 0 {
+		cfg.QueueCapacity = o.maxNumSeqs + queueLen
+	}
+	cfg.PriorityScheduling = o.schedulingPolicy == "priority"
+	cfg.Defaults = defaults
+	srv, err := server.New(cfg, nil, tokenizerAdapter{tok})
 	if err != nil {
 		return err
 	}
-	if ready != nil {
-		go func() {
-			select {
-			case <-srv.Ready():
-				ready(srv)
-			case <-ctx.Done():
-			}
-		}()
+	if err := srv.Listen(); err != nil {
+		return err
 	}
-	return srv.Serve(ctx)
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx) }()
+	// fail stops the server (it answered 503 while loading) and reports err.
+	fail := func(err error) error {
+		stopServing()
+		<-served
+		return err
+	}
+
+	backend, err := model.NewBackend(o.backend)
+	if err != nil {
+		return fail(err)
+	}
+	ecfg := engine.Config{}
+	var mc *model.Config
+	loadOpts := model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed}
+	if o.tensorParallel == 1 {
+		m, err := model.Load(backend, loadOpts)
+		if err != nil {
+			return fail(err)
+		}
+		defer m.Close()
+		ecfg.Model, mc = m, &m.Config
+	} else {
+		m, err := model.LoadShardedModel(backend, loadOpts, o.tensorParallel)
+		if err != nil {
+			return fail(err)
+		}
+		defer m.Close()
+		ecfg.Sharded, mc = m, &m.Config
+	}
+	// Rows beyond the tokenizer's vocabulary (multimodal padding) are never sampled.
+	mc.TextVocabSize = min(mc.TextVocabSize, tok.VocabSize())
+	// Instruction-tuned Gemma 3 stops on <eos> and <end_of_turn>.
+	for _, id := range tok.StopIDs() {
+		if int(id) < mc.VocabSize && !containsInt(mc.EOSTokenIDs, int(id)) {
+			mc.EOSTokenIDs = append(mc.EOSTokenIDs, int(id))
+		}
+	}
+	policy := engine.PolicyFCFS
+	if o.schedulingPolicy == "priority" {
+		policy = engine.PolicyPriority
+	}
+	t0 = time.Now()
+	eng, err := engine.New(engine.Config{
+		Model:      ecfg.Model,
+		Sharded:    ecfg.Sharded,
+		NewDecoder: func(skip bool) engine.StreamDecoder { return tok.NewStreamDecoder(skip) },
+		Scheduler: engine.SchedulerConfig{
+			MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, MaxModelLen: o.maxModelLen, Policy: policy, Logger: log,
+		},
+		PageSize: o.pageSize, KVCacheBytes: kvBytes, DisablePrefixCaching: o.disablePrefixCaching,
+		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	defer eng.Close()
+	log.Info("engine ready", "elapsed", time.Since(t0).Round(time.Millisecond))
+	if ctx.Err() != nil {
+		return <-served // stopped while loading
+	}
+	if err := srv.SetEngine(engineAdapter{eng}); err != nil {
+		return fail(err)
+	}
+	if ready != nil {
+		ready(srv)
+	}
+	return <-served
 }
 
 // kvBudget is the KV cache bytes per device: from the memory plan when --device-memory is
@@ -246,12 +413,7 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if err != nil {
 		return 0, fmt.Errorf("--device-memory: %w", err)
 	}
-	var cfg model.Config
-	if isDirWith(o.model, "config.json") {
-		cfg, err = model.LoadConfig(o.model)
-	} else {
-		cfg, err = model.Preset(o.model)
-	}
+	cfg, err := modelConfig(o.model)
 	if err != nil {
 		return 0, err
 	}

@@ -39,21 +39,25 @@ func AtLoad(mode Mode) Scheme {
 }
 
 // Quantizes reports whether the Linear module (its full checkpoint name without
-// ".weight", e.g. "model.layers.3.mlp.down_proj") is covered. Patterns were checked by
-// ParseConfig; one that does not compile matches nothing.
+// ".weight", e.g. "model.layers.3.mlp.down_proj") is covered: targeted and not ignored.
+// Patterns were checked by ParseConfig; one that does not compile matches nothing.
 func (s Scheme) Quantizes(module string) bool {
-	if s.Mode == None {
-		return false
-	}
-	hit := func(list []string) bool {
-		for _, p := range list {
-			if matches(p, module) {
-				return true
-			}
+	return s.Mode != None && s.Targeted(module) && !s.Ignored(module)
+}
+
+// Targeted reports whether some target matches module.
+func (s Scheme) Targeted(module string) bool { return matchesAny(s.Targets, module) }
+
+// Ignored reports whether some ignore entry matches module.
+func (s Scheme) Ignored(module string) bool { return matchesAny(s.Ignore, module) }
+
+func matchesAny(list []string, module string) bool {
+	for _, p := range list {
+		if matches(p, module) {
+			return true
 		}
-		return false
 	}
-	return hit(s.Targets) && !hit(s.Ignore)
+	return false
 }
 
 func matches(pattern, module string) bool {

@@ -255,3 +255,37 @@ func quantParseMode(t *testing.T, s string) (quant.Mode, error) {
 	}
 	return m, nil
 }
+
+// TestQuantizedPreset: a preset's random weights quantize at load like a checkpoint.
+func TestQuantizedPreset(t *testing.T) {
+	ids := []int32{2, 17, 9, 300}
+	logits := map[string][]float32{}
+	for _, q := range []string{"", "int8", "fp8-weight-only"} {
+		m, err := model.Load(backendtest.Backend(t), model.LoadOptions{Model: "tiny", DType: dtypes.Float32, Seed: 5, Quantization: q, Progress: func(model.LoadProgress) {}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		int8s := 0
+		for _, x := range m.Weights.Tensors {
+			if x.DType() == dtypes.Int8 || x.DType() == dtypes.Uint8 {
+				int8s++
+			}
+		}
+		if want := map[string]int{"": 0, "int8": 28, "fp8-weight-only": 28}[q]; int8s != want || (q != "" && m.Config.Quantization.Mode.String() != q) {
+			t.Errorf("%q: %d quantized tensors (want %d), mode %s", q, int8s, want, m.Config.Quantization.Mode)
+		}
+		out, err := m.ForwardLogits(ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logits[q] = flat32(t, out)
+		m.Close()
+	}
+	for _, q := range []string{"int8", "fp8-weight-only"} {
+		maxD, _, _, _ := logitsDiff(logits[q], logits[""], 262208, 0)
+		if maxD == 0 || maxD > 0.5 { // the fixtures move by up to 0.2 (golden.json quality)
+			t.Errorf("%s vs unquantized: max |Δ| %.3g, want a small nonzero change", q, maxD)
+		}
+		t.Logf("tiny preset %s vs unquantized: max |Δ| %.3g", q, maxD)
+	}
+}

@@ -351,3 +351,31 @@ func TestQuantizeCheckpointRoundTrip(t *testing.T) {
 		t.Errorf("quantizing a quantized checkpoint: %v", err)
 	}
 }
+
+// TestQuantizedBatchIndependence: activations are quantized per token, so a sequence's
+// W8A8 / FP8-dynamic logits do not depend on what shares its step (a per-tensor or
+// per-batch scale would couple them and fail the mean check).
+func TestQuantizedBatchIndependence(t *testing.T) {
+	for _, fx := range quantFixtures {
+		t.Run(fx.dir, func(t *testing.T) {
+			m := loadQuant(t, filepath.Join("testdata", fx.dir), dtypes.Float32, "")
+			golden, _ := loadQuantGolden(t, filepath.Join("testdata", fx.dir))
+			target := golden.Sequences[3]
+			alone := newPagedDriver(t, m, 8, 64, 1).step([]*drvSeq{{tokens: target}}, []int{len(target)})[0]
+			other := golden.Sequences[4][:25]
+			shared := newPagedDriver(t, m, 8, 64, 2).step([]*drvSeq{{tokens: other}, {tokens: target}}, []int{len(other), len(target)})[1]
+			maxD, meanD := 0.0, 0.0
+			for p := range alone {
+				for j := range alone[p] {
+					d := math.Abs(float64(alone[p][j] - shared[p][j]))
+					maxD, meanD = math.Max(maxD, d), meanD+d
+				}
+			}
+			meanD /= float64(len(alone) * len(alone[0]))
+			if meanD > 0.001 {
+				t.Errorf("alone vs sharing a step: max |Δ| %.3g, mean %.3g > 0.001", maxD, meanD)
+			}
+			t.Logf("alone vs sharing a step: max |Δ| %.3g, mean %.3g", maxD, meanD)
+		})
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/tpuserve/tpuserve/quant"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -54,6 +56,9 @@ type Config struct {
 	TextVocabSize int `json:"-"`
 	// Multimodal is true when the config came from Gemma3ForConditionalGeneration.
 	Multimodal bool `json:"-"`
+	// Quantization is how the decoder Linears are quantized (quantization_config, or a
+	// quantize-at-load; see quant.Scheme). The zero value: not quantized.
+	Quantization quant.Scheme `json:"-"`
 }
 
 // DefaultConfig returns Gemma 3's defaults for every field a hub config may omit; the
@@ -182,6 +187,9 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, err
 	}
 	c.Multimodal = multimodal
+	if err := c.parseQuantization(top, text); err != nil {
+		return Config{}, err
+	}
 	if raw, ok := text["rope_scaling"]; ok && string(raw) != "null" {
 		var rs struct {
 			Factor   *float64 `json:"factor"`

@@ -5,6 +5,12 @@
 // parallelism: the sharding plan and the sharded program (sharding.go, tp.go). The step-
 // shape set, the memory plan and the roofline live in internal/plan.
 //
+// Quantized weights (quant.go, quant_graph.go, quant_write.go; docs/quantization.md):
+// compressed-tensors int8 W8A8 / FP8-dynamic checkpoints and quantize-at-load
+// (LoadOptions.Quantization) keep each covered Linear as 1 byte per parameter plus a scale
+// per output row (WeightSpecs lists the scales after each layer's tensors), and Forward runs
+// those Linears with QuantizedLinear. The formats and the recipe are package quant's.
+//
 // The math follows docs/gemma3.md (Hugging Face transformers is the reference). The graph
 // takes page tables and slot indices as inputs; which pages a sequence owns is kvcache's
 // business, and which sequences run in a step is the engine's. The model never schedules.

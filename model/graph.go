@@ -68,8 +68,10 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 	scale := 1 / math.Sqrt(cfg.QueryPreAttnScalar)
 
 	newPools = make([]*Node, len(pools))
+	layers := layerIndices(cfg) // where each layer's tensors (and quantization scales) sit
 	for l := 0; l < cfg.NumHiddenLayers; l++ {
-		w := weights[1+l*numLayerWeights : 1+(l+1)*numLayerWeights]
+		w := weights[layers[l].start : layers[l].start+numLayerWeights]
+		lin := func(x *Node, k int) *Node { return layerLinear(cfg, x, weights, layers[l], k) }
 		global := cfg.IsGlobal(l)
 		rope, slots, table, mask := ropeLocal, in.SlotsSliding, in.PageTableSliding, maskSliding
 		if global {
@@ -78,9 +80,9 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 
 		residual := x
 		hn := rmsNorm(x, w[wInputNorm], cfg.RMSNormEps)
-		q := Reshape(linear(hn, w[wQ]), T, NH, D)
-		k := Reshape(linear(hn, w[wK]), T, KV, D)
-		v := Reshape(linear(hn, w[wV]), T, KV, D)
+		q := Reshape(lin(hn, wQ), T, NH, D)
+		k := Reshape(lin(hn, wK), T, KV, D)
+		v := Reshape(lin(hn, wV), T, KV, D)
 		q = rope.apply(rmsNorm(q, w[wQNorm], cfg.RMSNormEps))
 		k = rope.apply(rmsNorm(k, w[wKNorm], cfg.RMSNormEps))
 
@@ -89,12 +91,12 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 		newPools[2*l], newPools[2*l+1] = kPool, vPool
 
 		attn := pagedAttention(q, kPool, vPool, table, in.GridIndex, in.TokenCell, mask, NH, KV, D, B, Q, scale)
-		attn = linear(attn, w[wO])
+		attn = lin(attn, wO)
 		x = Add(residual, rmsNorm(attn, w[wPostAttnNorm], cfg.RMSNormEps))
 
 		residual = x
 		hn = rmsNorm(x, w[wPreFFNorm], cfg.RMSNormEps)
-		mlp := linear(Mul(geluTanh(linear(hn, w[wGate])), linear(hn, w[wUp])), w[wDown])
+		mlp := lin(Mul(geluTanh(lin(hn, wGate)), lin(hn, wUp)), wDown)
 		x = Add(residual, rmsNorm(mlp, w[wPostFFNorm], cfg.RMSNormEps))
 	}
 	return x, newPools

@@ -37,6 +37,11 @@ type LoadOptions struct {
 	Seed uint64
 	// Progress, if set, is called while weights load (default: log with slog).
 	Progress func(LoadProgress)
+	// Quantization overrides the checkpoint's own quantization_config (see quant.ParseMode
+	// and quant.Resolve): "" follows the checkpoint (else none); "int8", "int8-weight-only",
+	// "fp8", "fp8-weight-only" quantize an unquantized checkpoint (or a preset) at load, or
+	// pick the activation handling of a compressed one; "none" keeps an unquantized one as is.
+	Quantization string
 }
 
 // Load reads (or, for a preset, generates) a model's weights and puts them on the backend.
@@ -57,11 +62,17 @@ func Load(backend backends.Backend, opts LoadOptions) (*Model, error) {
 				return nil, err
 			}
 			slog.Info("random weights", "preset", opts.Model, "params", cfg.NumParams(), "seed", opts.Seed, "elapsed", time.Since(start).Round(time.Millisecond))
+			if cfg, w, err = quantizePreset(cfg, w, opts.Quantization); err != nil {
+				return nil, err
+			}
 			return New(backend, cfg, w)
 		}
 	}
 	cfg, err := LoadConfig(opts.Model)
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.resolveQuantization(opts.Quantization); err != nil {
 		return nil, err
 	}
 	ck, err := OpenCheckpoint(opts.Model)

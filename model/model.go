@@ -26,8 +26,12 @@ func New(backend backends.Backend, cfg Config, weights *Weights) (*Model, error)
 	}
 	dtype := weights.Tensors[0].DType()
 	for i, t := range weights.Tensors {
-		if !slices.Equal(t.Shape().Dimensions, weights.Specs[i].Shape) || t.DType() != dtype {
-			return nil, fmt.Errorf("%w: tensor %s is %s, want %v of %s", ErrWeights, weights.Specs[i].Name, t.Shape(), weights.Specs[i].Shape, dtype)
+		want := dtype
+		if weights.Specs[i].DType != dtypes.InvalidDType { // a quantized weight
+			want = weights.Specs[i].DType
+		}
+		if !slices.Equal(t.Shape().Dimensions, weights.Specs[i].Shape) || t.DType() != want {
+			return nil, fmt.Errorf("%w: tensor %s is %s, want %v of %s", ErrWeights, weights.Specs[i].Name, t.Shape(), weights.Specs[i].Shape, want)
 		}
 		if err := t.MaterializeOnDevice(backend, false, 0); err != nil {
 			return nil, fmt.Errorf("%w: moving %s to the device: %w", ErrWeights, weights.Specs[i].Name, err)

@@ -16,7 +16,12 @@ import (
 var safetensorsDTypes = map[string]dtypes.DType{
 	"F32": dtypes.Float32, "BF16": dtypes.BFloat16, "F16": dtypes.Float16,
 	"I32": dtypes.Int32, "I64": dtypes.Int64, "F64": dtypes.Float64,
+	"I8": dtypes.Int8, "U8": dtypes.Uint8,
 }
+
+// f8E4M3Code is the safetensors dtype of float8 e4m3fn, held in Uint8 host tensors as bit
+// patterns (gomlx has no Go type for it): read as Uint8, written with WriteSafetensorsAs.
+const f8E4M3Code = "F8_E4M3"
 
 // ReadSafetensors reads every tensor of one safetensors file into host tensors (for small
 // files: golden data, the forward command's output).
@@ -29,6 +34,9 @@ func ReadSafetensors(path string) (map[string]*tensors.Tensor, error) {
 	out := make(map[string]*tensors.Tensor, len(sf.tensors))
 	for name, info := range sf.tensors {
 		dt, ok := safetensorsDTypes[info.DType]
+		if info.DType == f8E4M3Code {
+			dt, ok = dtypes.Uint8, true
+		}
 		if !ok {
 			return nil, fmt.Errorf("%w: %s: tensor %s has unsupported dtype %s", ErrWeights, path, name, info.DType)
 		}
@@ -43,7 +51,13 @@ func ReadSafetensors(path string) (map[string]*tensors.Tensor, error) {
 }
 
 // WriteSafetensors writes named host tensors to path in the safetensors format.
-func WriteSafetensors(path string, named map[string]*tensors.Tensor) (err error) {
+func WriteSafetensors(path string, named map[string]*tensors.Tensor) error {
+	return WriteSafetensorsAs(path, named, nil)
+}
+
+// WriteSafetensorsAs is WriteSafetensors with the safetensors dtype of some tensors given
+// by name (e.g. "F8_E4M3" for a Uint8 tensor of e4m3 bit patterns).
+func WriteSafetensorsAs(path string, named map[string]*tensors.Tensor, codes map[string]string) (err error) {
 	names := make([]string, 0, len(named))
 	for n := range named {
 		names = append(names, n)
@@ -58,6 +72,12 @@ func WriteSafetensors(path string, named map[string]*tensors.Tensor) (err error)
 			if dt == t.DType() {
 				code = k
 			}
+		}
+		if c, ok := codes[n]; ok {
+			if dtypeSize(c) != t.DType().Size() {
+				return fmt.Errorf("%w: tensor %s: dtype %s cannot be written as %s", ErrWeights, n, t.DType(), c)
+			}
+			code = c
 		}
 		if code == "" {
 			return fmt.Errorf("%w: tensor %s: dtype %s cannot be written", ErrWeights, n, t.DType())

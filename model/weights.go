@@ -23,6 +23,9 @@ import (
 type WeightSpec struct {
 	Name  string
 	Shape []int
+	// DType is the storage dtype of a quantized weight (Int8, or Uint8 e4m3 bits);
+	// InvalidDType (the zero value) means the compute dtype.
+	DType dtypes.DType
 }
 
 // Per-layer tensor suffixes, in the order the graph consumes them.
@@ -52,21 +55,23 @@ var layerWeightNames = [numLayerWeights]string{
 }
 
 // WeightSpecs lists every tensor of the text model in graph order: the embedding, each
-// layer's 13 tensors, the final norm.
+// layer's 13 tensors (followed, when cfg.Quantization covers some of its Linears, by their
+// scales `<linear>.weight_scale` [out, 1]; see quant.go), the final norm.
 func WeightSpecs(c *Config) []WeightSpec {
 	h, i, d := c.HiddenSize, c.IntermediateSize, c.HeadDim
 	nh, kv := c.NumAttentionHeads, c.NumKeyValueHeads
-	specs := []WeightSpec{{"model.embed_tokens.weight", []int{c.VocabSize, h}}}
+	specs := []WeightSpec{{Name: "model.embed_tokens.weight", Shape: []int{c.VocabSize, h}}}
 	for l := 0; l < c.NumHiddenLayers; l++ {
 		shapesByKind := [numLayerWeights][]int{
 			{h}, {nh * d, h}, {kv * d, h}, {kv * d, h}, {h, nh * d}, {d}, {d},
 			{h}, {h}, {h}, {i, h}, {i, h}, {h, i},
 		}
 		for k := 0; k < numLayerWeights; k++ {
-			specs = append(specs, WeightSpec{fmt.Sprintf("model.layers.%d.%s", l, layerWeightNames[k]), shapesByKind[k]})
+			specs = append(specs, WeightSpec{Name: fmt.Sprintf("model.layers.%d.%s", l, layerWeightNames[k]), Shape: shapesByKind[k]})
 		}
+		specs = appendLayerQuantSpecs(c, specs, l)
 	}
-	return append(specs, WeightSpec{"model.norm.weight", []int{h}})
+	return append(specs, WeightSpec{Name: "model.norm.weight", Shape: []int{h}})
 }
 
 // checkpointPrefixes are the three layouts of Gemma 3 text weights on the hub: the text
@@ -137,12 +142,24 @@ func LoadWeights(ck *Checkpoint, cfg *Config, dtype dtypes.DType, progress func(
 	var total int64
 	for i, s := range specs {
 		name := prefix + strings.TrimPrefix(s.Name, "model.")
+		if s.DType != dtypes.InvalidDType || isScaleSpec(s) {
+			info, err := checkQuantSpec(ck, prefix, cfg, s)
+			if err != nil {
+				return nil, err
+			}
+			infos[i] = info
+			total += info.End - info.Begin
+			continue
+		}
 		info, ok := ck.Lookup(name)
 		if !ok {
 			return nil, fmt.Errorf("%w: tensor %s is missing from %s", ErrWeights, name, ck.Dir)
 		}
 		if !slices.Equal(info.Shape, s.Shape) {
 			return nil, fmt.Errorf("%w: tensor %s in %s has shape %v, the config needs %v", ErrWeights, name, info.File, info.Shape, s.Shape)
+		}
+		if err := checkUnquantized(ck, name, info); err != nil {
+			return nil, err
 		}
 		switch info.DType {
 		case "BF16", "F16", "F32":
@@ -156,8 +173,19 @@ func LoadWeights(ck *Checkpoint, cfg *Config, dtype dtypes.DType, progress func(
 	start := time.Now()
 	var done int64
 	lastReport := start
+	pendingScales := map[string][]float32{}
 	for i, s := range specs {
 		name := prefix + strings.TrimPrefix(s.Name, "model.")
+		if s.DType != dtypes.InvalidDType || isScaleSpec(s) {
+			t, err := loadQuantTensor(ck, name, infos[i], s, cfg, dtype, pendingScales)
+			if err != nil {
+				w.Finalize()
+				return nil, err
+			}
+			w.Tensors[i] = t
+			done += infos[i].End - infos[i].Begin
+			continue
+		}
 		raw, err := ck.Bytes(name)
 		if err != nil {
 			w.Finalize()

@@ -25,6 +25,7 @@ func runForward(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	dtypeFlag := fs.String("dtype", "f32", "compute dtype: f32 or bf16")
 	backendFlag := fs.String("backend", envOr("TPUSERVE_BACKEND", "go"), "go, xla:cpu, xla:cuda, xla:tpu or xla:/abs/plugin.so")
 	seed := fs.Uint64("seed", 0, "seed of a preset's random weights")
+	quantization := fs.String("quantization", "", "override the checkpoint's quantization_config: none, int8 (W8A8), int8-weight-only, fp8 (FP8-dynamic), fp8-weight-only (default: the checkpoint's own, else none)")
 	out := fs.String("out", "", "output file (.safetensors) for tensor `logits` [T, V] float32 (required)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -47,7 +48,7 @@ func runForward(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	m, err := model.Load(backend, model.LoadOptions{Model: *modelSpec, DType: dtype, Seed: *seed})
+	m, err := model.Load(backend, model.LoadOptions{Model: *modelSpec, DType: dtype, Seed: *seed, Quantization: *quantization})
 	if err != nil {
 		return err
 	}

@@ -2,8 +2,8 @@ package vision
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"image"
 	"image/color"
 	_ "image/gif"  // GIF (first frame)
@@ -58,6 +58,9 @@ func decodeImage(data []byte, maxBytes, maxPixels int64) (img image.Image, forma
 			}
 			return nil, "", imageErr(ErrUnsupportedFormat, "", nil, "unrecognised data (want PNG, JPEG, WebP or GIF)")
 		}
+		if w, h, ok := pngHeaderDims(data); ok && (w == 0 || h == 0) {
+			return nil, "png", imageErr(ErrEmpty, "png", nil, "%dx%d pixels", w, h)
+		}
 		return nil, format, imageErr(ErrCorrupt, format, err, "bad header")
 	}
 	if err := checkDims(format, cfg.Width, cfg.Height, maxPixels); err != nil {
@@ -72,6 +75,15 @@ func decodeImage(data []byte, maxBytes, maxPixels int64) (img image.Image, forma
 		return nil, format, err
 	}
 	return img, format, nil
+}
+
+// pngHeaderDims reads the IHDR dimensions of a PNG (Go's decoder rejects zero dimensions
+// as a format error; they are reported as an empty image instead).
+func pngHeaderDims(data []byte) (w, h uint32, ok bool) {
+	if len(data) < 24 || !bytes.HasPrefix(data, []byte("\x89PNG\r\n\x1a\n")) || string(data[12:16]) != "IHDR" {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint32(data[16:20]), binary.BigEndian.Uint32(data[20:24]), true
 }
 
 func checkDims(format string, w, h int, maxPixels int64) error {
@@ -235,12 +247,4 @@ func clipU8(v int) uint8 {
 		return 255
 	}
 	return uint8(v)
-}
-
-// formatName is a human name for a detected format.
-func formatName(f string) string {
-	if f == "" {
-		return "unknown format"
-	}
-	return fmt.Sprintf("%s image", f)
 }

@@ -129,7 +129,7 @@ func RandomWeights(cfg *Config, dtype dtypes.DType, seed uint64) (*Weights, erro
 			std = 1 / math.Sqrt(float64(s.Shape[1]))
 		}
 		t := tensors.FromShape(shapes.Make(dtype, s.Shape...))
-		t.MutableBytes(func(dst []byte) {
+		err := t.MutableBytes(func(dst []byte) {
 			for j := 0; j < n; j++ {
 				bits := bf16Bits(float32(mean + std*rng.NormFloat64()))
 				if dtype == dtypes.BFloat16 {
@@ -139,6 +139,10 @@ func RandomWeights(cfg *Config, dtype dtypes.DType, seed uint64) (*Weights, erro
 				}
 			}
 		})
+		if err != nil {
+			w.Finalize()
+			return nil, fmt.Errorf("vision: random tensor %s: %w", s.Name, err)
+		}
 		w.Tensors[i] = t
 	}
 	return w, nil

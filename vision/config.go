@@ -59,6 +59,18 @@ func (c *Config) TokensPerSide() int { return int(math.Round(math.Sqrt(float64(c
 // PoolKernel is the projector's average-pool kernel (and stride): patches_per_side / tokens_per_side.
 func (c *Config) PoolKernel() int { return c.PatchesPerSide() / c.TokensPerSide() }
 
+// PlaceholderIDs is the token run one image takes in a prompt: boi, mm_tokens_per_image
+// image tokens, eoi (the soft tokens replace the image tokens). Hugging Face's
+// Gemma3Processor also wraps it in "\n\n" on both sides; those ids come from the tokenizer.
+func (c *Config) PlaceholderIDs() []int32 {
+	ids := make([]int32, 0, c.MMTokensPerImage+2)
+	ids = append(ids, int32(c.BOITokenID))
+	for i := 0; i < c.MMTokensPerImage; i++ {
+		ids = append(ids, int32(c.ImageTokenID))
+	}
+	return append(ids, int32(c.EOITokenID))
+}
+
 // NumParams counts the tower's and projector's parameters.
 func (c *Config) NumParams() int64 {
 	var n int64

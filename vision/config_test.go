@@ -23,6 +23,11 @@ func TestParseConfigFixture(t *testing.T) {
 		t.Errorf("token ids %d/%d/%d, %d tokens; golden.json says %d/%d/%d, %d", c.ImageTokenID, c.BOITokenID, c.EOITokenID,
 			c.MMTokensPerImage, meta.ImageTokenIndex, meta.BOITokenIndex, meta.EOITokenIndex, meta.MMTokensPerImage)
 	}
+	// golden.json's sequence 2 is bos, then exactly one image's placeholder run.
+	ids := c.PlaceholderIDs()
+	if len(ids) != 18 || ids[0] != 509 || ids[1] != 511 || ids[16] != 511 || ids[17] != 510 {
+		t.Errorf("placeholder ids %v", ids)
+	}
 	if c.PatchesPerSide() != 8 || c.TokensPerSide() != 4 || c.PoolKernel() != 2 || c.NumPatches() != 64 {
 		t.Errorf("derived sizes: %d patches/side, %d tokens/side, kernel %d", c.PatchesPerSide(), c.TokensPerSide(), c.PoolKernel())
 	}
@@ -59,9 +64,9 @@ func TestParseConfig4B(t *testing.T) {
 	if c.PatchesPerSide() != 64 || c.PoolKernel() != 4 || c.ImageTokenID != 262144 {
 		t.Errorf("4B derived: %d patches/side, kernel %d", c.PatchesPerSide(), c.PoolKernel())
 	}
-	// SigLIP-So400m + projector: 416.9 M parameters (2560·1152 of them the projection).
-	if n := c.NumParams(); n < 410e6 || n > 425e6 {
-		t.Errorf("4B tower has %d params, want ≈ 417 M", n)
+	// SigLIP-So400m + projector: 419.8 M parameters (2.9 M of them the projection).
+	if n := c.NumParams(); n != 419_816_304 {
+		t.Errorf("4B tower has %d params, want 419816304", n)
 	}
 }
 

@@ -222,7 +222,7 @@ func (e *Encoder) run(images [][]float32, bucket int, dst []float32) error {
 	per := C * S * S
 	pixels := tensors.FromShape(shapes.Make(e.dtype, bucket, C, S, S))
 	defer pixels.FinalizeAll()
-	pixels.MutableBytes(func(buf []byte) {
+	if err := pixels.MutableBytes(func(buf []byte) {
 		clear(buf)
 		for i, img := range images {
 			if e.dtype == dtypes.BFloat16 {
@@ -235,7 +235,9 @@ func (e *Encoder) run(images [][]float32, bucket int, dst []float32) error {
 				}
 			}
 		}
-	})
+	}); err != nil {
+		return fmt.Errorf("vision: filling the pixel input: %w", err)
+	}
 	before := e.compilations.Load()
 	outs, err := e.exec.Exec(e.args(pixels)...)
 	if err != nil {
@@ -248,7 +250,7 @@ func (e *Encoder) run(images [][]float32, bucket int, dst []float32) error {
 	defer res.FinalizeAll()
 	n := len(dst)
 	var copyErr error
-	res.ConstBytes(func(buf []byte) {
+	if err := res.ConstBytes(func(buf []byte) {
 		switch e.dtype {
 		case dtypes.BFloat16:
 			if len(buf) < 2*n {
@@ -267,7 +269,9 @@ func (e *Encoder) run(images [][]float32, bucket int, dst []float32) error {
 				dst[j] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*j:]))
 			}
 		}
-	})
+	}); err != nil {
+		return fmt.Errorf("vision: reading the features: %w", err)
+	}
 	return copyErr
 }
 

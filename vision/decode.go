@@ -74,7 +74,23 @@ func decodeImage(data []byte, maxBytes, maxPixels int64) (img image.Image, forma
 	if err := checkDims(format, b.Dx(), b.Dy(), maxPixels); err != nil {
 		return nil, format, err
 	}
+	if screen := image.Rect(0, 0, cfg.Width, cfg.Height); format == "gif" && b != screen {
+		img = onGIFScreen(img, screen)
+	}
 	return img, format, nil
+}
+
+// onGIFScreen places a GIF's first frame on its logical screen (Go decodes the frame at
+// its own bounds); the area outside the frame is transparent, so it becomes white.
+func onGIFScreen(frame image.Image, screen image.Rectangle) image.Image {
+	out := image.NewNRGBA(screen)
+	r := frame.Bounds().Intersect(screen)
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		for x := r.Min.X; x < r.Max.X; x++ {
+			out.Set(x, y, frame.At(x, y))
+		}
+	}
+	return out
 }
 
 // pngHeaderDims reads the IHDR dimensions of a PNG (Go's decoder rejects zero dimensions

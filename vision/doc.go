@@ -37,8 +37,9 @@
 // On the tiny fixture (testdata/gemma3-tiny-vision, made by transformers 4.53.3) pixel values
 // are bit-identical and f32 features agree to 2e-6. Known differences from PIL, none of which
 // the fixtures exercise: JPEG chroma upsampling (Go: nearest; libjpeg: triangle, so ±few
-// levels at colour edges), 16-bit grayscale (high byte here; PIL clips to 255), GIF frames
-// smaller than the logical screen (decoded at the frame's own size).
+// levels at colour edges), 16-bit grayscale (high byte here; PIL clips to 255), a first GIF
+// frame smaller than the logical screen (here the uncovered area is transparent, so white;
+// PIL fills it with the transparent or first palette colour).
 //
 // # Lifecycle
 //

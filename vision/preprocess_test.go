@@ -330,6 +330,25 @@ func TestFormats(t *testing.T) {
 		check(0, [3]uint8{255, 255, 255})
 		check(1, [3]uint8{0, 0, 255})
 		check(2, [3]uint8{255, 0, 0})
+
+		// A first frame smaller than the logical screen sits at its offset on a white screen.
+		small := image.NewPaletted(image.Rect(10, 0, 20, 64), pal)
+		for i := range small.Pix {
+			small.Pix[i] = 1
+		}
+		buf.Reset()
+		if err := gif.EncodeAll(&buf, &gif.GIF{Image: []*image.Paletted{small}, Delay: []int{0},
+			Config: image.Config{ColorModel: pal, Width: 64, Height: 64}}); err != nil {
+			t.Fatal(err)
+		}
+		if pp, err = p.Preprocess(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if pp.SourceWidth != 64 || pp.SourceHeight != 64 {
+			t.Fatalf("decoded at %dx%d, want the 64x64 screen", pp.SourceWidth, pp.SourceHeight)
+		}
+		check(0, [3]uint8{255, 255, 255})
+		check(10, [3]uint8{255, 0, 0})
 	})
 	t.Run("webp lossless", func(t *testing.T) {
 		webpData, err := os.ReadFile("testdata/gopher-doc.1bpp.lossless.webp")

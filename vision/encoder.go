@@ -144,6 +144,9 @@ func (e *Encoder) Buckets() []int {
 func (e *Encoder) Precompile(buckets ...int) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.exec == nil {
+		return fmt.Errorf("%w: the encoder is closed", ErrInput)
+	}
 	for _, b := range buckets {
 		if b <= 0 {
 			return fmt.Errorf("%w: bucket size %d must be positive", ErrInput, b)
@@ -193,6 +196,9 @@ func (e *Encoder) Encode(images [][]float32) (*Features, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.exec == nil {
+		return nil, fmt.Errorf("%w: the encoder is closed", ErrInput)
+	}
 	if len(e.buckets) == 0 {
 		return nil, fmt.Errorf("%w: call Precompile first", ErrNotCompiled)
 	}

@@ -73,6 +73,10 @@ func TestEncoderBuckets(t *testing.T) {
 	if err := enc.Precompile(0); !errors.Is(err, ErrInput) {
 		t.Errorf("bucket 0: %v, want ErrInput", err)
 	}
+	enc.Close()
+	if _, err := enc.Encode([][]float32{img(0)}); !errors.Is(err, ErrInput) {
+		t.Errorf("Encode after Close: %v, want ErrInput", err)
+	}
 }
 
 // TestEncoderBF16: bf16 compute against the f32 reference. The tiny features reach ±4; bf16

@@ -230,7 +230,7 @@ func TestFeaturesFromGoldenPixels(t *testing.T) {
 // TestCausalAttentionAblation: SigLIP's attention is bidirectional; a causal mask moves the
 // features beyond the 1e-3 tolerance, so the golden test checks the attention pattern.
 func TestCausalAttentionAblation(t *testing.T) {
-	meta, golden := loadGolden(t)
+	_, golden := loadGolden(t)
 	cfg, err := LoadConfig(fixtureDir)
 	if err != nil {
 		t.Fatal(err)
@@ -252,5 +252,4 @@ func TestCausalAttentionAblation(t *testing.T) {
 	if d <= 1e-3 {
 		t.Errorf("causal attention gives max |Δ| = %g, want > 1e-3 (the ablation must fail the golden tolerance)", d)
 	}
-	_ = meta
 }

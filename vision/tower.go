@@ -102,7 +102,8 @@ type encodeOptions struct {
 }
 
 // Encode builds the SigLIP vision tower and the Gemma 3 multimodal projector:
-// pixels [numImages, 3, S, S] (normalised, in the compute dtype) → image features
+// pixels [numImages, 3, S, S] (normalised; float32 or the compute dtype, converted as HF
+// does with pixel_values.to(patch_embedding.weight.dtype)) → image features
 // [numImages, mm_tokens_per_image, text hidden] in the compute dtype. weights are nodes
 // in WeightSpecs order, in the compute dtype. Images are independent (attention never
 // crosses images), so padding a batch with zero images does not change the real ones.
@@ -224,8 +225,11 @@ func rmsNorm(x, w *Node, eps float64) *Node {
 	return ConvertDType(y, dtype)
 }
 
-// geluTanh is gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+// geluTanh is gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), computed in
+// float32 and rounded once, as PyTorch's kernel does for bf16 inputs.
 func geluTanh(x *Node) *Node {
+	dtype := x.DType()
+	x = ConvertDType(x, dtypes.Float32)
 	inner := MulScalar(Add(x, MulScalar(Mul(Mul(x, x), x), 0.044715)), math.Sqrt(2/math.Pi))
-	return Mul(MulScalar(x, 0.5), OnePlus(Tanh(inner)))
+	return ConvertDType(Mul(MulScalar(x, 0.5), OnePlus(Tanh(inner))), dtype)
 }

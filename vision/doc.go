@@ -7,9 +7,12 @@
 //
 // It does not splice features into the language model's prefill, build attention masks,
 // hash prefixes or expand prompts: that is the model/engine's business. What it gives them:
-// Config's token ids (image_token_index, boi/eoi), mm_tokens_per_image soft tokens per image,
-// features [numImages, mm_tokens_per_image, text hidden], and a content hash per image
-// (Preprocessed.Hash) for prefix-cache keys.
+// Config's token ids (image_token_index, boi/eoi), mm_tokens_per_image soft tokens per image
+// (Config.PlaceholderIDs, Config.ImageSpans to find and check them in a prompt: the spans
+// are the bidirectional-attention groups and the order features are spliced in), features
+// [numImages, mm_tokens_per_image, text hidden], and a content hash per image
+// (Preprocessed.Hash) for prefix-cache keys. As in HF's Gemma3Model, the features replace
+// the image tokens' embeddings after the √hidden embedding scale (they are not scaled).
 //
 // # Mirrors
 //

@@ -7,6 +7,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 )
 
 // ErrConfig is wrapped by every configuration error; the message names the field.
@@ -82,6 +84,23 @@ func (c *Config) NumParams() int64 {
 		n += p
 	}
 	return n
+}
+
+// WeightBytes is the device memory of the tower's and projector's weights in dtype (per
+// chip: they are replicated under tensor parallelism).
+func (c *Config) WeightBytes(dtype dtypes.DType) int64 { return c.NumParams() * int64(dtype.Size()) }
+
+// PeakActivationBytes estimates the largest live activations of one encoder run over
+// images images in dtype, as an unfused executor holds them inside one encoder layer: the
+// float32 attention scores and their softmax in dtype ([images, heads, N, N] each), the
+// MLP's intermediate before and after the activation, and four hidden-state tensors. It
+// is an upper bound for XLA (which fuses the softmax), for the memory plan.
+func (c *Config) PeakActivationBytes(images int, dtype dtypes.DType) int64 {
+	b, n, s := int64(images), int64(c.NumPatches()), int64(dtype.Size())
+	scores := b * int64(c.NumAttentionHeads) * n * n * (4 + s)
+	mlp := 2 * b * n * int64(c.IntermediateSize) * s
+	hidden := 4 * b * n * int64(c.HiddenSize) * s
+	return scores + mlp + hidden
 }
 
 // Validate checks the fields against each other.

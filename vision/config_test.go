@@ -2,6 +2,8 @@ package vision
 
 import (
 	"errors"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,6 +69,14 @@ func TestParseConfig4B(t *testing.T) {
 	// SigLIP-So400m + projector: 419.8 M parameters (2.9 M of them the projection).
 	if n := c.NumParams(); n != 419_816_304 {
 		t.Errorf("4B tower has %d params, want 419816304", n)
+	}
+	if b := c.WeightBytes(dtypes.BFloat16); b != 2*419_816_304 {
+		t.Errorf("bf16 weight bytes %d", b)
+	}
+	// One image in bf16: scores 16·4096²·(4+2) = 1.61 GB, MLP 2·4096·4304·2 = 70.5 MB,
+	// hidden 4·4096·1152·2 = 37.7 MB.
+	if got, want := c.PeakActivationBytes(1, dtypes.BFloat16), int64(1_610_612_736+70_516_736+37_748_736); got != want {
+		t.Errorf("peak activations %d, want %d", got, want)
 	}
 }
 

@@ -37,6 +37,12 @@
 //     patches_per_side/√mm_tokens_per_image, RMSNorm with (1 + w) and vision layer_norm_eps,
 //     then · mm_input_projection_weight [vision hidden, text hidden] (no transpose).
 //
+// Pan-and-scan crops (when preprocessor_config enables them) are images of their own, in
+// Preprocessed.Images order; the prompt must carry one placeholder run per crop, as HF's
+// Gemma3Processor writes it ("Here is the original image … and here are some crops …").
+// Only the PIL-based Gemma3ImageProcessor is mirrored: Gemma3ImageProcessorFast resizes in
+// float with torchvision and can differ by about one 8-bit level.
+//
 // On the tiny fixture (testdata/gemma3-tiny-vision, made by transformers 4.53.3) pixel values
 // are bit-identical and f32 features agree to 2e-6. Known differences from PIL, none of which
 // the fixtures exercise: JPEG chroma upsampling (Go: nearest; libjpeg: triangle, so ±few
@@ -82,7 +88,8 @@
 //
 // The tower and projector are replicated on every chip, not Megatron-split. At Gemma 3
 // 4B–27B they are SigLIP-So400m plus the projector: 420 M parameters, 0.84 GB in bf16
-// (the memory plan must count it per chip: 5% of a v5e's 16 GB). Splitting it would save
+// (the memory plan must count it per chip, Config.WeightBytes: 5% of a v5e's 16 GB, plus
+// Config.PeakActivationBytes of the largest bucket, 1.7 GB per image unfused). Splitting it would save
 // 0.73 GB per chip at TP=8 but add two all-reduces per layer (54 per image, each of a
 // 4096 × 1152 activation), for a model whose whole forward is ~5.5 TFLOP per image —
 // tens of milliseconds on one chip. Replicated weights also allow the cheap form of

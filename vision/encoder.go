@@ -44,6 +44,29 @@ func (f *Features) Image(i int) []float32 {
 	return f.Data[i*n : (i+1)*n]
 }
 
+// Tensor returns the features as a host tensor [N, Tokens, Hidden] in dtype (Float32 or
+// BFloat16, rounded to nearest even), e.g. as an input of the prefill program.
+func (f *Features) Tensor(dtype dtypes.DType) (*tensors.Tensor, error) {
+	if dtype != dtypes.Float32 && dtype != dtypes.BFloat16 {
+		return nil, fmt.Errorf("%w: features dtype %s not supported (want float32 or bfloat16)", ErrInput, dtype)
+	}
+	t := tensors.FromShape(shapes.Make(dtype, f.N, f.Tokens, f.Hidden))
+	err := t.MutableBytes(func(buf []byte) {
+		for i, v := range f.Data {
+			if dtype == dtypes.BFloat16 {
+				binary.LittleEndian.PutUint16(buf[2*i:], bf16Bits(v))
+			} else {
+				binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v))
+			}
+		}
+	})
+	if err != nil {
+		t.FinalizeAll()
+		return nil, fmt.Errorf("vision: features tensor: %w", err)
+	}
+	return t, nil
+}
+
 // Encoder runs the vision tower and projector on a backend's device 0 for a closed set of
 // batch sizes ("buckets"), each compiled once by Precompile.
 type Encoder struct {

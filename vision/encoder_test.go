@@ -64,6 +64,20 @@ func TestEncoderBuckets(t *testing.T) {
 	if got := enc.Compilations(); got != 2 {
 		t.Errorf("%d compilations after serving, want still 2", got)
 	}
+	f, err := enc.Encode([][]float32{img(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dt := range []dtypes.DType{dtypes.Float32, dtypes.BFloat16} {
+		ft, err := f.Tensor(dt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ft.DType() != dt || !slices.Equal(ft.Shape().Dimensions, []int{1, 16, 128}) {
+			t.Errorf("features tensor %s", ft.Shape())
+		}
+		ft.FinalizeAll()
+	}
 	if _, err := enc.Encode([][]float32{make([]float32, 10)}); !errors.Is(err, ErrInput) {
 		t.Errorf("wrong pixel count: %v, want ErrInput", err)
 	}

@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // ErrConfig is wrapped by every configuration error.

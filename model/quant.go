@@ -12,7 +12,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // The per-layer Linears, in WeightSpecs order (their scales follow a layer's 13 tensors in

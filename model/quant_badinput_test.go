@@ -13,7 +13,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/tpuserve/tpuserve/internal/backendtest"
 	"github.com/tpuserve/tpuserve/model"
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // editTensors rewrites dir/model.safetensors through edit (F8_E4M3 tensors read as Uint8

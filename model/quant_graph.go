@@ -5,7 +5,7 @@ import (
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // the graph DSL reads best unqualified
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // exactInt8Chunk is the longest contraction whose float32 sum of int8×int8 products is

@@ -15,7 +15,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/tpuserve/tpuserve/internal/backendtest"
 	"github.com/tpuserve/tpuserve/model"
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // The round-2 quantized fixtures (testdata/PROVENANCE.md): the gemma3-tiny weights as

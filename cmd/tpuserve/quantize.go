@@ -7,7 +7,7 @@ import (
 	"io"
 
 	"github.com/tpuserve/tpuserve/model"
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 func init() {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tpuserve/tpuserve/quant"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 func TestParseMode(t *testing.T) {
@@ -40,7 +40,7 @@ func TestParseMode(t *testing.T) {
 // fixtureQC is the quantization_config of a copied fixture.
 func fixtureQC(t *testing.T, dir string) map[string]any {
 	t.Helper()
-	data, err := os.ReadFile("../model/testdata/" + dir + "/config.json")
+	data, err := os.ReadFile("../testdata/" + dir + "/config.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -81,6 +81,16 @@ type Engine struct {
 	// broken is set when the device could not be restored after a failed step.
 	broken     error
 	stepTokens int64
+	// onStep, when set, is told each step's token count (vllm:iteration_tokens_total).
+	onStep func(tokens int)
+}
+
+// SetStepObserver makes the engine call f with the tokens computed by every step (from the
+// step loop, under the engine's lock: f must be quick).
+func (e *Engine) SetStepObserver(f func(tokens int)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.onStep = f
 }
 
 // New sizes the KV cache, allocates the pools, compiles the step programs and starts the
@@ -522,6 +532,9 @@ func (e *Engine) step() error {
 		return runErr
 	}
 	e.stepTokens += int64(plan.NumBatchedTokens)
+	if e.onStep != nil {
+		e.onStep(plan.NumBatchedTokens)
+	}
 	capped, err := e.sched.UpdateFromOutput(plan, out.tokens)
 	if err != nil {
 		return err

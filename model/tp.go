@@ -31,6 +31,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // ShardedModel is a Gemma 3 text model split across the chips of an xla backend.
@@ -174,6 +175,16 @@ func NewShardedModel(backend backends.Backend, cfg Config, tp int, weights *Weig
 func LoadShardedModel(backend backends.Backend, opts LoadOptions, tp int) (*ShardedModel, error) {
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return nil, err
+	}
+	// The sharding plan does not place quantized weights and their scales yet: refuse
+	// rather than silently serve the bf16 weights.
+	if opts.Quantization != "" && opts.Quantization != "none" {
+		return nil, fmt.Errorf("%w: quantization %q with tensor parallelism (TP=%d) is not supported yet", ErrConfig, opts.Quantization, tp)
+	}
+	if isDir(opts.Model) {
+		if cfg, err := LoadConfig(opts.Model); err == nil && cfg.Quantization.Mode != quant.None {
+			return nil, fmt.Errorf("%w: %s is a quantized checkpoint (quantization_config); tensor parallelism (TP=%d) does not place quantized weights yet", ErrConfig, opts.Model, tp)
+		}
 	}
 	if slices.Contains(PresetNames(), opts.Model) && !isDir(opts.Model) {
 		cfg, err := Preset(opts.Model)

@@ -187,6 +187,7 @@ type statsCollector struct {
 	eng                                  func() Engine
 	running, waiting, kvUsage, gpuUsage  *prometheus.Desc
 	prefixQueries, prefixHits, preempted *prometheus.Desc
+	stepPrograms, servingCompilations    *prometheus.Desc
 }
 
 func newStatsCollector(eng func() Engine, labels prometheus.Labels) *statsCollector {
@@ -200,11 +201,14 @@ func newStatsCollector(eng func() Engine, labels prometheus.Labels) *statsCollec
 		prefixQueries: d("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens."),
 		prefixHits:    d("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens."),
 		preempted:     d("vllm:num_preemptions_total", "Cumulative number of preemptions from the engine."),
+		stepPrograms:  d("tpuserve:step_programs", "Device programs compiled (the closed step set is compiled before serving)."),
+		servingCompilations: d("tpuserve:serving_compilations_total",
+			"Programs compiled while serving; anything but 0 is a bug (logged as an error)."),
 	}
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.gpuUsage, c.prefixQueries, c.prefixHits, c.preempted} {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.gpuUsage, c.prefixQueries, c.prefixHits, c.preempted, c.stepPrograms, c.servingCompilations} {
 		ch <- d
 	}
 }
@@ -221,4 +225,6 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.prefixQueries, prometheus.CounterValue, float64(st.PrefixCacheQueries))
 	ch <- prometheus.MustNewConstMetric(c.prefixHits, prometheus.CounterValue, float64(st.PrefixCacheHits))
 	ch <- prometheus.MustNewConstMetric(c.preempted, prometheus.CounterValue, float64(st.NumPreemptions))
+	ch <- prometheus.MustNewConstMetric(c.stepPrograms, prometheus.GaugeValue, float64(st.StepPrograms))
+	ch <- prometheus.MustNewConstMetric(c.servingCompilations, prometheus.CounterValue, float64(st.ServingCompilations))
 }

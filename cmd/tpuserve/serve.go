@@ -42,6 +42,8 @@ type serveOptions struct {
 	shutdownTimeout                       time.Duration
 	seed                                  uint64
 	precompile                            string
+	quantization                          string
+	minTokenBucket                        int
 	disablePrefixCaching                  bool
 	logLevel                              string
 	schedulingPolicy, generationConfig    string
@@ -72,7 +74,9 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.IntVar(&o.pageSize, "block-size", 16, "tokens per KV cache block")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight requests may finish after SIGTERM")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of a preset's random weights")
-	fs.StringVar(&o.precompile, "precompile", engine.PrecompileAll, "compile step programs at start-up: all or none")
+	fs.StringVar(&o.precompile, "precompile", engine.PrecompileAll, "compile the whole program set at start-up (all), or each program on first use (none: development only)")
+	fs.StringVar(&o.quantization, "quantization", "", "weights: int8 (W8A8), int8-weight-only, fp8, fp8-weight-only or none (default: the checkpoint's quantization_config, else none)")
+	fs.IntVar(&o.minTokenBucket, "min-token-bucket", 0, "smallest token bucket of the program set (default: 1 on the CPU, 16 on accelerators)")
 	fs.BoolVar(&o.disablePrefixCaching, "no-enable-prefix-caching", false, "turn the prefix cache off")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.schedulingPolicy, "scheduling-policy", "fcfs", "fcfs (arrival order; a request with a non-zero priority is refused) or priority (lower priority values first)")
@@ -340,7 +344,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	}
 	ecfg := engine.Config{}
 	var mc *model.Config
-	loadOpts := model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed}
+	loadOpts := model.LoadOptions{Model: o.model, DType: dtype, Seed: o.seed, Quantization: o.quantization}
 	if o.tensorParallel == 1 {
 		m, err := model.Load(backend, loadOpts)
 		if err != nil {
@@ -368,6 +372,10 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	if o.schedulingPolicy == "priority" {
 		policy = engine.PolicyPriority
 	}
+	minTokens := o.minTokenBucket
+	if minTokens == 0 {
+		minTokens = plan.DefaultMinTokens(o.backend)
+	}
 	t0 = time.Now()
 	eng, err := engine.New(engine.Config{
 		Model:      ecfg.Model,
@@ -377,7 +385,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 			MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, MaxModelLen: o.maxModelLen, Policy: policy, Logger: log,
 		},
 		PageSize: o.pageSize, KVCacheBytes: kvBytes, DisablePrefixCaching: o.disablePrefixCaching,
-		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log,
+		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
 	})
 	if err != nil {
 		return fail(err)
@@ -469,6 +477,9 @@ func (a engineAdapter) Submit(ctx context.Context, req engine.Request) (<-chan e
 }
 
 func (a engineAdapter) Stats() engine.Stats { return a.e.Stats() }
+
+// SetStepObserver feeds vllm:iteration_tokens_total from the engine's steps.
+func (a engineAdapter) SetStepObserver(f func(int)) { a.e.SetStepObserver(f) }
 
 // Health makes /health and the gRPC health checks follow the engine.
 func (a engineAdapter) Health() error { return a.e.Health() }

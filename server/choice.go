@@ -79,6 +79,9 @@ type choiceAcc struct {
 	text      strings.Builder
 	tokenIDs  []int32 // kept only when keepIDs (gRPC's output_ids)
 	positions []engine.PositionLogprobs
+	// promptLP are the prompt's logprobs (prompt_logprobs / echo with logprobs): entry i
+	// is prompt position i+1.
+	promptLP []engine.PositionLogprobs
 	tokens    int // generated tokens so far (the engine's count once finished)
 	finished  bool
 	finish    engine.FinishReason
@@ -99,6 +102,7 @@ func (a *choiceAcc) add(ev *engine.Event, keepLogprobs, keepIDs bool) {
 		a.tokenIDs = append(a.tokenIDs, ev.TokenIDs...)
 	}
 	a.lastPositions = nil
+	a.promptLP = append(a.promptLP, ev.PromptLogprobs...)
 	if keepLogprobs {
 		a.lastPositions = eventLogprobs(ev)
 		a.positions = append(a.positions, a.lastPositions...)

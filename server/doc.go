@@ -44,8 +44,14 @@
 // MaxRequestBodyBytes; 429 with Retry-After when the Engine says ErrQueueFull; 503 while
 // shutting down; 500 for anything else, with the cause logged and not sent. Engines report
 // those conditions by wrapping the sentinels in errors.go. Parameters the engine cannot
-// honour (logit_bias, suffix, prompt_logprobs, tools, echo with logprobs, non-text
-// content parts, custom chat templates) are refused with a 400 naming them, never ignored.
+// honour (suffix, tools, echo with logprobs while streaming, non-text content parts, custom
+// chat templates) are refused with a 400 naming them, never ignored.
+//
+// Prompt scoring: vLLM's prompt_logprobs (completions and chat) returns, per prompt
+// position after the first, the prompt token's logprob and the top alternatives; echo with
+// logprobs on completions covers the echoed prompt the same way (first token null), and
+// echo with max_tokens 0 scores the prompt without generating. logit_bias (token id →
+// bias in [-100, 100], at most engine.MaxLogitBias entries) is applied on the device.
 //
 // # gRPC
 //

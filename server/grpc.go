@@ -217,6 +217,9 @@ func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) 
 		f.RepetitionPenalty = ptr(float64(sp.GetRepetitionPenalty()))
 	}
 	if sp.MaxTokens != nil {
+		if sp.GetMaxTokens() == 0 {
+			return nil, badParam("max_tokens", "max_tokens must be at least 1, got 0")
+		}
 		f.MaxTokens = ptr(int(sp.GetMaxTokens()))
 	}
 	if sp.GetMinTokens() != 0 {

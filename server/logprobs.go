@@ -39,7 +39,8 @@ func (s *Server) appendCompletionLogprobs(lp *completionLogprobs, pos []engine.P
 	for _, p := range pos {
 		tok := s.tokenText(p.Chosen.TokenID, asIDs)
 		lp.Tokens = append(lp.Tokens, tok)
-		lp.TokenLogprobs = append(lp.TokenLogprobs, jsonLogprob(p.Chosen.Logprob))
+		v := jsonLogprob(p.Chosen.Logprob)
+		lp.TokenLogprobs = append(lp.TokenLogprobs, &v)
 		top := make(map[string]float64, min(k, len(p.Top))+1)
 		for _, t := range p.Top[:min(k, len(p.Top))] {
 			top[s.tokenText(t.TokenID, asIDs)] = jsonLogprob(t.Logprob)
@@ -86,4 +87,40 @@ func eventLogprobs(ev *engine.Event) []engine.PositionLogprobs {
 		return ev.Logprobs[:len(ev.TokenIDs)]
 	}
 	return ev.Logprobs
+}
+
+// appendEchoLogprobs adds the echoed prompt to a completions logprobs object, as vLLM's
+// echo with logprobs does: the first prompt token with null logprobs, then each prompt
+// position with its logprob and the top k. It returns the new text offset.
+func (s *Server) appendEchoLogprobs(lp *completionLogprobs, promptIDs []int32, promptLP []engine.PositionLogprobs, k int, asIDs bool) int {
+	if len(promptIDs) == 0 {
+		return 0
+	}
+	first := s.tokenText(promptIDs[0], asIDs)
+	lp.Tokens = append(lp.Tokens, first)
+	lp.TokenLogprobs = append(lp.TokenLogprobs, nil)
+	lp.TopLogprobs = append(lp.TopLogprobs, nil)
+	lp.TextOffset = append(lp.TextOffset, 0)
+	return s.appendCompletionLogprobs(lp, promptLP, k, asIDs, utf8.RuneCountInString(first))
+}
+
+// promptLogprobsJSON is vLLM's prompt_logprobs field: null for the first prompt token,
+// then for each position the prompt token and its top k alternatives keyed by token id,
+// with their rank (1 = most likely; the prompt token's rank is counted among the top k, or
+// k+1 when it is not in them).
+func (s *Server) promptLogprobsJSON(promptLP []engine.PositionLogprobs, k int) []map[string]promptLogprob {
+	out := []map[string]promptLogprob{nil}
+	for _, p := range promptLP {
+		m := make(map[string]promptLogprob, k+1)
+		rank := k + 1
+		for r, t := range p.Top[:min(k, len(p.Top))] {
+			m[strconv.Itoa(int(t.TokenID))] = promptLogprob{Logprob: jsonLogprob(t.Logprob), Rank: r + 1, DecodedToken: s.tokenText(t.TokenID, false)}
+			if t.TokenID == p.Chosen.TokenID {
+				rank = r + 1
+			}
+		}
+		m[strconv.Itoa(int(p.Chosen.TokenID))] = promptLogprob{Logprob: jsonLogprob(p.Chosen.Logprob), Rank: rank, DecodedToken: s.tokenText(p.Chosen.TokenID, false)}
+		out = append(out, m)
+	}
+	return out
 }

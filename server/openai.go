@@ -132,9 +132,16 @@ func (s *Server) completionResponse(plan *genPlan, outs []choiceAcc) completionR
 		}
 		ch := completionChoice{Index: i, Text: text, FinishReason: finishPtr(o.finish), StopReason: o.stop}
 		if plan.logprobs >= 0 {
-			lp := &completionLogprobs{TextOffset: []int{}, TokenLogprobs: []float64{}, Tokens: []string{}, TopLogprobs: []map[string]float64{}}
-			s.appendCompletionLogprobs(lp, o.positions, plan.logprobs, plan.returnTokenIDs, 0)
+			lp := &completionLogprobs{TextOffset: []int{}, TokenLogprobs: []*float64{}, Tokens: []string{}, TopLogprobs: []map[string]float64{}}
+			offset := 0
+			if plan.echo {
+				offset = s.appendEchoLogprobs(lp, plan.promptOf(i).ids, o.promptLP, plan.logprobs, plan.returnTokenIDs)
+			}
+			s.appendCompletionLogprobs(lp, o.positions, plan.logprobs, plan.returnTokenIDs, offset)
 			ch.Logprobs = lp
+		}
+		if plan.promptLogprobs != nil {
+			ch.PromptLogprobs = s.promptLogprobsJSON(o.promptLP, *plan.promptLogprobs)
 		}
 		resp.Choices[i] = ch
 	}
@@ -145,6 +152,9 @@ func (s *Server) completionResponse(plan *genPlan, outs []choiceAcc) completionR
 func (s *Server) chatResponse(plan *genPlan, outs []choiceAcc) chatResponse {
 	resp := chatResponse{ID: plan.id, Object: "chat.completion", Created: plan.created, Model: plan.model,
 		SystemFingerprint: s.fingerprint, Choices: make([]chatChoice, len(outs))}
+	if plan.promptLogprobs != nil && len(outs) > 0 {
+		resp.PromptLogprobs = s.promptLogprobsJSON(outs[0].promptLP, *plan.promptLogprobs)
+	}
 	for i := range outs {
 		o := &outs[i]
 		text := o.text.String()
@@ -209,7 +219,7 @@ func (s *Server) streamCompletion(c *gin.Context, plan *genPlan, r *run) {
 		}
 		ch := completionChoice{Index: i, Text: text}
 		if plan.logprobs >= 0 {
-			lp := &completionLogprobs{TextOffset: []int{}, TokenLogprobs: []float64{}, Tokens: []string{}, TopLogprobs: []map[string]float64{}}
+			lp := &completionLogprobs{TextOffset: []int{}, TokenLogprobs: []*float64{}, Tokens: []string{}, TopLogprobs: []map[string]float64{}}
 			offsets[i] = s.appendCompletionLogprobs(lp, positions, plan.logprobs, plan.returnTokenIDs, offsets[i])
 			ch.Logprobs = lp
 		}

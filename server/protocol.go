@@ -125,6 +125,9 @@ type completionChoice struct {
 	Index        int                 `json:"index"`
 	Text         string              `json:"text"`
 	Logprobs     *completionLogprobs `json:"logprobs"`
+	// PromptLogprobs is vLLM's prompt_logprobs: null for the first prompt token, then per
+	// position the prompt token and the top alternatives by token id.
+	PromptLogprobs []map[string]promptLogprob `json:"prompt_logprobs,omitempty"`
 	FinishReason *string             `json:"finish_reason"`
 	// StopReason is vLLM's: the stop string or stop token id that ended the choice.
 	StopReason stopReason `json:"stop_reason"`
@@ -132,7 +135,7 @@ type completionChoice struct {
 
 type completionLogprobs struct {
 	TextOffset    []int                `json:"text_offset"`
-	TokenLogprobs []float64            `json:"token_logprobs"`
+	TokenLogprobs []*float64           `json:"token_logprobs"` // null for the prompt's first token (echo)
 	Tokens        []string             `json:"tokens"`
 	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
 }
@@ -142,6 +145,8 @@ type chatResponse struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	Model   string `json:"model"`
+	// PromptLogprobs is vLLM's prompt_logprobs (as completionChoice's).
+	PromptLogprobs []map[string]promptLogprob `json:"prompt_logprobs,omitempty"`
 	// SystemFingerprint names the server build and model, as OpenAI's does.
 	SystemFingerprint string       `json:"system_fingerprint"`
 	Choices           []chatChoice `json:"choices"`
@@ -233,4 +238,11 @@ type tokenizeResponse struct {
 
 type detokenizeResponse struct {
 	Prompt string `json:"prompt"`
+}
+
+// promptLogprob is one entry of vLLM's prompt_logprobs: {logprob, rank, decoded_token}.
+type promptLogprob struct {
+	Logprob      float64 `json:"logprob"`
+	Rank         int     `json:"rank"`
+	DecodedToken string  `json:"decoded_token"`
 }

@@ -26,7 +26,10 @@ type genPlan struct {
 	// Seed is derived per choice.
 	params engine.SamplingParams
 	// logprobs is how many top alternatives to report per token; -1 = no logprobs.
-	logprobs        int
+	logprobs int
+	// promptLogprobs is vLLM's prompt_logprobs (top alternatives per prompt position); nil
+	// = not asked.
+	promptLogprobs *int
 	returnTokenIDs  bool
 	stream          bool
 	includeUsage    bool
@@ -157,7 +160,8 @@ func (s *Server) samplingParams(f *samplingFields) (p engine.SamplingParams, n i
 	if f.BestOf != nil && *f.BestOf != n {
 		return p, 0, unsupported("best_of", "best_of is not supported (it must be absent or equal to n=%d), got %d", n, *f.BestOf)
 	}
-	if f.MaxTokens != nil && *f.MaxTokens < 1 {
+	// max_tokens 0 (prompt scoring) is allowed with echo only: completionPlan checks it.
+	if f.MaxTokens != nil && *f.MaxTokens < 0 {
 		return p, 0, badParam("max_tokens", "max_tokens must be at least 1, got %d", *f.MaxTokens)
 	}
 	if f.MinTokens != nil {
@@ -187,13 +191,31 @@ func (s *Server) samplingParams(f *samplingFields) (p engine.SamplingParams, n i
 		p.SkipSpecialTokens = *f.SkipSpecialTokens
 	}
 	if len(f.LogitBias) > 0 {
-		return p, 0, unsupported("logit_bias", "logit_bias is not supported")
+		if len(f.LogitBias) > engine.MaxLogitBias {
+			return p, 0, badParam("logit_bias", "logit_bias has %d entries, at most %d are allowed", len(f.LogitBias), engine.MaxLogitBias)
+		}
+		p.LogitBias = make(map[int32]float32, len(f.LogitBias))
+		for k, v := range f.LogitBias {
+			id, err := strconv.ParseInt(k, 10, 32)
+			if err != nil || id < 0 || id >= int64(s.cfg.VocabSize) {
+				return p, 0, badParam("logit_bias", "logit_bias key %q is not a token id in [0, %d)", truncate(k, 40), s.cfg.VocabSize)
+			}
+			b, ok := v.(float64)
+			if !ok || !(b >= -100 && b <= 100) {
+				return p, 0, badParam("logit_bias", "logit_bias[%s] = %v must be a number in [-100, 100]", k, v)
+			}
+			p.LogitBias[int32(id)] = float32(b)
+		}
 	}
 	if f.ResponseFormat != nil && f.ResponseFormat.Type != "" && f.ResponseFormat.Type != "text" {
 		return p, 0, unsupported("response_format", "response_format type %q is not supported; only \"text\" is", f.ResponseFormat.Type)
 	}
 	if f.PromptLogprobs != nil {
-		return p, 0, unsupported("prompt_logprobs", "prompt_logprobs is not supported")
+		k := *f.PromptLogprobs
+		if k < 0 || k > s.cfg.MaxLogprobs {
+			return p, 0, badParam("prompt_logprobs", "prompt_logprobs must be in [0, %d], got %d", s.cfg.MaxLogprobs, k)
+		}
+		p.PromptLogprobs = &k
 	}
 	if f.StreamOptions != nil && !f.Stream {
 		return p, 0, badParam("stream_options", "stream_options can only be set when stream is true")
@@ -474,17 +496,30 @@ func (s *Server) completionPlan(body []byte) (*genPlan, *APIError) {
 		return nil, unsupported("suffix", "suffix is not supported")
 	}
 	plan := &genPlan{model: model, n: n, logprobs: -1, stream: req.Stream, echo: req.Echo,
-		returnTokenIDs: req.ReturnTokensAsTokenIDs, priority: req.Priority}
+		returnTokenIDs: req.ReturnTokensAsTokenIDs, priority: req.Priority, promptLogprobs: req.PromptLogprobs}
 	if req.Logprobs != nil {
 		k := *req.Logprobs
 		if k < 0 || k > s.cfg.MaxLogprobs {
 			return nil, badParam("logprobs", "logprobs must be in [0, %d], got %d", s.cfg.MaxLogprobs, k)
 		}
 		if req.Echo {
-			return nil, unsupported("echo", "echo together with logprobs needs prompt logprobs, which this server does not support")
+			if req.Stream {
+				return nil, unsupported("echo", "echo with logprobs is not supported when streaming")
+			}
+			// The echoed prompt's logprobs are the prompt logprobs (at least k alternatives).
+			if params.PromptLogprobs == nil || *params.PromptLogprobs < k {
+				pk := k
+				params.PromptLogprobs = &pk
+			}
 		}
 		plan.logprobs = k
 		params.Logprobs = &k
+	}
+	if req.MaxTokens != nil && *req.MaxTokens == 0 {
+		if !req.Echo {
+			return nil, badParam("max_tokens", "max_tokens 0 is only allowed with echo (prompt scoring)")
+		}
+		params.Logprobs = nil // nothing is generated
 	}
 	if req.StreamOptions != nil {
 		plan.includeUsage = req.StreamOptions.IncludeUsage
@@ -531,8 +566,11 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	if e != nil {
 		return nil, e
 	}
+	if req.MaxTokens != nil && *req.MaxTokens == 0 {
+		return nil, badParam("max_tokens", "max_tokens must be at least 1, got 0")
+	}
 	plan := &genPlan{model: model, n: n, logprobs: -1, stream: req.Stream,
-		returnTokenIDs: req.ReturnTokensAsTokenIDs, priority: req.Priority}
+		returnTokenIDs: req.ReturnTokensAsTokenIDs, priority: req.Priority, promptLogprobs: req.PromptLogprobs}
 	if req.TopLogprobs != nil {
 		k := *req.TopLogprobs
 		if k < 0 || k > s.cfg.MaxLogprobs {

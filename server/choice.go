@@ -82,12 +82,12 @@ type choiceAcc struct {
 	// promptLP are the prompt's logprobs (prompt_logprobs / echo with logprobs): entry i
 	// is prompt position i+1.
 	promptLP []engine.PositionLogprobs
-	tokens    int // generated tokens so far (the engine's count once finished)
-	finished  bool
-	finish    engine.FinishReason
-	stop      stopReason
-	cached    int
-	prompt    int
+	tokens   int // generated tokens so far (the engine's count once finished)
+	finished bool
+	finish   engine.FinishReason
+	stop     stopReason
+	cached   int
+	prompt   int
 	// The last event's additions, for the streaming writers.
 	lastText      string
 	lastPositions []engine.PositionLogprobs

@@ -122,13 +122,13 @@ type completionResponse struct {
 }
 
 type completionChoice struct {
-	Index        int                 `json:"index"`
-	Text         string              `json:"text"`
-	Logprobs     *completionLogprobs `json:"logprobs"`
+	Index    int                 `json:"index"`
+	Text     string              `json:"text"`
+	Logprobs *completionLogprobs `json:"logprobs"`
 	// PromptLogprobs is vLLM's prompt_logprobs: null for the first prompt token, then per
 	// position the prompt token and the top alternatives by token id.
 	PromptLogprobs []map[string]promptLogprob `json:"prompt_logprobs,omitempty"`
-	FinishReason *string             `json:"finish_reason"`
+	FinishReason   *string                    `json:"finish_reason"`
 	// StopReason is vLLM's: the stop string or stop token id that ended the choice.
 	StopReason stopReason `json:"stop_reason"`
 }

@@ -29,7 +29,7 @@ type genPlan struct {
 	logprobs int
 	// promptLogprobs is vLLM's prompt_logprobs (top alternatives per prompt position); nil
 	// = not asked.
-	promptLogprobs *int
+	promptLogprobs  *int
 	returnTokenIDs  bool
 	stream          bool
 	includeUsage    bool

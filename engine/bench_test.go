@@ -26,14 +26,13 @@ type fakeDevice struct {
 }
 
 func (d *fakeDevice) run(in *stepInput) (*stepOutput, error) {
-	tokens, pages := 0, 1
+	tokens := 0
 	for _, c := range in.chunks {
 		tokens += len(c.Tokens)
-		pages = max(pages, (c.StartPos+len(c.Tokens)+d.layout.PageSize-1)/d.layout.PageSize)
 	}
-	shape, ok := d.set.StepFor(tokens, pages)
+	shape, ok := d.set.StepFor(func(q int) model.BatchShape { return model.NeededShape(d.cfg, d.layout, in.chunks, q) })
 	if !ok {
-		return nil, fmt.Errorf("step of %d tokens, %d pages outside the set", tokens, pages)
+		return nil, fmt.Errorf("step of %d tokens outside the set", tokens)
 	}
 	if _, err := model.BuildBatch(d.cfg, d.layout, in.chunks, shape); err != nil {
 		return nil, err

@@ -34,14 +34,13 @@ type workMeter struct {
 }
 
 func (d *workMeter) run(in *stepInput) (*stepOutput, error) {
-	tokens, pages := 0, 1
+	tokens := 0
 	for _, c := range in.chunks {
 		tokens += len(c.Tokens)
-		pages = max(pages, (c.StartPos+len(c.Tokens)+d.layout.PageSize-1)/d.layout.PageSize)
 	}
-	shape, ok := d.set.StepFor(tokens, pages)
+	shape, ok := d.set.StepFor(func(q int) model.BatchShape { return model.NeededShape(d.cfg, d.layout, in.chunks, q) })
 	if !ok {
-		return nil, fmt.Errorf("step of %d tokens over %d pages is outside the set", tokens, pages)
+		return nil, fmt.Errorf("step of %d tokens is outside the set", tokens)
 	}
 	if _, err := model.BuildBatch(d.cfg, d.layout, in.chunks, shape); err != nil {
 		return nil, err
@@ -72,13 +71,13 @@ func (d *workMeter) run(in *stepInput) (*stepOutput, error) {
 			realStep += int64(c.StartPos+q) + 1
 		}
 	}
-	slots := int64(shape.B * shape.Q)
 	if shape.Q > 1 {
-		d.mixedPad += slots * int64(shape.PG*d.layout.PageSize)
+		d.mixedPad += int64(shape.Q) * int64(shape.EG) * ps * model.PagesPerEntry
 		d.mixedReal += realStep
 	}
-	d.padGlobal += slots * int64(shape.PG*d.layout.PageSize)
-	d.padSliding += slots * int64(shape.PS*d.layout.PageSize)
+	keys := ps * model.PagesPerEntry // per entry
+	d.padGlobal += int64(shape.Q) * int64(shape.EG) * keys
+	d.padSliding += int64(shape.Q) * int64(shape.ES) * keys
 	out := &stepOutput{tokens: make([]int32, len(in.chunks))}
 	for i := range out.tokens {
 		out.tokens[i] = 100 + int32(i%300)
@@ -115,7 +114,7 @@ func TestPaddingRatio(t *testing.T) {
 			if err := sc.setDefaults(); err != nil {
 				t.Fatal(err)
 			}
-			set, err := plan.NewStepSet(&cfg, plan.StepOptions{MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen, PageSize: 16, MinTokens: 16})
+			set, err := plan.NewStepSet(&cfg, plan.StepOptions{MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen, PageSize: 16, MinTokens: 32})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -149,14 +149,9 @@ func pow2(n, lo int) int {
 
 // shapeOf maps a step's chunks to their member of the step set.
 func (r *runner) shapeOf(chunks []model.SeqChunk) (model.BatchShape, error) {
-	tokens, pages := 0, 1
-	for _, c := range chunks {
-		tokens += len(c.Tokens)
-		pages = max(pages, (c.StartPos+len(c.Tokens)+r.layout.PageSize-1)/r.layout.PageSize)
-	}
-	s, ok := r.set.StepFor(tokens, pages)
+	s, ok := r.set.StepFor(func(q int) model.BatchShape { return model.NeededShape(r.cfg, r.layout, chunks, q) })
 	if !ok {
-		return s, fmt.Errorf("%w: a step of %d tokens over %d pages is outside the step set", ErrSchedulerState, tokens, pages)
+		return s, fmt.Errorf("%w: a step of %+v is outside the step set", ErrSchedulerState, model.NeededShape(r.cfg, r.layout, chunks, 1))
 	}
 	return s, nil
 }

@@ -261,12 +261,12 @@ func TestBatchInputErrors(t *testing.T) {
 		{"empty", model.SeqChunk{}, "has no tokens"},
 	}
 	for _, tc := range cases {
-		_, err := model.BuildBatch(&cfg, layout, []model.SeqChunk{tc.chunk}, model.BatchShape{T: 8, B: 2, Q: 8, PG: 2000, PS: model.SlidingPagesPerRow(&cfg, 4, 8), N: 8})
+		_, err := model.BuildBatch(&cfg, layout, []model.SeqChunk{tc.chunk}, model.BatchShape{T: 8, B: 2, Q: 8, EG: 4000, ES: 2 * model.SlidingPagesPerRow(&cfg, 4, 8), N: 8})
 		if err == nil || !errors.Is(err, model.ErrInput) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
 		}
 	}
-	if _, err := model.BuildBatch(&cfg, layout, []model.SeqChunk{ok}, model.BatchShape{T: 2, B: 1, Q: 3, PG: 1, PS: 9, N: 1}); err == nil ||
+	if _, err := model.BuildBatch(&cfg, layout, []model.SeqChunk{ok}, model.BatchShape{T: 2, B: 1, Q: 3, EG: 1, ES: 9, N: 1}); err == nil ||
 		!strings.Contains(err.Error(), "bucket is") {
 		t.Errorf("too small bucket: %v", err)
 	}

@@ -47,14 +47,15 @@ type SeqChunk struct {
 
 // BatchShape is a bucket: the padded sizes of a step's inputs. Attention runs on a grid of
 // B rows × Q queries: each sequence's new tokens are cut into segments of at most Q tokens,
-// one row each, so a step that mixes long prefill chunks with one-token decodes wastes
-// little of the grid.
+// one row each. The keys a row reads are listed in a flat list per attention type — each
+// entry is PagesPerEntry consecutive pages of one row's context — so every row attends
+// over its own context only, and a short row next to a long one costs no more than itself.
 type BatchShape struct {
 	T  int // tokens
 	B  int // attention rows (segments of at most Q tokens)
 	Q  int // queries per row
-	PG int // global pages per row
-	PS int // sliding pages per row
+	EG int // global-layer entries (runs of PagesPerEntry pages of every row's context)
+	ES int // sliding-layer entries (runs of PagesPerEntry pages of every row's window)
 	N  int // logits rows (0: the program computes no logits; the engine's step programs)
 }
 
@@ -64,18 +65,40 @@ type Batch struct {
 	Tokens, Positions                    []int32
 	SlotsGlobal, SlotsSliding, TokenCell []int32
 	GridIndex                            []int32 // [B·Q]
-	PageTableGlobal                      []int32 // [B·PG]
-	PageTableSliding                     []int32 // [B·PS]
-	SlidingBase                          []int32 // [B]
-	LogitsIndex                          []int32 // [N]
+	// Entries of the global and sliding layers: the pages read ([E·PagesPerEntry]; the null
+	// page past a sequence's last page), the row reading them (B for padding entries: a row
+	// that is dropped), and the position of the first key (paddingBase for padding
+	// entries: masked everywhere).
+	EntPageG, EntRowG, EntBaseG []int32 // [EG·PagesPerEntry], [EG], [EG]
+	EntPageS, EntRowS, EntBaseS []int32 // [ES·PagesPerEntry], [ES], [ES]
+	LogitsIndex                 []int32 // [N]
 	// LogitsRows[i] are the rows of the logits output that belong to sequence i, in order.
 	LogitsRows [][]int
 }
+
+// paddingBase is the first key position of a padding page entry: beyond any query, so
+// causality masks all of its keys.
+const paddingBase = 1 << 30
+
+// PagesPerEntry is how many consecutive pages one attention entry reads: enough keys per
+// entry that the per-entry buffers (queries and weighted values, Q×D each) stay small next
+// to the keys, few enough that a row wastes at most PagesPerEntry−1 pages.
+const PagesPerEntry = 4
+
+// entries is how many entries cover logical pages [first, last].
+func entries(first, last int) int { return (last - first + PagesPerEntry) / PagesPerEntry }
 
 // SlidingPagesPerRow is the most sliding pages a row of q queries reads: the window before
 // its first query plus the q queries, on pages that need not be aligned.
 func SlidingPagesPerRow(cfg *Config, pageSize, q int) int {
 	return (cfg.SlidingWindow+q-2)/pageSize + 2
+}
+
+// rowPages returns, for the row of a sequence whose first query is at pos and whose queries
+// end at rowEnd (exclusive), the logical pages its global and sliding layers read:
+// [0, last] and [first, last].
+func rowPages(cfg *Config, pageSize, pos, rowEnd int) (first, last int) {
+	return max(0, pos-cfg.SlidingWindow+1) / pageSize, (rowEnd - 1) / pageSize
 }
 
 // NeededShape is the smallest BatchShape that holds seqs with rows of at most q queries
@@ -90,34 +113,27 @@ func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShap
 	s.Q = max(q, 1)
 	for _, sq := range seqs {
 		s.T += len(sq.Tokens)
-		s.B += (len(sq.Tokens) + s.Q - 1) / s.Q
-		s.PG = max(s.PG, len(sq.GlobalBlocks))
+		end := sq.StartPos + len(sq.Tokens)
+		for off := 0; off < len(sq.Tokens); off += s.Q {
+			pos := sq.StartPos + off
+			first, last := rowPages(cfg, layout.PageSize, pos, min(end, pos+s.Q))
+			s.B++
+			s.EG += entries(0, last)
+			s.ES += entries(first, last)
+		}
 		if sq.AllLogits {
 			s.N += len(sq.Tokens)
 		} else {
 			s.N++
 		}
 	}
-	s.PG = max(s.PG, 1)
-	// The sliding table of a row spans the window before its first query to its last
-	// query: never more than SlidingPagesPerRow, nor than the pages up to the row's end.
-	ps := layout.PageSize
-	for _, sq := range seqs {
-		end := sq.StartPos + len(sq.Tokens)
-		for q := 0; q < len(sq.Tokens); q += s.Q {
-			pos := sq.StartPos + q
-			first := max(0, pos-cfg.SlidingWindow+1) / ps
-			last := (min(end, pos+s.Q) - 1) / ps
-			s.PS = max(s.PS, last-first+1)
-		}
-	}
-	s.PS = max(s.PS, 1)
+	s.EG, s.ES = max(s.EG, 1), max(s.ES, 1)
 	return s
 }
 
 // Fits reports whether need fits in s (with the same row length).
 func (s BatchShape) Fits(need BatchShape) bool {
-	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.PG <= s.PG && need.PS <= s.PS && (s.N == 0 || need.N <= s.N)
+	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.EG <= s.EG && need.ES <= s.ES && (s.N == 0 || need.N <= s.N)
 }
 
 // BuildBatch checks seqs against the config and layout and lays them out padded to shape.
@@ -130,18 +146,9 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 		return nil, fmt.Errorf("%w: batch needs shape %+v, bucket is %+v", ErrInput, need, shape)
 	}
 	ps := layout.PageSize
-	b := &Batch{
-		Shape:  shape,
-		Tokens: make([]int32, shape.T), Positions: make([]int32, shape.T),
-		SlotsGlobal: make([]int32, shape.T), SlotsSliding: make([]int32, shape.T), TokenCell: make([]int32, shape.T),
-		GridIndex:        make([]int32, shape.B*shape.Q),
-		PageTableGlobal:  make([]int32, shape.B*shape.PG),
-		PageTableSliding: make([]int32, shape.B*shape.PS),
-		SlidingBase:      make([]int32, shape.B),
-		LogitsIndex:      make([]int32, shape.N),
-		LogitsRows:       make([][]int, len(seqs)),
-	}
-	t, n, row := 0, 0, 0
+	b := ZeroBatch(shape)
+	b.LogitsRows = make([][]int, len(seqs))
+	t, n, row, eg, es := 0, 0, 0, 0, 0
 	for i, sq := range seqs {
 		if len(sq.Tokens) == 0 {
 			return nil, fmt.Errorf("%w: sequence %d has no tokens", ErrInput, i)
@@ -185,16 +192,25 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 			}
 			pos := sq.StartPos + q
 			if q%shape.Q == 0 {
-				// A new row: the global table, and the sliding pages its window reaches.
+				// A new row: its context's pages, in order, in both lists.
 				if q > 0 {
 					row++
 				}
-				copy(b.PageTableGlobal[row*shape.PG:], sq.GlobalBlocks)
-				first := max(0, pos-cfg.SlidingWindow+1) / ps
-				rowEnd := min(end, pos+shape.Q)
-				lastRowBlock := (rowEnd - 1) / ps
-				copy(b.PageTableSliding[row*shape.PS:], sq.SlidingBlocks[first-sq.SlidingFirstBlock:lastRowBlock-sq.SlidingFirstBlock+1])
-				b.SlidingBase[row] = int32(first * ps)
+				first, last := rowPages(cfg, ps, pos, min(end, pos+shape.Q))
+				for j := 0; j <= last; j += PagesPerEntry {
+					for k := j; k < min(j+PagesPerEntry, last+1); k++ {
+						b.EntPageG[eg*PagesPerEntry+k-j] = sq.GlobalBlocks[k]
+					}
+					b.EntRowG[eg], b.EntBaseG[eg] = int32(row), int32(j*ps)
+					eg++
+				}
+				for j := first; j <= last; j += PagesPerEntry {
+					for k := j; k < min(j+PagesPerEntry, last+1); k++ {
+						b.EntPageS[es*PagesPerEntry+k-j] = sq.SlidingBlocks[k-sq.SlidingFirstBlock]
+					}
+					b.EntRowS[es], b.EntBaseS[es] = int32(row), int32(j*ps)
+					es++
+				}
 			}
 			lb := pos / ps
 			b.Tokens[t] = tok
@@ -221,18 +237,24 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 }
 
 // ZeroBatch is an all-padding batch of a shape: every token is padding and writes to the
-// null page. It is what compiling a bucket ahead of traffic runs on.
+// null page, every page entry is padding. It is what compiling a bucket ahead of traffic
+// runs on.
 func ZeroBatch(shape BatchShape) *Batch {
-	return &Batch{
+	b := &Batch{
 		Shape:  shape,
 		Tokens: make([]int32, shape.T), Positions: make([]int32, shape.T),
 		SlotsGlobal: make([]int32, shape.T), SlotsSliding: make([]int32, shape.T), TokenCell: make([]int32, shape.T),
-		GridIndex:        make([]int32, shape.B*shape.Q),
-		PageTableGlobal:  make([]int32, shape.B*shape.PG),
-		PageTableSliding: make([]int32, shape.B*shape.PS),
-		SlidingBase:      make([]int32, shape.B),
-		LogitsIndex:      make([]int32, shape.N),
+		GridIndex: make([]int32, shape.B*shape.Q),
+		EntPageG:  make([]int32, shape.EG*PagesPerEntry), EntRowG: make([]int32, shape.EG), EntBaseG: make([]int32, shape.EG),
+		EntPageS: make([]int32, shape.ES*PagesPerEntry), EntRowS: make([]int32, shape.ES), EntBaseS: make([]int32, shape.ES),
+		LogitsIndex: make([]int32, shape.N),
 	}
+	for _, e := range []struct{ row, base []int32 }{{b.EntRowG, b.EntBaseG}, {b.EntRowS, b.EntBaseS}} {
+		for i := range e.row {
+			e.row[i], e.base[i] = int32(shape.B), paddingBase
+		}
+	}
+	return b
 }
 
 // stepTensors are the batch's inputs of the step program, in StepNodes order (see
@@ -247,9 +269,12 @@ func (b *Batch) stepTensors() []*tensors.Tensor {
 		tensors.FromFlatDataAndDimensions(b.SlotsSliding, s.T),
 		tensors.FromFlatDataAndDimensions(b.TokenCell, s.T),
 		tensors.FromFlatDataAndDimensions(b.GridIndex, s.B, s.Q),
-		tensors.FromFlatDataAndDimensions(b.PageTableGlobal, s.B, s.PG),
-		tensors.FromFlatDataAndDimensions(b.PageTableSliding, s.B, s.PS),
-		tensors.FromFlatDataAndDimensions(b.SlidingBase, s.B),
+		tensors.FromFlatDataAndDimensions(b.EntPageG, s.EG, PagesPerEntry),
+		tensors.FromFlatDataAndDimensions(b.EntRowG, s.EG),
+		tensors.FromFlatDataAndDimensions(b.EntBaseG, s.EG),
+		tensors.FromFlatDataAndDimensions(b.EntPageS, s.ES, PagesPerEntry),
+		tensors.FromFlatDataAndDimensions(b.EntRowS, s.ES),
+		tensors.FromFlatDataAndDimensions(b.EntBaseS, s.ES),
 	}
 }
 

@@ -14,18 +14,22 @@ type StepNodes struct {
 	SlotsGlobal, SlotsSliding *Node // [T] int32: flat slot (page·pageSize + offset) to write each token's K/V
 	TokenCell                 *Node // [T] int32: b·Q+q, the attention-grid cell of each token
 	GridIndex                 *Node // [B, Q] int32: the flat token of each grid cell
-	PageTableGlobal           *Node // [B, PG] int32
-	PageTableSliding          *Node // [B, PS] int32
-	SlidingBase               *Node // [B] int32: position of the first key of the sliding table
+	// Page entries (see Batch): page, row (B = padding) and first key position, [EG] for the
+	// global layers and [ES] for the sliding ones.
+	Global, Sliding PageEntries
 }
 
-// numStepInputs is the number of StepNodes fields, in the order above.
-const numStepInputs = 9
+// PageEntries are a flat list of (PagesPerEntry pages [E, PagesPerEntry], reading row [E],
+// first key position [E]) per attention type.
+type PageEntries struct{ Page, Row, Base *Node }
+
+// numStepInputs is the number of StepNodes inputs, in the order of stepNodesFromSlice.
+const numStepInputs = 12
 
 func stepNodesFromSlice(in []*Node) StepNodes {
 	return StepNodes{
 		Tokens: in[0], Positions: in[1], SlotsGlobal: in[2], SlotsSliding: in[3], TokenCell: in[4],
-		GridIndex: in[5], PageTableGlobal: in[6], PageTableSliding: in[7], SlidingBase: in[8],
+		GridIndex: in[5], Global: PageEntries{in[6], in[7], in[8]}, Sliding: PageEntries{in[9], in[10], in[11]},
 	}
 }
 
@@ -55,16 +59,11 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 	ropeGlobal := newRope(in.Positions, D, cfg.RopeTheta, cfg.RopeScalingFactor, dtype)
 	ropeLocal := newRope(in.Positions, D, cfg.RopeLocalBaseFreq, 1, dtype)
 
-	// Query positions on the grid, and the key positions of each page table.
-	// Gathered as [T, 1] rows: gathering scalars from a rank-1 operand fails on SimpleGo.
+	// Query positions on the grid. Gathered as [T, 1] rows: gathering scalars from a rank-1
+	// operand fails on SimpleGo.
 	qpos := Reshape(Gather(InsertAxes(in.Positions, -1), InsertAxes(in.GridIndex, -1)), B, Q)
-	pageSize := pools[0].Shape().Dimensions[1]
-	PG := in.PageTableGlobal.Shape().Dimensions[1]
-	PS := in.PageTableSliding.Shape().Dimensions[1]
-	kposGlobal := Iota(g, shapes.Make(dtypes.Int32, B, PG*pageSize), 1)
-	kposSliding := Add(Iota(g, shapes.Make(dtypes.Int32, B, PS*pageSize), 1), InsertAxes(in.SlidingBase, -1))
-	maskGlobal := causalMask(qpos, kposGlobal, 0)
-	maskSliding := causalMask(qpos, kposSliding, cfg.SlidingWindow)
+	global := newEntryAttention(qpos, in.Global, pools[0].Shape().Dimensions[1], 0)
+	sliding := newEntryAttention(qpos, in.Sliding, pools[0].Shape().Dimensions[1], cfg.SlidingWindow)
 	scale := 1 / math.Sqrt(cfg.QueryPreAttnScalar)
 
 	newPools = make([]*Node, len(pools))
@@ -72,10 +71,10 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 	for l := 0; l < cfg.NumHiddenLayers; l++ {
 		w := weights[layers[l].start : layers[l].start+numLayerWeights]
 		lin := func(x *Node, k int) *Node { return layerLinear(cfg, x, weights, layers[l], k) }
-		global := cfg.IsGlobal(l)
-		rope, slots, table, mask := ropeLocal, in.SlotsSliding, in.PageTableSliding, maskSliding
-		if global {
-			rope, slots, table, mask = ropeGlobal, in.SlotsGlobal, in.PageTableGlobal, maskGlobal
+		isGlobal := cfg.IsGlobal(l)
+		rope, slots, att := ropeLocal, in.SlotsSliding, sliding
+		if isGlobal {
+			rope, slots, att = ropeGlobal, in.SlotsGlobal, global
 		}
 
 		residual := x
@@ -90,7 +89,7 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 		vPool := writeSlots(pools[2*l+1], slots, v)
 		newPools[2*l], newPools[2*l+1] = kPool, vPool
 
-		attn := pagedAttention(q, kPool, vPool, table, in.GridIndex, in.TokenCell, mask, NH, KV, D, B, Q, scale)
+		attn := att.attend(q, kPool, vPool, in.GridIndex, in.TokenCell, NH, KV, D, B, Q, scale)
 		attn = lin(attn, wO)
 		x = Add(residual, rmsNorm(attn, w[wPostAttnNorm], cfg.RMSNormEps))
 
@@ -180,18 +179,6 @@ func (r rope) apply(x *Node) *Node {
 	return Add(Mul(x, r.cos), Mul(rotated, r.sin))
 }
 
-// causalMask is true where query position qpos [B, Q] may attend to key position kpos
-// [B, C]: kpos ≤ qpos, and for a sliding window w > 0 also kpos > qpos − w. → [B, Q, C]
-func causalMask(qpos, kpos *Node, window int) *Node {
-	q := InsertAxes(qpos, -1) // [B, Q, 1]
-	k := InsertAxes(kpos, 1)  // [B, 1, C]
-	mask := LessOrEqual(k, q)
-	if window > 0 {
-		mask = And(mask, GreaterThan(k, SubScalar(q, window)))
-	}
-	return mask
-}
-
 // writeSlots overwrites rows of pool [pages, pageSize, KV, D] at flat slots [T] with
 // values [T, KV, D]. ScatterMin(−∞) then ScatterMax(values) is an exact overwrite with ops
 // the pure-Go backend has (it lacks DynamicUpdateSlice); with the pool donated it is in place.
@@ -205,27 +192,63 @@ func writeSlots(pool, slots, values *Node) *Node {
 	return Reshape(flat, dims...)
 }
 
-// pagedAttention computes attention of the step's queries q [T, NH, D] against each
-// sequence's context read through its page table [B, P] from the pools, on the [B, Q]
-// grid of queries, and returns the per-token output [T, NH·D].
-func pagedAttention(q, kPool, vPool, table, gridIndex, tokenCell, mask *Node, NH, KV, D, B, Q int, scale float64) *Node {
-	dtype := q.DType()
-	dims := kPool.Shape().Dimensions
-	P := table.Shape().Dimensions[1]
-	C := P * dims[1]
-	tableIdx := InsertAxes(table, -1)
-	keys := Reshape(Gather(kPool, tableIdx), B, C, KV, D)   // [B, C, KV, D]
-	values := Reshape(Gather(vPool, tableIdx), B, C, KV, D) // [B, C, KV, D]
+// entryAttention is attention over one flat list of page entries, with what every layer of
+// that attention type shares: the entries' rows and pages, and the mask of each entry's
+// keys against its row's queries.
+type entryAttention struct {
+	ent  PageEntries
+	mask *Node // [E, Q, S]: key s of entry e is visible to query q of its row
+}
 
+// newEntryAttention builds the mask of entries ent for queries at qpos [B, Q]: key position
+// base+s ≤ query position, and for a window w > 0 also > query position − w. Padding
+// entries (row B, base beyond every position) are masked everywhere.
+func newEntryAttention(qpos *Node, ent PageEntries, pageSize, window int) entryAttention {
+	g := qpos.Graph()
+	Q := qpos.Shape().Dimensions[1]
+	E := ent.Page.Shape().Dimensions[0]
+	// One extra row for padding entries.
+	qposPad := Concatenate([]*Node{qpos, Zeros(g, shapes.Make(dtypes.Int32, 1, Q))}, 0)
+	qe := InsertAxes(Gather(qposPad, InsertAxes(ent.Row, -1)), -1)                                                       // [E, Q, 1]
+	ke := InsertAxes(Add(Iota(g, shapes.Make(dtypes.Int32, E, PagesPerEntry*pageSize), 1), InsertAxes(ent.Base, -1)), 1) // [E, 1, S]
+	mask := LessOrEqual(ke, qe)
+	if window > 0 {
+		mask = And(mask, GreaterThan(ke, SubScalar(qe, window)))
+	}
+	return entryAttention{ent: ent, mask: mask}
+}
+
+// attend computes attention of the step's queries q [T, NH, D] on the [B, Q] grid against
+// the keys and values of the entries' pages, and returns the per-token output [T, NH·D].
+// Each entry scores its page against its row's queries; the softmax over a row's entries is
+// exact: the row maximum by ScatterMax, then the exponentials' sums and the weighted values
+// by ScatterSum (in float32), divided at the end.
+func (a entryAttention) attend(q, kPool, vPool, gridIndex, tokenCell *Node, NH, KV, D, B, Q int, scale float64) *Node {
+	g := q.Graph()
+	dtype := q.DType()
+	E := a.ent.Page.Shape().Dimensions[0]
+	S := PagesPerEntry * kPool.Shape().Dimensions[1] // keys per entry
 	G := NH / KV
+	rowIdx := InsertAxes(a.ent.Row, -1)
+	pageIdx := InsertAxes(a.ent.Page, -1)                  // [E, PagesPerEntry, 1]
+	keys := Reshape(Gather(kPool, pageIdx), E, S, KV, D)   // [E, S, KV, D]
+	values := Reshape(Gather(vPool, pageIdx), E, S, KV, D) // [E, S, KV, D]
 	qg := Reshape(Gather(q, InsertAxes(gridIndex, -1)), B, Q, KV, G, D)
-	scores := Einsum("bqkgd,bckd->bkgqc", qg, keys) // [B, KV, G, Q, C]
-	scores = MulScalar(scores, scale)
-	scores = ConvertDType(scores, dtypes.Float32)
-	m := BroadcastToDims(Reshape(mask, B, 1, 1, Q, C), B, KV, G, Q, C)
-	scores = Where(m, scores, BroadcastToDims(Scalar(q.Graph(), dtypes.Float32, maskedScore), B, KV, G, Q, C))
-	probs := ConvertDType(Softmax(scores, -1), dtype)
-	out := Einsum("bkgqc,bckd->bqkgd", probs, values) // [B, Q, KV, G, D]
+	qg = Concatenate([]*Node{qg, Zeros(g, shapes.Make(dtype, 1, Q, KV, G, D))}, 0) // + the padding row
+	qe := Gather(qg, rowIdx)                                                       // [E, Q, KV, G, D]
+	scores := ConvertDType(MulScalar(Einsum("eqkgd,eskd->ekgqs", qe, keys), scale), dtypes.Float32)
+	m := BroadcastToDims(Reshape(a.mask, E, 1, 1, Q, S), E, KV, G, Q, S)
+	scores = Where(m, scores, BroadcastToDims(Scalar(g, dtypes.Float32, maskedScore), E, KV, G, Q, S))
+	rows := shapes.Make(dtypes.Float32, B+1, KV, G, Q)
+	rowMax := ScatterMax(BroadcastToDims(Scalar(g, dtypes.Float32, maskedScore), rows.Dimensions...), rowIdx, ReduceMax(scores, -1), false, false)
+	p := Exp(Sub(scores, InsertAxes(Gather(rowMax, rowIdx), -1))) // [E, KV, G, Q, S]
+	sums := ScatterSum(Zeros(g, rows), rowIdx, ReduceSum(p, -1), false, false)
+	weighted := ConvertDType(Einsum("ekgqs,eskd->ekgqd", ConvertDType(p, dtype), values), dtypes.Float32)
+	out := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, B+1, KV, G, Q, D)), rowIdx, weighted, false, false)
+	out = Div(out, InsertAxes(sums, -1))
+	out = Slice(out, AxisRange(0, B))               // drop the padding row
+	out = ConvertDType(Transpose(out, 1, 3), dtype) // [B, Q, G, KV, D]
+	out = Transpose(out, 2, 3)                      // [B, Q, KV, G, D]
 	out = Reshape(out, B*Q, NH*D)
 	return Gather(out, InsertAxes(tokenCell, -1)) // [T, NH·D]
 }

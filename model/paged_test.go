@@ -99,8 +99,8 @@ func (d *pagedDriver) step(seqs []*drvSeq, counts []int) [][][]float32 {
 	shape := model.NeededShape(&d.m.Config, d.layout, chunks, d.segment)
 	shape.T += d.padding
 	shape.B += d.padding
-	shape.PG += d.padding
-	shape.PS += d.padding
+	shape.EG += d.padding
+	shape.ES += d.padding
 	shape.N += d.padding
 	batch, err := model.BuildBatch(&d.m.Config, d.layout, chunks, shape)
 	if err != nil {

@@ -534,8 +534,9 @@ func buildShardedStep(g *graph.Graph, plan *ShardingPlan, mesh *distributed.Devi
 	}{
 		{"step.tokens", []int{s.T}}, {"step.positions", []int{s.T}}, {"step.slots_global", []int{s.T}},
 		{"step.slots_sliding", []int{s.T}}, {"step.token_cell", []int{s.T}}, {"step.grid_index", []int{s.B, s.Q}},
-		{"step.page_table_global", []int{s.B, s.PG}}, {"step.page_table_sliding", []int{s.B, s.PS}},
-		{"step.sliding_base", []int{s.B}}, {"step.logits_index", []int{s.N}},
+		{"step.global_page", []int{s.EG, PagesPerEntry}}, {"step.global_row", []int{s.EG}}, {"step.global_base", []int{s.EG}},
+		{"step.sliding_page", []int{s.ES, PagesPerEntry}}, {"step.sliding_row", []int{s.ES}}, {"step.sliding_base", []int{s.ES}},
+		{"step.logits_index", []int{s.N}},
 	} {
 		in = append(in, graph.ShardedParameter(g, st.name, shapes.Make(dtypes.Int32, st.dims...), rep))
 	}

@@ -55,7 +55,7 @@ func BenchmarkBuildStepProgram(b *testing.B) {
 		b.Fatal(err)
 	}
 	layout := KVLayout{PageSize: 16, NumGlobalPages: 64, NumSlidingPages: 64}
-	s := BatchShape{T: 64, B: 64, Q: 1, PG: 32, PS: SlidingPagesPerRow(&cfg, 16, 1), N: 64}
+	s := BatchShape{T: 64, B: 64, Q: 1, EG: 64 * 32, ES: 64 * SlidingPagesPerRow(&cfg, 16, 1), N: 64}
 	for _, tp := range []int{1, 8} {
 		b.Run(fmt.Sprintf("tp%d", tp), func(b *testing.B) {
 			backend := pluginlessXLA(b, tp)
@@ -98,7 +98,7 @@ func plainStepParams(g *graph.Graph, plan *ShardingPlan, dtype dtypes.DType, lay
 	for _, p := range plan.PoolPlans(layout) {
 		in = append(in, graph.Parameter(g, p.Name, shapes.Make(dtype, p.Shape...)))
 	}
-	for i, dims := range [][]int{{s.T}, {s.T}, {s.T}, {s.T}, {s.T}, {s.B, s.Q}, {s.B, s.PG}, {s.B, s.PS}, {s.B}, {s.N}} {
+	for i, dims := range [][]int{{s.T}, {s.T}, {s.T}, {s.T}, {s.T}, {s.B, s.Q}, {s.EG, PagesPerEntry}, {s.EG}, {s.EG}, {s.ES, PagesPerEntry}, {s.ES}, {s.ES}, {s.N}} {
 		in = append(in, graph.Parameter(g, fmt.Sprintf("step%d", i), shapes.Make(dtypes.Int32, dims...)))
 	}
 	return in

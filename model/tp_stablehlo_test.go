@@ -155,7 +155,7 @@ func TestShardedStableHLO(t *testing.T) {
 				t.Fatal(err)
 			}
 			layout := KVLayout{PageSize: 16, NumGlobalPages: 8, NumSlidingPages: 8}
-			s := BatchShape{T: 16, B: 1, Q: 16, PG: 2, PS: SlidingPagesPerRow(&cfg, 16, 16), N: 1}
+			s := BatchShape{T: 16, B: 1, Q: 16, EG: 2, ES: SlidingPagesPerRow(&cfg, 16, 16), N: 1}
 			text, plan := shardedStableHLO(t, &cfg, tc.tp, tc.dtype, layout, s)
 			if !strings.Contains(text, fmt.Sprintf("stablehlo.num_partitions = %d", tc.tp)) {
 				t.Errorf("module does not declare %d partitions", tc.tp)
@@ -212,7 +212,7 @@ func TestShardedStableHLO(t *testing.T) {
 					t.Errorf("%s: sharding %q, want %s", p.Name, got[1], poolSharding)
 				}
 			}
-			for _, name := range []string{"step.tokens", "step.grid_index", "step.page_table_global", "step.logits_index"} {
+			for _, name := range []string{"step.tokens", "step.grid_index", "step.global_page", "step.logits_index"} {
 				got := args[stablehlo.NormalizeIdentifier(name)]
 				if strings.Contains(got[1], `"tp`) {
 					t.Errorf("%s: step inputs must be replicated, got %s", name, got[1])

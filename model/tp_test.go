@@ -149,8 +149,8 @@ func TestCompileSharded27B(t *testing.T) {
 	cfg := preset(t, "gemma3-27b")
 	layout := model.KVLayout{PageSize: 16, NumGlobalPages: 64, NumSlidingPages: 64}
 	for _, s := range []model.BatchShape{
-		{T: 8, B: 8, Q: 1, PG: 4, PS: model.SlidingPagesPerRow(&cfg, 16, 1), N: 8},
-		{T: 64, B: 4, Q: 16, PG: 4, PS: model.SlidingPagesPerRow(&cfg, 16, 16), N: 1},
+		{T: 8, B: 8, Q: 1, EG: 32, ES: 8 * model.SlidingPagesPerRow(&cfg, 16, 1), N: 8},
+		{T: 64, B: 4, Q: 16, EG: 16, ES: 4 * model.SlidingPagesPerRow(&cfg, 16, 16), N: 1},
 	} {
 		if err := model.CompileShardedStep(b, &cfg, 8, dtypes.BFloat16, layout, s); err != nil {
 			t.Errorf("bucket %+v: %v", s, err)
@@ -177,7 +177,7 @@ func TestShardedNeedsXLA(t *testing.T) {
 		t.Errorf("LoadShardedModel on %s: %v, want ErrBackend", goBackend.Name(), err)
 	}
 	layout := model.KVLayout{PageSize: 16, NumGlobalPages: 4, NumSlidingPages: 4}
-	if err := model.CompileShardedStep(goBackend, &cfg, 2, dtypes.Float32, layout, model.BatchShape{T: 1, B: 1, Q: 1, PG: 1, PS: 3, N: 1}); !errors.Is(err, model.ErrBackend) {
+	if err := model.CompileShardedStep(goBackend, &cfg, 2, dtypes.Float32, layout, model.BatchShape{T: 1, B: 1, Q: 1, EG: 1, ES: 3, N: 1}); !errors.Is(err, model.ErrBackend) {
 		t.Errorf("CompileShardedStep on %s: %v, want ErrBackend", goBackend.Name(), err)
 	}
 }

@@ -42,7 +42,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	maxSeqs := fs.Int("max-num-seqs", 128, "most sequences running at once (the v5e-8 production setting)")
 	maxBatched := fs.Int("max-num-batched-tokens", 2048, "most tokens in one step (the v5e-8 production setting)")
 	pageSize := fs.Int("page-size", 16, "positions per KV block")
-	minTokens := fs.Int("min-token-bucket", 16, "smallest token bucket of the program set (16 on TPU/GPU, 1 on the CPU)")
+	minTokens := fs.Int("min-token-bucket", 32, "smallest token bucket of the program set (32 on TPU/GPU, 1 on the CPU)")
 	workspace := fs.String("workspace", "1GiB", "per-chip allowance for XLA temporaries, compiled programs and the runtime")
 	seqLen := fs.Int("seq-len", 0, "sequence length the capacity in sequences is given for (default --max-model-len)")
 	asJSON := fs.Bool("json", false, "write the plan as JSON")
@@ -211,8 +211,8 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, 
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  weights\t%s\t(%s for the model)\n", plan.FormatBytes(p.WeightBytesPerChip), plan.FormatBytes(p.WeightBytes))
 	a := p.Activations
-	fmt.Fprintf(tw, "  activations\t%s\tlargest of %d programs: %s T=%d B=%d Q=%d PG=%d PS=%d, peak in %s\n", plan.FormatBytes(a.Peak), p.Programs, a.Kind,
-		a.Shape.T, a.Shape.B, a.Shape.Q, a.Shape.PG, a.Shape.PS, a.Phase)
+	fmt.Fprintf(tw, "  activations\t%s\tlargest of %d programs: %s T=%d B=%d Q=%d EG=%d ES=%d, peak in %s\n", plan.FormatBytes(a.Peak), p.Programs, a.Kind,
+		a.Shape.T, a.Shape.B, a.Shape.Q, a.Shape.EG, a.Shape.ES, a.Phase)
 	for _, it := range a.Items {
 		if it.Bytes*50 >= a.Peak { // the items that matter
 			fmt.Fprintf(tw, "    %s\t%s\t\n", it.Name, plan.FormatBytes(it.Bytes))

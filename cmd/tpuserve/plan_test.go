@@ -33,7 +33,7 @@ func TestPlanTable(t *testing.T) {
 		"per chip: 4 heads, 2 kv heads",
 		"model.layers.*.mlp.down_proj.weight ×62", "row", "vocab", "kv-head",
 		"weights", "6.29 GiB", "(50.3 GiB for the model)",
-		"largest of 38 programs: step T=2048 B=256 Q=16 PG=512 PS=66",
+		"largest of 44 programs: step T=2048 B=256 Q=16 EG=32768 ES=4352",
 		"KV cache", "sequences of 8192",
 	} {
 		if !strings.Contains(out, want) {

@@ -343,7 +343,7 @@ func TestServeMemoryPlan(t *testing.T) {
 		want       string
 	}{
 		{"gemma3-27b", "", 8, "needs --device-memory"},
-		{"gemma3-27b", "16GiB", 2, "does not fit in device memory: 26.9 GiB per chip before any KV cache"},
+		{"gemma3-27b", "16GiB", 2, "does not fit in device memory: 28.3 GiB per chip before any KV cache"},
 		{"gemma3-27b", "lots", 8, "--device-memory"},
 	} {
 		_, o := serveFlags(io.Discard)

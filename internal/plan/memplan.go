@@ -55,7 +55,7 @@ type MemoryOptions struct {
 	// steps) default to 16, as in the engine.
 	PageSize   int `json:"page_size"`
 	SegmentLen int `json:"segment_len"`
-	// MinTokens is the smallest token bucket of the step set (default 16: accelerators) and
+	// MinTokens is the smallest token bucket of the step set (default 32: accelerators) and
 	// PromptLogprobRows its prompt-scoring rows (default 64), as StepOptions.
 	MinTokens         int `json:"min_tokens"`
 	PromptLogprobRows int `json:"prompt_logprob_rows"`
@@ -149,7 +149,7 @@ func (o *MemoryOptions) setDefaults(cfg *model.Config) error {
 		o.SegmentLen = 16
 	}
 	if o.MinTokens == 0 {
-		o.MinTokens = 16
+		o.MinTokens = 32 // DefaultMinTokens on accelerators
 	}
 	if o.PromptLogprobRows == 0 {
 		o.PromptLogprobRows = 64
@@ -210,14 +210,15 @@ func SamplerActivations(cfg *model.Config, sp *model.ShardingPlan, rows int) Act
 // and the vocabulary divided as the plan splits them (b = compute dtype bytes):
 //
 //	persistent (all layers): hidden states [T, H]·b ×3 (residual, normed input, branch
-//	  output), the global and sliding masks [B, Q, C] (bool), RoPE tables, step inputs;
+//	  output), the global and sliding masks [E, Q, S] (bool), RoPE tables, step inputs;
 //	attention (one layer): q/k/v [T, heads·D]·b ×2 (before and after RoPE), the gathered
-//	  K and V pages [B, C, kvHeads, D]·b, scores [B, heads, Q, C] in f32 plus the
-//	  probabilities in b, the output on the grid and per token;
+//	  K and V pages [E, S, kvHeads, D]·b, the queries per entry [E, Q, heads, D]·b, scores
+//	  [E, heads, Q, S] in f32 plus the probabilities in b, the weighted values per entry
+//	  [E, heads, Q, D] in f32, the row sums and the output on the grid and per token;
 //	mlp (one layer): gate, up and their product [T, I/N]·b;
 //	logits (after the layers): [N, V/N] f32 ×3 (logits and two sampler temporaries);
 //
-// with C the wider of the global and sliding page tables in positions. Peak is the
+// with E the larger of the global and sliding entry lists and S the keys per entry. Peak is the
 // persistent part plus the largest phase. It is an upper bound of the live set as the
 // graph is written (XLA may fuse some of it away), not a measurement.
 func StepActivations(cfg *model.Config, plan *model.ShardingPlan, s model.BatchShape, pageSize int) ActivationEstimate {
@@ -225,21 +226,23 @@ func StepActivations(cfg *model.Config, plan *model.ShardingPlan, s model.BatchS
 	T, B, Q, N := int64(s.T), int64(s.B), int64(s.Q), int64(s.N)
 	H, D := int64(cfg.HiddenSize), int64(cfg.HeadDim)
 	heads, kvh := int64(plan.HeadsPerChip), int64(plan.KVHeadsPerChip)
-	cg, cs := int64(s.PG*pageSize), int64(s.PS*pageSize)
-	c := max(cg, cs)
+	S := int64(pageSize * model.PagesPerEntry) // keys per entry
+	E := int64(max(s.EG, s.ES))
 	ic := int64(cfg.IntermediateSize / plan.TP)
 	vc := int64(cfg.VocabSize / plan.TP)
 	persistent := []NamedBytes{
 		{"hidden states [T, H] x3", 3 * T * H * b},
-		{"attention masks [B, Q, C] global+sliding", B * Q * (cg + cs)},
+		{"attention masks [E, Q, S] global+sliding", int64(s.EG+s.ES) * Q * S},
 		{"rope tables [T, D] x4", 4 * T * D * b},
-		{"step inputs (int32)", 4 * (5*T + B*Q + B*int64(s.PG) + B*int64(s.PS) + B + N)},
+		{"step inputs (int32)", 4 * (5*T + B*Q + (2+model.PagesPerEntry)*int64(s.EG+s.ES) + N)},
 	}
 	attention := []NamedBytes{
 		{"q/k/v [T, heads*D] x2", 2 * T * (heads + 2*kvh) * D * b},
-		{"gathered K+V pages [B, C, kvHeads, D] x2", 2 * B * c * kvh * D * b},
-		{"scores f32 + probs [B, heads, Q, C]", B * heads * Q * c * (4 + b)},
-		{"attention output [B*Q + T, heads*D]", (B*Q + T) * heads * D * b},
+		{"gathered K+V pages [E, S, kvHeads, D] x2", 2 * E * S * kvh * D * b},
+		{"queries per entry [E, Q, heads, D]", E * Q * heads * D * b},
+		{"scores f32 + probs [E, heads, Q, S]", E * heads * Q * S * (4 + b)},
+		{"weighted values per entry [E, heads, Q, D] f32", E * heads * Q * D * 4},
+		{"row sums and output [B+1, heads, Q, D] f32 + [B*Q + T, heads*D]", (B+1)*heads*Q*D*4 + (B*Q+T)*heads*D*b},
 	}
 	mlp := []NamedBytes{{"mlp gate/up/product [T, I/N] x3", 3 * T * ic * b}}
 	logits := []NamedBytes{{"logits + sampler [N, V/N] f32 x3", 3 * N * vc * 4}}
@@ -354,7 +357,7 @@ func seqsAtLen(cfg *model.Config, global, sliding, pageSize, L int) int {
 }
 
 func shapeString(s model.BatchShape) string {
-	return fmt.Sprintf("T=%d B=%d Q=%d PG=%d PS=%d N=%d", s.T, s.B, s.Q, s.PG, s.PS, s.N)
+	return fmt.Sprintf("T=%d B=%d Q=%d EG=%d ES=%d", s.T, s.B, s.Q, s.EG, s.ES)
 }
 
 // FormatBytes writes n in binary units with three significant digits (e.g. "6.29 GiB").

@@ -64,7 +64,7 @@ func TestPlanMemory(t *testing.T) {
 		var prevWeights int64
 		for _, tp := range []int{1, 2, 4, 8} {
 			t.Run(fmt.Sprintf("%s/tp%d", name, tp), func(t *testing.T) {
-				opts := plan.MemoryOptions{TP: tp, DeviceMemoryBytes: 80 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
+				opts := plan.MemoryOptions{TP: tp, DeviceMemoryBytes: 144 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048}
 				p, err := plan.PlanMemory(&cfg, opts)
 				if name == "gemma3-1b" && tp == 8 {
 					if !errors.Is(err, model.ErrSharding) {
@@ -109,18 +109,20 @@ func TestPlanMemory(t *testing.T) {
 }
 
 // Test27BOnV5e8 is the production case: 27B bf16 at TP=8 on 16 GiB chips. gemma3.md says
-// a v5e-8 holds the 54 GB of weights and about 55–60 GB of KV; with step buckets sized
-// for 64 sequences and 2048-token chunks the plan agrees. With the engine's defaults
-// (256 sequences, 8192-token steps) the gather-based attention's activations take most of
-// the room (the figure the plan exists to show).
+// a v5e-8 holds the 54 GB of weights and about 55–60 GB of KV before activations; with
+// steps sized for 64 sequences and 2048-token chunks the largest program's activations
+// (a deep-context chunk in rows of 16 queries: its keys and the per-entry query and value
+// buffers) leave about 45 GB. With vLLM's GPU defaults (256 sequences, 8192-token steps)
+// the gather-based attention's activations take most of the room (the figure the plan
+// exists to show).
 func Test27BOnV5e8(t *testing.T) {
 	cfg := preset(t, "gemma3-27b")
 	tuned, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if total := float64(tuned.KVBytesPerChip*8) / 1e9; total < 55 || total > 65 {
-		t.Errorf("KV for the v5e-8: %.1f GB, gemma3.md says about 55–60", total)
+	if total := float64(tuned.KVBytesPerChip*8) / 1e9; total < 40 || total > 65 {
+		t.Errorf("KV for the v5e-8: %.1f GB, want 40–65 (gemma3.md: 55–60 before activations)", total)
 	}
 	if tuned.KVHeadsPerChip != 2 || tuned.Activations.Kind != "step" {
 		t.Errorf("kv heads per chip %d, largest bucket %s", tuned.KVHeadsPerChip, tuned.Activations.Kind)
@@ -148,31 +150,31 @@ func TestStepActivations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := model.BatchShape{T: 32, B: 2, Q: 16, PG: 4, PS: 3, N: 2}
+	s := model.BatchShape{T: 32, B: 2, Q: 16, EG: 8, ES: 6, N: 2}
 	e := plan.StepActivations(&cfg, p, s, 16)
 	items := map[string]int64{}
 	for _, it := range e.Items {
 		items[it.Name] = it.Bytes
 	}
-	C := int64(4 * 16) // the global table is the wider one
+	E, S := int64(8), int64(16*model.PagesPerEntry) // the global list is the longer one
 	want := map[string]int64{
 		"hidden states [T, H] x3":                  3 * 32 * 64 * 2,
-		"gathered K+V pages [B, C, kvHeads, D] x2": 2 * 2 * C * 1 * 16 * 2,
-		"scores f32 + probs [B, heads, Q, C]":      2 * 2 * 16 * C * 6,
+		"gathered K+V pages [E, S, kvHeads, D] x2": 2 * E * S * 1 * 16 * 2,
+		"queries per entry [E, Q, heads, D]":       E * 16 * 2 * 16 * 2,
+		"scores f32 + probs [E, heads, Q, S]":      E * 2 * 16 * S * 6,
 		"mlp gate/up/product [T, I/N] x3":          3 * 32 * 64 * 2,
 		"logits + sampler [N, V/N] f32 x3":         3 * 2 * 131104 * 4,
-		"attention masks [B, Q, C] global+sliding": 2 * 16 * (64 + 48),
+		"attention masks [E, Q, S] global+sliding": (8 + 6) * 16 * S,
 		"q/k/v [T, heads*D] x2":                    2 * 32 * (2 + 2) * 16 * 2,
-		"attention output [B*Q + T, heads*D]":      (32 + 32) * 2 * 16 * 2,
 		"rope tables [T, D] x4":                    4 * 32 * 16 * 2,
-		"step inputs (int32)":                      4 * (5*32 + 32 + 8 + 6 + 2 + 2),
+		"step inputs (int32)":                      4 * (5*32 + 32 + (2+model.PagesPerEntry)*(8+6) + 2),
 	}
 	for name, w := range want {
 		if items[name] != w {
 			t.Errorf("%s: %d bytes, want %d", name, items[name], w)
 		}
 	}
-	persistent := want["hidden states [T, H] x3"] + want["attention masks [B, Q, C] global+sliding"] + want["rope tables [T, D] x4"] + want["step inputs (int32)"]
+	persistent := want["hidden states [T, H] x3"] + want["attention masks [E, Q, S] global+sliding"] + want["rope tables [T, D] x4"] + want["step inputs (int32)"]
 	if e.Phase != "logits" || e.Peak != persistent+want["logits + sampler [N, V/N] f32 x3"] {
 		t.Errorf("peak %d in phase %s, want %d in logits (tiny's vocabulary dominates)", e.Peak, e.Phase, persistent+want["logits + sampler [N, V/N] f32 x3"])
 	}
@@ -194,7 +196,7 @@ func TestPlanActivationsFromStepSet(t *testing.T) {
 	if p.Programs != len(set.Programs()) || p.Programs > 48 {
 		t.Errorf("plan counts %d programs, the set has %d (budget 48)", p.Programs, len(set.Programs()))
 	}
-	if want := (model.BatchShape{T: 2048, B: 256, Q: 16, PG: 512, PS: 66}); p.Activations.Kind != "step" || p.Activations.Shape != want {
+	if want := (model.BatchShape{T: 2048, B: 256, Q: 16, EG: 256 * 128, ES: 256 * 17}); p.Activations.Kind != "step" || p.Activations.Shape != want {
 		t.Errorf("activations from %s %+v, want step %+v", p.Activations.Kind, p.Activations.Shape, want)
 	}
 }
@@ -216,7 +218,7 @@ func TestPlanMemoryErrors(t *testing.T) {
 			[]string{"--max-num-batched-tokens", "--max-num-seqs"}},
 		{"bad tp", plan.MemoryOptions{TP: 5, DeviceMemoryBytes: 16 * gib}, model.ErrSharding, []string{"q_proj"}},
 		// Room for the weights but not one 128k sequence (10.4 GiB, 1.3 GiB per chip).
-		{"KV too small", plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 17 * gib / 2, MaxModelLen: 131072, MaxNumSeqs: 1, MaxNumBatchedTokens: 16, SegmentLen: 16},
+		{"KV too small", plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 10 * gib, MaxModelLen: 131072, MaxNumSeqs: 1, MaxNumBatchedTokens: 16, SegmentLen: 16},
 			plan.ErrMemory, []string{"one sequence of max model length 131072 needs 1.30 GiB per chip"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

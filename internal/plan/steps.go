@@ -2,6 +2,7 @@ package plan
 
 import (
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/tpuserve/tpuserve/model"
@@ -34,11 +35,11 @@ type Program struct {
 	Rows  int              `json:"rows,omitempty"`
 }
 
-// String is a short name for logs: step{T=64 B=64 Q=1 PG=32 PS=4} or sample{rows=8}.
+// String is a short name for logs: step{T=64 B=64 Q=1 EG=2048 ES=256} or sample{rows=8}.
 func (p Program) String() string {
 	if p.Kind == KindStep {
 		s := p.Shape
-		return fmt.Sprintf("step{T=%d B=%d Q=%d PG=%d PS=%d}", s.T, s.B, s.Q, s.PG, s.PS)
+		return fmt.Sprintf("step{T=%d B=%d Q=%d EG=%d ES=%d}", s.T, s.B, s.Q, s.EG, s.ES)
 	}
 	return fmt.Sprintf("%s{rows=%d}", p.Kind, p.Rows)
 }
@@ -57,11 +58,12 @@ type StepOptions struct {
 	// (default 1). Accelerators gain nothing below their matrix-unit width: the TPU and GPU
 	// defaults are 16, as vLLM-TPU pads.
 	MinTokens int
-	// PageLadder is the ratio between consecutive page-table widths (default 4): a step
-	// attends over the narrowest width that holds its longest sequence.
-	PageLadder int
-	// MinContext is the fewest positions the narrowest page-table width covers (default 256):
-	// below it attention is too cheap to be worth another program.
+	// EntryLevels is how many page-entry budgets each token bucket comes in (default 5),
+	// spaced evenly in log scale from MinContext positions per row to every row at
+	// MaxModelLen: a step attends over the smallest budget that holds its rows' pages.
+	EntryLevels int
+	// MinContext is the positions per row of the smallest entry budget (default 256): below
+	// it attention is too cheap to be worth another program.
 	MinContext int
 	// PromptLogprobRows is the most prompt positions scored in one step (default 64); the
 	// scheduler cuts the prefill chunks of prompt-logprob requests to fit.
@@ -69,12 +71,12 @@ type StepOptions struct {
 }
 
 // DefaultMinTokens is the smallest token bucket on backend ("go" or "xla:…"): 1 on the CPU,
-// 16 on accelerators.
+// 32 on accelerators (a TPU's matrix unit is 128 wide: fewer rows cost as much).
 func DefaultMinTokens(backend string) int {
 	if backend == "" || backend == "go" || len(backend) > 3 && backend[:3] == "go:" || backend == "xla:cpu" {
 		return 1
 	}
-	return 16
+	return 32
 }
 
 func (o *StepOptions) setDefaults() error {
@@ -84,8 +86,8 @@ func (o *StepOptions) setDefaults() error {
 	if o.MinTokens == 0 {
 		o.MinTokens = 1
 	}
-	if o.PageLadder == 0 {
-		o.PageLadder = 4
+	if o.EntryLevels == 0 {
+		o.EntryLevels = 5
 	}
 	if o.MinContext == 0 {
 		o.MinContext = 256
@@ -100,7 +102,7 @@ func (o *StepOptions) setDefaults() error {
 	}{
 		{"MaxNumSeqs", o.MaxNumSeqs, 1}, {"MaxNumBatchedTokens", o.MaxNumBatchedTokens, 1},
 		{"MaxModelLen", o.MaxModelLen, 1}, {"PageSize", o.PageSize, 1}, {"SegmentLen", o.SegmentLen, 1},
-		{"MinTokens", o.MinTokens, 1}, {"PageLadder", o.PageLadder, 2}, {"MinContext", o.MinContext, 1},
+		{"MinTokens", o.MinTokens, 1}, {"EntryLevels", o.EntryLevels, 1}, {"MinContext", o.MinContext, 1},
 		{"PromptLogprobRows", o.PromptLogprobRows, 1},
 	} {
 		if f.v < f.min {
@@ -122,21 +124,23 @@ func (o *StepOptions) setDefaults() error {
 // before serving. It is immutable and safe for concurrent use.
 //
 // The rule: token buckets are powers of two from MinTokens up to MaxNumBatchedTokens (the
-// last bucket is MaxNumBatchedTokens itself). A bucket of at most MaxNumSeqs tokens runs
-// one query per attention row (decodes, and small prefill chunks token by token); a larger
-// one runs rows of SegmentLen queries, with room for every running sequence's partial row.
-// Each token bucket comes in page-table widths from a ladder (×PageLadder down from the
-// pages of MaxModelLen, to no fewer than MinContext positions), so a batch of short
-// sequences attends over its own context, not MaxModelLen's. Sliding-window tables are as
-// wide as a row can need, and never wider than the global table. Sampler programs come in
-// row buckets of powers of two (sample: from MinTokens; sample_full: from 1) up to
-// MaxNumSeqs, and prompt scoring in rows of PromptLogprobRows and PromptLogprobRows/8.
+// last bucket is MaxNumBatchedTokens itself). A bucket of at most max(MaxNumSeqs, 256)
+// tokens runs one query per attention row (decodes, and small prefill chunks token by
+// token); a larger one runs rows of SegmentLen queries, with room for every running
+// sequence's partial row.
+// Attention reads each row's own pages through a flat list of page entries; each token
+// bucket comes in EntryLevels entry budgets, log-spaced from MinContext positions per row
+// to every row at MaxModelLen, so a batch of short sequences pays for its own context, not
+// MaxModelLen's. The sliding layers' list is as long as the global one, or as the rows'
+// windows can need when that is less. Sampler programs come in row buckets of powers of two
+// (sample, from MinTokens) or of four (sample_full, from 1) up to MaxNumSeqs, and prompt
+// scoring in PromptLogprobRows rows.
 type StepSet struct {
 	opts         StepOptions
 	cfg          *model.Config
-	tokens       []int // token buckets, ascending
-	pages        []int // page-table widths, ascending
-	steps        []model.BatchShape
+	tokens       []int              // token buckets, ascending
+	steps        []model.BatchShape // by token bucket, then entry budget ascending
+	perToken     [][]model.BatchShape
 	sample, full []int
 	prompt       []int
 }
@@ -148,28 +152,35 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 	}
 	s := &StepSet{opts: opts, cfg: cfg}
 	s.tokens = powersUpTo(opts.MinTokens, opts.MaxNumBatchedTokens)
-	maxPages := ceilDiv(opts.MaxModelLen, opts.PageSize)
-	for pg := maxPages; ; {
-		s.pages = append(s.pages, pg)
-		next := ceilDiv(pg, opts.PageLadder)
-		if next == pg || next*opts.PageSize < opts.MinContext {
-			break
-		}
-		pg = next
-	}
-	slices.Reverse(s.pages)
+	maxEntries := ceilDiv(ceilDiv(opts.MaxModelLen, opts.PageSize), model.PagesPerEntry) // one row at MaxModelLen
+	minEntries := ceilDiv(opts.MinContext, opts.PageSize*model.PagesPerEntry)            // one row at MinContext
 	for _, t := range s.tokens {
-		for _, pg := range s.pages {
-			s.steps = append(s.steps, s.shapeFor(t, pg))
+		var shapes []model.BatchShape
+		if t <= max(opts.MaxNumSeqs, oneQueryTokens) {
+			// One query per row: entry budgets from MinContext per token to MaxModelLen
+			// per token.
+			shapes = s.ladder(t, 1, t, t*minEntries, t*maxEntries, opts.EntryLevels)
+		} else {
+			// Rows of one query while the step's tokens read no more pages than the rows of
+			// SegmentLen would at MaxModelLen (typical contexts: every slot is a real
+			// query), then rows of SegmentLen queries for deep contexts.
+			q := opts.SegmentLen
+			b := ceilDiv(t, q) + opts.MaxNumSeqs
+			top := b * maxEntries
+			one := max(1, opts.EntryLevels-2)
+			shapes = s.ladder(t, 1, t, min(t*minEntries, top), top, one)
+			shapes = append(shapes, s.ladder(t, q, b, top/4, top, opts.EntryLevels-one)...)
 		}
+		s.perToken = append(s.perToken, shapes)
+		s.steps = append(s.steps, shapes...)
 	}
 	s.sample = powersUpTo(min(opts.MinTokens, opts.MaxNumSeqs), opts.MaxNumSeqs)
-	s.full = powersUpTo(1, opts.MaxNumSeqs)
-	pr := min(opts.PromptLogprobRows, opts.MaxNumBatchedTokens)
-	if small := pr / 8; small >= 1 {
-		s.prompt = append(s.prompt, small)
+	// The full sampler's rows are few (only requests that ask for a feature): ×4 buckets.
+	for r := 1; r < opts.MaxNumSeqs; r *= 4 {
+		s.full = append(s.full, r)
 	}
-	s.prompt = append(s.prompt, pr)
+	s.full = append(s.full, opts.MaxNumSeqs)
+	s.prompt = []int{min(opts.PromptLogprobRows, opts.MaxNumBatchedTokens)}
 	return s, nil
 }
 
@@ -188,16 +199,38 @@ func powersUpTo(lo, hi int) []int {
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
-// shapeFor is the step shape of token bucket t with page-table width pg.
-func (s *StepSet) shapeFor(t, pg int) model.BatchShape {
-	q, b := 1, t
-	if t > s.opts.MaxNumSeqs {
-		q = s.opts.SegmentLen
-		// Each sequence's tokens split into rows of q; a sequence adds at most one partial row.
-		b = ceilDiv(t, q) + s.opts.MaxNumSeqs
+// oneQueryTokens: token buckets up to this size (or MaxNumSeqs) run one query per row.
+// Rows of one query cost no query slot for a decode next to a prefill chunk; a chunk's
+// tokens then each read their own pages, which stays cheap for small steps only.
+const oneQueryTokens = 256
+
+// ladder is levels step shapes of token bucket t with rows of q queries (b rows), entry
+// budgets log-spaced from bottom to top.
+func (s *StepSet) ladder(t, q, b, bottom, top, levels int) []model.BatchShape {
+	bottom = max(1, min(bottom, top))
+	var shapes []model.BatchShape
+	for l := 0; l < levels; l++ {
+		e := top
+		if l < levels-1 {
+			e = int(math.Ceil(float64(bottom) * math.Pow(float64(top)/float64(bottom), float64(l)/float64(levels-1))))
+		}
+		if len(shapes) > 0 && e <= shapes[len(shapes)-1].EG {
+			continue
+		}
+		es := min(e, b*ceilDiv(model.SlidingPagesPerRow(s.cfg, s.opts.PageSize, q), model.PagesPerEntry))
+		shapes = append(shapes, model.BatchShape{T: t, B: b, Q: q, EG: e, ES: es})
 	}
-	ps := min(pg, model.SlidingPagesPerRow(s.cfg, s.opts.PageSize, q))
-	return model.BatchShape{T: t, B: b, Q: q, PG: pg, PS: ps}
+	return shapes
+}
+
+// rows is the query-row layout of token bucket t: one query per row up to
+// max(MaxNumSeqs, oneQueryTokens) tokens (decodes, small chunks token by token), else rows
+// of SegmentLen queries with room for every running sequence's partial row.
+func (s *StepSet) rows(t int) (q, b int) {
+	if t <= max(s.opts.MaxNumSeqs, oneQueryTokens) {
+		return 1, t
+	}
+	return s.opts.SegmentLen, ceilDiv(t, s.opts.SegmentLen) + s.opts.MaxNumSeqs
 }
 
 // Options returns the options with defaults applied.
@@ -213,20 +246,35 @@ func (s *StepSet) MaxTokens() int { return s.tokens[len(s.tokens)-1] }
 // MaxPromptRows is the most prompt positions one step may score.
 func (s *StepSet) MaxPromptRows() int { return s.prompt[len(s.prompt)-1] }
 
-// StepFor returns the smallest step shape holding numTokens tokens whose longest sequence
-// spans maxPages global pages (its page table up to the end of this step's tokens). The
-// second result is false when none does: more tokens than MaxNumBatchedTokens or a
-// sequence longer than MaxModelLen, which the scheduler never plans.
-func (s *StepSet) StepFor(numTokens, maxPages int) (model.BatchShape, bool) {
-	ti, ok := firstAtLeast(s.tokens, numTokens)
-	if !ok {
+// StepFor returns the smallest step shape holding a step that needs need(q) (its T, rows
+// and page entries, EG and ES, as model.NeededShape counts them with rows of q queries):
+// the smallest token bucket that holds the tokens, and in it the first member, in the
+// order listed (one query per row before rows of SegmentLen, smaller budgets first), that
+// holds the rest. The second result is false when none does: more tokens than
+// MaxNumBatchedTokens or more entries than any member reads, which the scheduler never
+// plans.
+func (s *StepSet) StepFor(need func(q int) model.BatchShape) (model.BatchShape, bool) {
+	cache := map[int]model.BatchShape{}
+	needQ := func(q int) model.BatchShape {
+		n, ok := cache[q]
+		if !ok {
+			n = need(q)
+			cache[q] = n
+		}
+		return n
+	}
+	for i, t := range s.tokens {
+		if needQ(1).T > t {
+			continue
+		}
+		for _, sh := range s.perToken[i] {
+			if sh.Fits(needQ(sh.Q)) {
+				return sh, true
+			}
+		}
 		return model.BatchShape{}, false
 	}
-	pi, ok := firstAtLeast(s.pages, max(maxPages, 1))
-	if !ok {
-		return model.BatchShape{}, false
-	}
-	return s.steps[ti*len(s.pages)+pi], true
+	return model.BatchShape{}, false
 }
 
 // RowsFor returns the smallest row bucket of a sampler program kind that holds n rows.
@@ -275,14 +323,12 @@ func (s *StepSet) Programs() []Program {
 	return out
 }
 
-// LargestSteps are the step shapes with the most tokens and, among them, the widest page
-// table; the memory plan sizes activations from them.
+// LargestSteps are each token bucket's largest entry budget; the memory plan sizes
+// activations from them.
 func (s *StepSet) LargestSteps() []model.BatchShape {
 	var out []model.BatchShape
-	for _, sh := range s.steps {
-		if sh.PG == s.pages[len(s.pages)-1] {
-			out = append(out, sh)
-		}
+	for _, shapes := range s.perToken {
+		out = append(out, shapes[len(shapes)-1])
 	}
 	return out
 }

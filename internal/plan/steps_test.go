@@ -17,10 +17,10 @@ func TestStepSetCounts(t *testing.T) {
 		steps  int
 		total  int
 	}{
-		{"27b v5e-8 8k", "gemma3-27b", plan.StepOptions{MaxNumSeqs: 128, MaxNumBatchedTokens: 2048, MaxModelLen: 8192, PageSize: 16, MinTokens: 16}, 24, 38},
-		{"27b v5e-8 32k", "gemma3-27b", plan.StepOptions{MaxNumSeqs: 128, MaxNumBatchedTokens: 2048, MaxModelLen: 32768, PageSize: 16, MinTokens: 16}, 32, 46},
-		{"serve defaults (cpu)", "tiny", plan.StepOptions{MaxNumSeqs: 32, MaxNumBatchedTokens: 512, MaxModelLen: 2048, PageSize: 16}, 20, 34},
-		{"vllm defaults on a gpu", "gemma3-4b", plan.StepOptions{MaxNumSeqs: 256, MaxNumBatchedTokens: 8192, MaxModelLen: 8192, PageSize: 16, MinTokens: 16}, 30, 46},
+		{"27b v5e-8 8k", "gemma3-27b", plan.StepOptions{MaxNumSeqs: 128, MaxNumBatchedTokens: 2048, MaxModelLen: 8192, PageSize: 16, MinTokens: 32}, 35, 44},
+		{"27b v5e-8 32k", "gemma3-27b", plan.StepOptions{MaxNumSeqs: 128, MaxNumBatchedTokens: 2048, MaxModelLen: 32768, PageSize: 16, MinTokens: 32}, 35, 44},
+		{"serve defaults (cpu)", "tiny", plan.StepOptions{MaxNumSeqs: 32, MaxNumBatchedTokens: 512, MaxModelLen: 2048, PageSize: 16}, 48, 59},
+		{"vllm defaults on a gpu", "gemma3-4b", plan.StepOptions{MaxNumSeqs: 256, MaxNumBatchedTokens: 8192, MaxModelLen: 8192, PageSize: 16, MinTokens: 32}, 45, 55},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := preset(t, tc.preset)
@@ -74,7 +74,8 @@ func TestStepForCoversEveryStep(t *testing.T) {
 					first := max(0, start-cfg.SlidingWindow+1) / 16
 					chunks = append(chunks, model.SeqChunk{Tokens: make([]int32, n), StartPos: start, GlobalBlocks: blocks, SlidingBlocks: blocks[first:], SlidingFirstBlock: first})
 				}
-				shape, ok := s.StepFor(tokens, pages)
+				need := func(q int) model.BatchShape { return model.NeededShape(&cfg, layout, chunks, q) }
+				shape, ok := s.StepFor(need)
 				if !ok {
 					t.Fatalf("no member for %d tokens over %d pages", tokens, pages)
 				}
@@ -84,10 +85,14 @@ func TestStepForCoversEveryStep(t *testing.T) {
 			}
 		}
 	}
-	if _, ok := s.StepFor(opts.MaxNumBatchedTokens+1, 1); ok {
+	if _, ok := s.StepFor(func(q int) model.BatchShape {
+		return model.BatchShape{T: opts.MaxNumBatchedTokens + 1, Q: q, EG: 1, ES: 1}
+	}); ok {
 		t.Errorf("a step over the token budget found a member")
 	}
-	if _, ok := s.StepFor(1, (opts.MaxModelLen+15)/16+1); ok {
+	if _, ok := s.StepFor(func(q int) model.BatchShape {
+		return model.BatchShape{T: 1, B: 1, Q: q, EG: (opts.MaxModelLen+15)/16 + 1, ES: 1}
+	}); ok {
 		t.Errorf("a sequence over max-model-len found a member")
 	}
 }

@@ -265,3 +265,36 @@ func BenchmarkSamplerIsolation(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStartupCompile: engine start-up with the whole program set compiled before
+// serving, for the built-in tiny model at serve's CPU defaults (32 sequences, 512-token
+// steps, 2048 max model length); reports the programs and the seconds it took.
+func BenchmarkStartupCompile(b *testing.B) {
+	cfg, err := model.Preset("tiny")
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := model.RandomWeights(&cfg, dtypes.Float32, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := model.New(backendtest.Backend(b), cfg, w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		e, err := New(Config{Model: m, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip, vocab: int32(cfg.VocabSize)} },
+			Scheduler:  SchedulerConfig{MaxNumSeqs: 32, MaxNumBatchedTokens: 512, MaxModelLen: 2048},
+			Precompile: PrecompileAll, KVCacheBytes: 64 << 20, Logger: discardLogger()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		el := time.Since(t0)
+		st := e.Stats()
+		e.Close()
+		b.ReportMetric(float64(st.StepPrograms), "programs")
+		b.ReportMetric(el.Seconds(), "s/startup")
+	}
+}

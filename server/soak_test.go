@@ -23,8 +23,10 @@ import (
 // byteDecoder detokenizes the fake tokenizer's ids for the real engine.
 type byteDecoder struct{ skip bool }
 
-func (d byteDecoder) Add(id int32) (string, error) { return fakeTokenizer{}.Decode([]int32{id}, d.skip) }
-func (byteDecoder) Flush() string                  { return "" }
+func (d byteDecoder) Add(id int32) (string, error) {
+	return fakeTokenizer{}.Decode([]int32{id}, d.skip)
+}
+func (byteDecoder) Flush() string { return "" }
 
 // TestSoakRealEngine sends 1,000 requests — completions and chat, streaming and not, n 1–3,
 // seeds, stops, logprobs — to the server over the real engine (the HF golden tiny model,

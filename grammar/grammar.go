@@ -1,0 +1,384 @@
+package grammar
+
+import (
+	"fmt"
+	"sync/atomic"
+)
+
+// Grammar is a compiled grammar bound to a Vocabulary: one byte automaton per rule (with
+// call edges between rules), static analyses of them, and the lazily filled per-state
+// token-mask cache. It is immutable apart from that cache (filled atomically), and safe
+// for concurrent use by any number of Matchers.
+type Grammar struct {
+	vocab *Vocabulary
+	rules []*dfa
+	names []string // rule names for errors and debugging
+	root  int32
+
+	firstAny    [][]byteSet // per rule, per state: bytes that can be consumed next without popping
+	nullable    []bool
+	canComplete [][]bool  // per rule, per state: the rule can finish from here consuming nothing
+	follow      []byteSet // bytes that can come right after a rule returns, in any context
+	cache       [][]atomic.Pointer[maskEntry]
+}
+
+// maskEntry is what one rule state allows regardless of what lies below it on the stack
+// (XGrammar's adaptive token mask): tokens accepted within the frame (or frames it
+// pushes), and tokens that need the real stack because they may pop the frame.
+type maskEntry struct {
+	inverted  bool    // list holds the tokens NOT accepted (the text tokens minus accepted)
+	list      []int32 // accepted ids, or (inverted) ids that are not accepted
+	uncertain []int32 // ids to check against the real stack, in trie (byte) order
+}
+
+// ruleSet is what a front end produces: rule exprs (index = rule id) and the root.
+type ruleSet struct {
+	exprs []*expr
+	names []string
+	root  int
+}
+
+func (rs *ruleSet) add(name string) int {
+	rs.exprs = append(rs.exprs, nil)
+	rs.names = append(rs.names, name)
+	return len(rs.exprs) - 1
+}
+
+func newGrammar(v *Vocabulary, rs *ruleSet) (*Grammar, error) {
+	g := &Grammar{vocab: v, root: int32(rs.root), names: rs.names}
+	g.rules = make([]*dfa, len(rs.exprs))
+	for i, e := range rs.exprs {
+		if e == nil {
+			return nil, fmt.Errorf("%w: rule %q has no definition", ErrInvalidGrammar, rs.names[i])
+		}
+		d, err := compileExpr(e)
+		if err != nil {
+			return nil, fmt.Errorf("rule %q: %w", rs.names[i], err)
+		}
+		g.rules[i] = d
+	}
+	g.analyse()
+	if err := g.checkLeftRecursion(); err != nil {
+		return nil, err
+	}
+	g.cache = make([][]atomic.Pointer[maskEntry], len(g.rules))
+	for i, r := range g.rules {
+		g.cache[i] = make([]atomic.Pointer[maskEntry], r.numStates())
+	}
+	return g, nil
+}
+
+// analyse computes nullable, canComplete, firstAny and follow by fixed points.
+func (g *Grammar) analyse() {
+	n := len(g.rules)
+	g.nullable = make([]bool, n)
+	g.canComplete = make([][]bool, n)
+	g.firstAny = make([][]byteSet, n)
+	for i, r := range g.rules {
+		g.canComplete[i] = make([]bool, r.numStates())
+		g.firstAny[i] = make([]byteSet, r.numStates())
+		copy(g.canComplete[i], r.final)
+	}
+	for changed := true; changed; {
+		changed = false
+		for i, r := range g.rules {
+			if r.calls == nil {
+				continue
+			}
+			for s := range r.calls {
+				if g.canComplete[i][s] {
+					continue
+				}
+				for _, ce := range r.calls[s] {
+					if g.canComplete[ce.rule][0] && g.canComplete[i][ce.to] {
+						g.canComplete[i][s] = true
+						changed = true
+						break
+					}
+				}
+			}
+		}
+	}
+	for i := range g.rules {
+		g.nullable[i] = g.canComplete[i][0]
+	}
+	// firstAny: direct byte transitions, plus the callee's first bytes, plus (callee
+	// nullable) the return state's first bytes.
+	for i, r := range g.rules {
+		for s := 0; s < r.numStates(); s++ {
+			for b := 0; b < 256; b++ {
+				if r.step(int32(s), byte(b)) >= 0 {
+					g.firstAny[i][s].add(byte(b))
+				}
+			}
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for i, r := range g.rules {
+			if r.calls == nil {
+				continue
+			}
+			for s := range r.calls {
+				for _, ce := range r.calls[s] {
+					if g.firstAny[i][s].union(g.firstAny[ce.rule][0]) {
+						changed = true
+					}
+					if g.nullable[ce.rule] && g.firstAny[i][s].union(g.firstAny[i][ce.to]) {
+						changed = true
+					}
+				}
+			}
+		}
+	}
+	// follow(R) ⊇ firstAny(ret) for every call of R; ⊇ follow(P) when P can complete
+	// from ret.
+	g.follow = make([]byteSet, n)
+	for changed := true; changed; {
+		changed = false
+		for i, r := range g.rules {
+			if r.calls == nil {
+				continue
+			}
+			for s := range r.calls {
+				for _, ce := range r.calls[s] {
+					if g.follow[ce.rule].union(g.firstAny[i][ce.to]) {
+						changed = true
+					}
+					if g.canComplete[i][ce.to] && g.follow[ce.rule].union(g.follow[i]) {
+						changed = true
+					}
+				}
+			}
+		}
+	}
+}
+
+// checkLeftRecursion rejects a rule that can call itself before consuming a byte: the
+// stack would grow without bound.
+func (g *Grammar) checkLeftRecursion() error {
+	// edges[r] = rules r may call at a position reached without consuming.
+	n := len(g.rules)
+	edges := make([][]int32, n)
+	for i, r := range g.rules {
+		if r.calls == nil {
+			continue
+		}
+		seen := make([]bool, r.numStates())
+		stack := []int32{0}
+		seen[0] = true
+		for len(stack) > 0 {
+			s := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			for _, ce := range r.calls[s] {
+				edges[i] = append(edges[i], ce.rule)
+				if g.nullable[ce.rule] && !seen[ce.to] {
+					seen[ce.to] = true
+					stack = append(stack, ce.to)
+				}
+			}
+		}
+	}
+	color := make([]uint8, n)
+	var visit func(r int32) error
+	visit = func(r int32) error {
+		color[r] = 1
+		for _, c := range edges[r] {
+			switch color[c] {
+			case 1:
+				return fmt.Errorf("%w: rule %q is left-recursive", ErrInvalidGrammar, g.names[c])
+			case 0:
+				if err := visit(c); err != nil {
+					return err
+				}
+			}
+		}
+		color[r] = 2
+		return nil
+	}
+	for r := 0; r < n; r++ {
+		if color[r] == 0 {
+			if err := visit(int32(r)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Vocabulary returns the vocabulary the grammar was compiled for.
+func (g *Grammar) Vocabulary() *Vocabulary { return g.vocab }
+
+// NumRules and NumStates describe the compiled size (for logs and benchmarks).
+func (g *Grammar) NumRules() int { return len(g.rules) }
+
+func (g *Grammar) NumStates() int {
+	n := 0
+	for _, r := range g.rules {
+		n += r.numStates()
+	}
+	return n
+}
+
+// frame is one stack entry: a rule and the state in it; parent is the frame below
+// (an index into the walker's arena), bottomParent at the bottom of a real stack, or
+// unknownParent in a mask-cache computation.
+type frame struct {
+	rule, state, parent int32
+}
+
+const (
+	bottomParent  int32 = -1
+	unknownParent int32 = -2
+)
+
+// walker advances sets of stacks by one byte. Stacks are persistent linked lists in an
+// arena that callers truncate to undo speculative steps.
+type walker struct {
+	g       *Grammar
+	arena   []frame
+	visited []frame
+	popped  bool // a stack popped an unknownParent frame on a byte in its follow set
+}
+
+func (w *walker) newFrame(f frame) int32 {
+	w.arena = append(w.arena, f)
+	return int32(len(w.arena) - 1)
+}
+
+// step returns, appended to out, the stacks that result from consuming b on each of in.
+func (w *walker) step(in []int32, b byte, out []int32) []int32 {
+	w.popped = false
+	for _, fi := range in {
+		w.visited = w.visited[:0]
+		out = w.expand(fi, b, out)
+	}
+	return out
+}
+
+func (w *walker) expand(fi int32, b byte, out []int32) []int32 {
+	f := w.arena[fi]
+	g := w.g
+	r := g.rules[f.rule]
+	final := r.final[f.state]
+	if !g.canComplete[f.rule][f.state] && !g.firstAny[f.rule][f.state].has(b) {
+		return out
+	}
+	for _, v := range w.visited {
+		if v == f {
+			return out
+		}
+	}
+	w.visited = append(w.visited, f)
+	if t := r.step(f.state, b); t >= 0 {
+		nf := frame{f.rule, t, f.parent}
+		dup := false
+		for _, o := range out {
+			if w.arena[o] == nf {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, w.newFrame(nf))
+		}
+	}
+	if r.calls != nil {
+		for _, ce := range r.calls[f.state] {
+			if !g.firstAny[ce.rule][0].has(b) && !g.nullable[ce.rule] {
+				continue
+			}
+			ret := w.newFrame(frame{f.rule, ce.to, f.parent})
+			callee := w.newFrame(frame{ce.rule, 0, ret})
+			out = w.expand(callee, b, out)
+		}
+	}
+	if final {
+		switch {
+		case f.parent >= 0:
+			out = w.expand(f.parent, b, out)
+		case f.parent == unknownParent:
+			if g.follow[f.rule].has(b) {
+				w.popped = true
+			}
+		}
+	}
+	return out
+}
+
+// canEnd reports whether the stack at fi can finish without consuming anything.
+func (w *walker) canEnd(fi int32) bool {
+	for fi >= 0 {
+		f := w.arena[fi]
+		if !w.g.canComplete[f.rule][f.state] {
+			return false
+		}
+		fi = f.parent
+	}
+	return fi == bottomParent
+}
+
+// entry returns the mask cache entry of a rule state, computing it on first use.
+func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
+	p := &g.cache[rule][state]
+	if e := p.Load(); e != nil {
+		return e
+	}
+	e := g.computeEntry(w, rule, state)
+	if !p.CompareAndSwap(nil, e) {
+		return p.Load()
+	}
+	return e
+}
+
+// computeEntry walks the whole token trie from a frame whose parent is unknown,
+// pruning a subtree as soon as no stack survives and the frame has not popped.
+func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
+	v := g.vocab
+	mark := len(w.arena)
+	defer func() { w.arena = w.arena[:mark] }()
+	depth := v.maxDepth + 1
+	levels := make([][]int32, depth+1)
+	marks := make([]int, depth+1)
+	popped := make([]bool, depth+1)
+	levels[0] = []int32{w.newFrame(frame{rule, state, unknownParent})}
+	marks[0] = len(w.arena)
+	var acc, unc []int32
+	n := int32(len(v.nodeByte))
+	for i := int32(1); i < n; {
+		d := v.nodeDepth[i]
+		w.arena = w.arena[:marks[d-1]]
+		levels[d] = w.step(levels[d-1], v.nodeByte[i], levels[d][:0])
+		pop := popped[d-1] || w.popped
+		if len(levels[d]) == 0 {
+			if pop {
+				unc = append(unc, v.toks[v.nodeTok[i]:v.nodeTok[v.nodeEnd[i]]]...)
+			}
+			i = v.nodeEnd[i]
+			continue
+		}
+		marks[d] = len(w.arena)
+		popped[d] = pop
+		acc = append(acc, v.toks[v.nodeTok[i]:v.nodeTok[i+1]]...)
+		i++
+	}
+	e := &maskEntry{uncertain: unc}
+	textTokens := len(v.toks)
+	if len(acc) > textTokens/2 {
+		// Store the complement: text tokens neither accepted nor uncertain... plus the
+		// uncertain ones, which the mask clears and then re-checks.
+		isAcc := make([]bool, v.size)
+		for _, id := range acc {
+			isAcc[id] = true
+		}
+		e.inverted = true
+		for _, id := range v.toks {
+			if !isAcc[id] {
+				e.list = append(e.list, id)
+			}
+		}
+	} else {
+		e.list = acc
+	}
+	return e
+}

@@ -8,10 +8,10 @@ import (
 type Option func(*options)
 
 type options struct {
-	compact      bool
-	itemSep      string
-	keySep       string
-	maxWS        int
+	compact bool
+	itemSep string
+	keySep  string
+	maxWS   int
 }
 
 func buildOptions(opts []Option) options {

@@ -1,0 +1,182 @@
+package grammar
+
+import (
+	"strconv"
+	"strings"
+)
+
+var digit = eRange('0', '9')
+
+// bound is one end of a numeric range; inf: unbounded.
+type bound struct {
+	v    int64
+	excl bool
+	inf  bool
+}
+
+// uintDigits matches the decimal digits (no leading zeros) of integers in [a, b]; b < 0
+// means unbounded. a >= 0.
+func uintRange(a, b int64) *expr {
+	if b >= 0 && a > b {
+		return eNothing
+	}
+	as := strconv.FormatInt(a, 10)
+	var alts []*expr
+	maxLen := len(as)
+	if b >= 0 {
+		maxLen = len(strconv.FormatInt(b, 10))
+	}
+	for l := len(as); l <= maxLen; l++ {
+		lo := strings.Repeat("9", 0)
+		if l == len(as) {
+			lo = as
+		} else {
+			lo = "1" + strings.Repeat("0", l-1)
+		}
+		hi := strings.Repeat("9", l)
+		if b >= 0 && l == maxLen {
+			hi = strconv.FormatInt(b, 10)
+		}
+		alts = append(alts, sameLenRange(lo, hi))
+	}
+	if b < 0 {
+		// Every integer with more digits than a.
+		alts = append(alts, eSeq(eRange('1', '9'), eRepeat(digit, len(as), -1)))
+	}
+	return eAlt(alts...)
+}
+
+// sameLenRange matches digit strings of one length between lo and hi (lo <= hi).
+func sameLenRange(lo, hi string) *expr {
+	if len(lo) == 0 {
+		return eEmpty
+	}
+	if lo == hi {
+		return eLit(lo)
+	}
+	if lo[0] == hi[0] {
+		return eSeq(eByte(lo[0]), sameLenRange(lo[1:], hi[1:]))
+	}
+	n := len(lo) - 1
+	loZero := strings.Trim(lo[1:], "0") == ""
+	hiNine := strings.Trim(hi[1:], "9") == ""
+	start, end := lo[0], hi[0]
+	var alts []*expr
+	if !loZero {
+		alts = append(alts, eSeq(eByte(lo[0]), sameLenRange(lo[1:], strings.Repeat("9", n))))
+		start++
+	}
+	if !hiNine {
+		alts = append(alts, eSeq(eByte(hi[0]), sameLenRange(strings.Repeat("0", n), hi[1:])))
+		end--
+	}
+	if start <= end {
+		alts = append(alts, eSeq(eRange(start, end), eRepeat(digit, n, n)))
+	}
+	return eAlt(alts...)
+}
+
+// integerRange matches JSON integers in [lo, hi] (inclusive bounds; inf for none).
+func integerRange(lo, hi bound) *expr {
+	var alts []*expr
+	// Non-negative part.
+	if hi.inf || hi.v >= 0 {
+		a := int64(0)
+		if !lo.inf && lo.v > 0 {
+			a = lo.v
+		}
+		b := int64(-1)
+		if !hi.inf {
+			b = hi.v
+		}
+		alts = append(alts, uintRange(a, b))
+	}
+	// Negative part: magnitudes in [max(1, -hi), -lo].
+	if lo.inf || lo.v < 0 {
+		a := int64(1)
+		if !hi.inf && -hi.v > 1 {
+			a = -hi.v
+		}
+		b := int64(-1)
+		if !lo.inf {
+			b = -lo.v
+		}
+		if b < 0 || a <= b {
+			alts = append(alts, eSeq(eByte('-'), uintRange(a, b)))
+		}
+	}
+	return eAlt(alts...)
+}
+
+var (
+	fracAny     = eOpt(eSeq(eByte('.'), eRepeat(digit, 1, -1)))
+	fracZero    = eOpt(eSeq(eByte('.'), eRepeat(eByte('0'), 1, -1)))
+	fracNonzero = eSeq(eByte('.'), eStar(digit), eRange('1', '9'), eStar(digit))
+	exponent    = eOpt(eSeq(eAlt(eByte('e'), eByte('E')), eOpt(eAlt(eByte('+'), eByte('-'))), eRepeat(digit, 1, -1)))
+)
+
+// magnitude matches I[.F] (no sign, no exponent) with value m in the range; lo.v >= 0.
+func magnitude(lo, hi bound) *expr {
+	var alts []*expr
+	l := lo.v
+	if !hi.inf && hi.v < l {
+		return eNothing
+	}
+	if !hi.inf && hi.v == l {
+		if lo.excl || hi.excl {
+			return eNothing
+		}
+		return eSeq(uintRange(l, l), fracZero)
+	}
+	// I == lo.
+	if lo.excl {
+		alts = append(alts, eSeq(uintRange(l, l), fracNonzero))
+	} else {
+		alts = append(alts, eSeq(uintRange(l, l), fracAny))
+	}
+	// lo < I < hi.
+	if hi.inf {
+		alts = append(alts, eSeq(uintRange(l+1, -1), fracAny))
+	} else {
+		if l+1 <= hi.v-1 {
+			alts = append(alts, eSeq(uintRange(l+1, hi.v-1), fracAny))
+		}
+		if !hi.excl {
+			alts = append(alts, eSeq(uintRange(hi.v, hi.v), fracZero))
+		}
+	}
+	return eAlt(alts...)
+}
+
+// numberRange matches JSON numbers in a range with integral bounds. Exponents are only
+// allowed when the range is unbounded or [0, ∞).
+func numberRange(lo, hi bound) *expr {
+	if lo.inf && hi.inf {
+		return eSeq(eOpt(eByte('-')), eAlt(eByte('0'), eSeq(eRange('1', '9'), eStar(digit))), fracAny, exponent)
+	}
+	if hi.inf && !lo.inf && lo.v == 0 && !lo.excl {
+		return eSeq(eAlt(eByte('0'), eSeq(eRange('1', '9'), eStar(digit))), fracAny, exponent)
+	}
+	var alts []*expr
+	// x >= 0 part.
+	if hi.inf || hi.v >= 0 {
+		l := bound{v: 0}
+		if !lo.inf && lo.v >= 0 {
+			l = lo
+		}
+		alts = append(alts, magnitude(l, hi))
+	}
+	// x < 0 part: m = -x in (max(0, -hi)..., -lo].
+	if lo.inf || lo.v < 0 {
+		l := bound{v: 0, excl: true}
+		if !hi.inf && hi.v < 0 {
+			l = bound{v: -hi.v, excl: hi.excl}
+		}
+		h := bound{inf: true}
+		if !lo.inf {
+			h = bound{v: -lo.v, excl: lo.excl}
+		}
+		alts = append(alts, eSeq(eByte('-'), magnitude(l, h)))
+	}
+	return eAlt(alts...)
+}

@@ -1,0 +1,160 @@
+package grammar
+
+import (
+	"errors"
+	"testing"
+)
+
+func compileSchemaT(t *testing.T, v *Vocabulary, schema string, opts ...Option) *Grammar {
+	t.Helper()
+	g, err := CompileJSONSchema(v, []byte(schema), opts...)
+	if err != nil {
+		t.Fatalf("%s: %v", schema, err)
+	}
+	return g
+}
+
+var compact = WithSeparators(", ", ": ")
+
+func TestSchemaAcceptReject(t *testing.T) {
+	v := synthVocab(t)
+	tests := []struct {
+		name   string
+		schema string
+		accept []string
+		reject []string
+	}{
+		{"string", `{"type":"string"}`, []string{`"abc"`, `""`, `"a\"b"`, `"\u00e9"`, `"日本"`}, []string{`abc`, `"a`, `"\x"`, "\"a\nb\""}},
+		{"integer", `{"type":"integer"}`, []string{`0`, `-12`, `123`}, []string{`01`, `1.5`, `-`, `+1`}},
+		{"number", `{"type":"number"}`, []string{`0`, `-1.5`, `1e+10`, `2.5E-3`}, []string{`.5`, `1.`, `01`}},
+		{"boolean", `{"type":"boolean"}`, []string{`true`, `false`}, []string{`null`, `tru`}},
+		{"null", `{"type":"null"}`, []string{`null`}, []string{`0`}},
+		{"type array", `{"type":["string","null"]}`, []string{`null`, `"x"`}, []string{`1`}},
+		{"int range", `{"type":"integer","minimum":-5,"maximum":120}`, []string{`-5`, `0`, `7`, `99`, `120`}, []string{`-6`, `121`, `1000`}},
+		{"int exclusive", `{"type":"integer","exclusiveMinimum":0,"exclusiveMaximum":10}`, []string{`1`, `9`}, []string{`0`, `10`}},
+		{"draft4 exclusive", `{"type":"integer","minimum":0,"exclusiveMinimum":true}`, []string{`1`, `50`}, []string{`0`, `-1`}},
+		{"number range", `{"type":"number","minimum":0,"maximum":1}`, []string{`0`, `0.5`, `1`, `1.0`}, []string{`1.5`, `-0.5`, `2`}},
+		{"number exclusive", `{"type":"number","exclusiveMinimum":0,"exclusiveMaximum":2}`, []string{`0.1`, `1.99`, `1`}, []string{`0`, `0.0`, `2`, `2.0`}},
+		{"negative range", `{"type":"number","minimum":-10,"maximum":-2}`, []string{`-10`, `-2`, `-5.5`}, []string{`-1`, `-10.5`, `0`}},
+		{"minLength", `{"type":"string","minLength":2,"maxLength":3}`, []string{`"ab"`, `"abc"`, `"é日"`}, []string{`"a"`, `"abcd"`}},
+		{"pattern", `{"type":"string","pattern":"^[a-c]+$"}`, []string{`"abc"`}, []string{`"abd"`, `""`}},
+		{"pattern search", `{"type":"string","pattern":"b"}`, []string{`"abc"`, `"b"`}, []string{`"ac"`}},
+		{"pattern and length", `{"type":"string","pattern":"^a","maxLength":2}`, []string{`"a"`, `"ab"`}, []string{`"abc"`, `"b"`}},
+		{"date", `{"type":"string","format":"date"}`, []string{`"2024-02-29"`}, []string{`"2024-13-01"`, `"24-01-01"`}},
+		{"date-time", `{"type":"string","format":"date-time"}`, []string{`"2024-02-29T12:00:00Z"`, `"2024-02-29T12:00:00.5+01:00"`}, []string{`"2024-02-29"`}},
+		{"uuid", `{"type":"string","format":"uuid"}`, []string{`"123e4567-e89b-12d3-a456-426614174000"`}, []string{`"123"`}},
+		{"email", `{"type":"string","format":"email"}`, []string{`"a.b@c.com"`}, []string{`"a@"`, `"ab"`}},
+		{"ipv4", `{"type":"string","format":"ipv4"}`, []string{`"192.168.0.1"`}, []string{`"256.1.1.1"`}},
+		{"ipv6", `{"type":"string","format":"ipv6"}`, []string{`"::1"`, `"fe80::1:2"`}, []string{`"1:2"`}},
+		{"enum", `{"enum":["a",1,null,{"k":[true]}]}`, []string{`"a"`, `1`, `null`, `{"k": [true]}`}, []string{`"b"`, `2`, `{"k": [false]}`}},
+		{"const", `{"const":"x"}`, []string{`"x"`}, []string{`"y"`}},
+		{"enum with type", `{"type":"string","enum":["a",1]}`, []string{`"a"`}, []string{`1`}},
+		{"object", `{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"string"}},"required":["a"],"additionalProperties":false}`,
+			[]string{`{"a": 1}`, `{"a": 1, "b": "x"}`}, []string{`{}`, `{"b": "x"}`, `{"a": 1, "c": 2}`, `{"a": "1"}`, `{"b": "x", "a": 1}`}},
+		{"optional order", `{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"},"c":{"type":"integer"}},"additionalProperties":false}`,
+			[]string{`{}`, `{"a": 1}`, `{"b": 1}`, `{"a": 1, "c": 3}`, `{"a": 1, "b": 2, "c": 3}`}, []string{`{"c": 1, "a": 2}`, `{, "a": 1}`}},
+		{"additionalProperties schema", `{"type":"object","properties":{"a":{"type":"integer"}},"additionalProperties":{"type":"string"}}`,
+			[]string{`{"a": 1, "x": "y"}`, `{"x": "y", "z": "w"}`}, []string{`{"x": 1}`, `{"a": "s"}`}},
+		{"additionalProperties default", `{"type":"object","properties":{"a":{"type":"integer"}}}`,
+			[]string{`{"a": 1, "x": [1, {"y": null}]}`}, []string{`{"a": 1, "a": "dup"}`}},
+		{"patternProperties", `{"type":"object","patternProperties":{"^x-":{"type":"integer"}},"additionalProperties":false}`,
+			[]string{`{"x-a": 1}`, `{}`}, []string{`{"y": 1}`, `{"x-a": "s"}`}},
+		{"required not in properties", `{"type":"object","required":["k"],"additionalProperties":{"type":"null"}}`,
+			[]string{`{"k": null}`}, []string{`{}`, `{"k": 1}`}},
+		{"array", `{"type":"array","items":{"type":"integer"},"minItems":1,"maxItems":3}`,
+			[]string{`[1]`, `[1, 2, 3]`}, []string{`[]`, `[1, 2, 3, 4]`, `["a"]`}},
+		{"prefixItems", `{"type":"array","prefixItems":[{"type":"string"},{"type":"integer"}],"items":false}`,
+			[]string{`[]`, `["a"]`, `["a", 1]`}, []string{`[1]`, `["a", 1, 2]`}},
+		{"tuple draft4", `{"type":"array","items":[{"type":"string"}],"additionalItems":{"type":"null"}}`,
+			[]string{`["a", null, null]`}, []string{`["a", 1]`}},
+		{"anyOf", `{"anyOf":[{"type":"string"},{"type":"integer","minimum":5}]}`, []string{`"a"`, `7`}, []string{`3`, `null`}},
+		{"oneOf as anyOf", `{"oneOf":[{"type":"string"},{"type":"null"}]}`, []string{`"a"`, `null`}, []string{`1`}},
+		{"allOf", `{"allOf":[{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]},{"required":["b"],"properties":{"b":{"type":"string"}}}]}`,
+			[]string{`{"a": 1, "b": "x"}`}, []string{`{"a": 1}`, `{"b": "x"}`}},
+		{"allOf bounds", `{"allOf":[{"type":"integer","minimum":2},{"maximum":4}]}`, []string{`2`, `4`}, []string{`1`, `5`}},
+		{"ref", `{"$defs":{"pos":{"type":"integer","minimum":1}},"type":"object","properties":{"n":{"$ref":"#/$defs/pos"}},"required":["n"],"additionalProperties":false}`,
+			[]string{`{"n": 3}`}, []string{`{"n": 0}`}},
+		{"recursive ref", `{"definitions":{"node":{"type":"object","properties":{"v":{"type":"integer"},"next":{"$ref":"#/definitions/node"}},"required":["v"],"additionalProperties":false}},"$ref":"#/definitions/node"}`,
+			[]string{`{"v": 1}`, `{"v": 1, "next": {"v": 2, "next": {"v": 3}}}`}, []string{`{"v": 1, "next": {}}`}},
+		{"true schema", `true`, []string{`1`, `{"a": [null]}`, `"s"`}, []string{`{a}`}},
+		{"empty schema", `{}`, []string{`[]`, `{}`, `[1, "a", {"b": false}]`}, []string{`[1,]`}},
+		{"false property", `{"type":"object","properties":{"a":false}}`, []string{`{}`}, []string{`{"a": 1}`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := compileSchemaT(t, v, tc.schema, compact)
+			for _, s := range tc.accept {
+				if !matchText(g, s) {
+					t.Errorf("should accept %s", s)
+				}
+			}
+			for _, s := range tc.reject {
+				if matchText(g, s) {
+					t.Errorf("should reject %s", s)
+				}
+			}
+		})
+	}
+}
+
+func TestSchemaWhitespace(t *testing.T) {
+	v := synthVocab(t)
+	schema := `{"type":"object","properties":{"a":{"type":"array","items":{"type":"integer"}}}}`
+	flex := compileSchemaT(t, v, schema)
+	tight := compileSchemaT(t, v, schema, WithSeparators(",", ":"))
+	py := compileSchemaT(t, v, schema, compact)
+	for _, tc := range []struct {
+		text            string
+		flex, tight, py bool
+	}{
+		{`{"a":[1,2]}`, true, true, false},
+		{`{"a": [1, 2]}`, true, false, true},
+		{"{ \"a\" :\n[ 1 ,2 ] }", true, false, false},
+		{`{"a": [1 , 2]}`, true, false, false},
+	} {
+		if got := matchText(flex, tc.text); got != tc.flex {
+			t.Errorf("flexible %q: %v", tc.text, got)
+		}
+		if got := matchText(tight, tc.text); got != tc.tight {
+			t.Errorf(`(",", ":") %q: %v`, tc.text, got)
+		}
+		if got := matchText(py, tc.text); got != tc.py {
+			t.Errorf(`(", ", ": ") %q: %v`, tc.text, got)
+		}
+	}
+}
+
+func TestSchemaErrors(t *testing.T) {
+	v := synthVocab(t)
+	tests := []struct {
+		schema  string
+		want    error
+		keyword string
+		path    string
+	}{
+		{`{"type":`, ErrInvalidSchema, "", ""},
+		{`{"type":"strong"}`, ErrInvalidSchema, "", ""},
+		{`{"type":"string","minLength":-1}`, ErrInvalidSchema, "", ""},
+		{`{"not":{"type":"string"}}`, ErrUnsupported, "not", ""},
+		{`{"type":"object","properties":{"a":{"type":"array","uniqueItems":true}}}`, ErrUnsupported, "uniqueItems", "/properties/a"},
+		{`{"type":"string","format":"hostname"}`, ErrUnsupported, "format", ""},
+		{`{"type":"number","multipleOf":0.5}`, ErrUnsupported, "multipleOf", ""},
+		{`{"$ref":"http://example.com/s.json"}`, ErrUnsupported, "$ref", ""},
+		{`{"$ref":"#/$defs/missing"}`, ErrInvalidSchema, "", ""},
+		{`{"type":"string","pattern":"(a"}`, ErrInvalidRegex, "", ""},
+		{`{"if":{"type":"string"},"then":{"minLength":1}}`, ErrUnsupported, "if", ""},
+	}
+	for _, tc := range tests {
+		_, err := CompileJSONSchema(v, []byte(tc.schema))
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: got %v, want %v", tc.schema, err, tc.want)
+			continue
+		}
+		if tc.keyword != "" {
+			var ue *UnsupportedError
+			if !errors.As(err, &ue) || ue.Keyword != tc.keyword || ue.Path != tc.path {
+				t.Errorf("%s: got %#v, want keyword %q at %q", tc.schema, err, tc.keyword, tc.path)
+			}
+		}
+	}
+}

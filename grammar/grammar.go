@@ -1,7 +1,11 @@
 package grammar
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"math/bits"
+	"sync"
 	"sync/atomic"
 )
 
@@ -20,6 +24,51 @@ type Grammar struct {
 	canComplete [][]bool  // per rule, per state: the rule can finish from here consuming nothing
 	follow      []byteSet // bytes that can come right after a rule returns, in any context
 	cache       [][]atomic.Pointer[maskEntry]
+	plainState  [][]bool // no call edges and cannot complete: see plain
+	// fingerprints of call-free rules (with their follow sets): their cache entries
+	// depend on nothing else, so grammars share them through the vocabulary.
+	fingerprints []*[32]byte
+}
+
+// entryKey names a shared cache entry: a call-free rule's fingerprint and a state.
+type entryKey struct {
+	fp    [32]byte
+	state int32
+}
+
+// maxSharedEntries bounds the vocabulary-wide entry cache (entries are a few KB to
+// ~1 MB; most schemas reuse the same string and number rules).
+const maxSharedEntries = 2048
+
+// sharedEntries is embedded in Vocabulary.
+type sharedEntries struct {
+	shared      sync.Map // entryKey → *maskEntry
+	sharedCount atomic.Int64
+}
+
+// fingerprint hashes a call-free automaton and its follow set.
+func (d *dfa) fingerprint(follow byteSet) *[32]byte {
+	h := sha256.New()
+	var buf [8]byte
+	h.Write(d.classOf[:])
+	for _, t := range d.next {
+		binary.LittleEndian.PutUint32(buf[:4], uint32(t))
+		h.Write(buf[:4])
+	}
+	for _, f := range d.final {
+		if f {
+			h.Write([]byte{1})
+		} else {
+			h.Write([]byte{0})
+		}
+	}
+	for _, w := range follow {
+		binary.LittleEndian.PutUint64(buf[:], w)
+		h.Write(buf[:])
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return &out
 }
 
 // maskEntry is what one rule state allows regardless of what lies below it on the stack
@@ -60,6 +109,19 @@ func newGrammar(v *Vocabulary, rs *ruleSet) (*Grammar, error) {
 	g.analyse()
 	if err := g.checkLeftRecursion(); err != nil {
 		return nil, err
+	}
+	g.plainState = make([][]bool, len(g.rules))
+	for i, r := range g.rules {
+		g.plainState[i] = make([]bool, r.numStates())
+		for st := range g.plainState[i] {
+			g.plainState[i][st] = !g.canComplete[i][st] && (r.calls == nil || len(r.calls[st]) == 0)
+		}
+	}
+	g.fingerprints = make([]*[32]byte, len(g.rules))
+	for i, r := range g.rules {
+		if r.calls == nil {
+			g.fingerprints[i] = r.fingerprint(g.follow[i])
+		}
 	}
 	g.cache = make([][]atomic.Pointer[maskEntry], len(g.rules))
 	for i, r := range g.rules {
@@ -318,13 +380,31 @@ func (w *walker) canEnd(fi int32) bool {
 	return fi == bottomParent
 }
 
+// plain reports whether a frame's state has no call edges and cannot complete, so one
+// byte can only follow its transition.
+func (g *Grammar) plain(f frame) bool { return g.plainState[f.rule][f.state] }
+
 // entry returns the mask cache entry of a rule state, computing it on first use.
 func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
 	p := &g.cache[rule][state]
 	if e := p.Load(); e != nil {
 		return e
 	}
-	e := g.computeEntry(w, rule, state)
+	var e *maskEntry
+	fp := g.fingerprints[rule]
+	if fp != nil {
+		key := entryKey{*fp, state}
+		if x, ok := g.vocab.shared.Load(key); ok {
+			e = x.(*maskEntry)
+		} else {
+			e = g.computeEntry(w, rule, state)
+			if g.vocab.sharedCount.Add(1) <= maxSharedEntries {
+				g.vocab.shared.Store(key, e)
+			}
+		}
+	} else {
+		e = g.computeEntry(w, rule, state)
+	}
 	if !p.CompareAndSwap(nil, e) {
 		return p.Load()
 	}
@@ -343,13 +423,24 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 	popped := make([]bool, depth+1)
 	levels[0] = []int32{w.newFrame(frame{rule, state, unknownParent})}
 	marks[0] = len(w.arena)
-	var acc, unc []int32
+	var unc []int32
+	acc := make([]uint32, v.words)
 	n := int32(len(v.nodeByte))
 	for i := int32(1); i < n; {
 		d := v.nodeDepth[i]
 		w.arena = w.arena[:marks[d-1]]
-		levels[d] = w.step(levels[d-1], v.nodeByte[i], levels[d][:0])
-		pop := popped[d-1] || w.popped
+		pop := popped[d-1]
+		if prev := levels[d-1]; len(prev) == 1 && g.plain(w.arena[prev[0]]) {
+			// Fast path: one stack whose top can neither call nor return.
+			f := w.arena[prev[0]]
+			levels[d] = levels[d][:0]
+			if t := g.rules[f.rule].step(f.state, v.nodeByte[i]); t >= 0 {
+				levels[d] = append(levels[d], w.newFrame(frame{f.rule, t, f.parent}))
+			}
+		} else {
+			levels[d] = w.step(prev, v.nodeByte[i], levels[d][:0])
+			pop = pop || w.popped
+		}
 		if len(levels[d]) == 0 {
 			if pop {
 				unc = append(unc, v.toks[v.nodeTok[i]:v.nodeTok[v.nodeEnd[i]]]...)
@@ -359,26 +450,31 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 		}
 		marks[d] = len(w.arena)
 		popped[d] = pop
-		acc = append(acc, v.toks[v.nodeTok[i]:v.nodeTok[i+1]]...)
+		for _, id := range v.toks[v.nodeTok[i]:v.nodeTok[i+1]] {
+			acc[id>>5] |= 1 << (id & 31)
+		}
 		i++
 	}
 	e := &maskEntry{uncertain: unc}
-	textTokens := len(v.toks)
-	if len(acc) > textTokens/2 {
-		// Store the complement: text tokens neither accepted nor uncertain... plus the
-		// uncertain ones, which the mask clears and then re-checks.
-		isAcc := make([]bool, v.size)
-		for _, id := range acc {
-			isAcc[id] = true
-		}
+	// Store whichever of accepted / not accepted is shorter.
+	count := 0
+	for _, word := range acc {
+		count += bits.OnesCount32(word)
+	}
+	if count > len(v.toks)/2 {
 		e.inverted = true
-		for _, id := range v.toks {
-			if !isAcc[id] {
-				e.list = append(e.list, id)
+		for wi, word := range v.textMask {
+			for rest := word &^ acc[wi]; rest != 0; rest &= rest - 1 {
+				e.list = append(e.list, int32(wi*32+bits.TrailingZeros32(rest)))
 			}
 		}
 	} else {
-		e.list = acc
+		e.list = make([]int32, 0, count)
+		for wi, word := range acc {
+			for rest := word; rest != 0; rest &= rest - 1 {
+				e.list = append(e.list, int32(wi*32+bits.TrailingZeros32(rest)))
+			}
+		}
 	}
 	return e
 }

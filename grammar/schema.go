@@ -132,6 +132,15 @@ func (sc *schemaCompiler) compile(s any, path string) (*expr, error) {
 }
 
 func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
+	if cands, ok := sc.enumCandidates(s, path); ok && sc.at(path) == any(s) {
+		if vals, ok := sc.validatedLiterals(path, cands); ok {
+			alts := make([]*expr, len(vals))
+			for i, v := range vals {
+				alts[i] = sc.valueExpr(v)
+			}
+			return eAlt(alts...), nil
+		}
+	}
 	for _, kw := range unsupportedKeywords {
 		if v, ok := s.get(kw); ok {
 			if kw == "multipleOf" && isOne(v) && typesAreInteger(s) {

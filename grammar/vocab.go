@@ -25,6 +25,8 @@ type Vocabulary struct {
 	nodeTok   []int32 // tokOff index: tokens ending at node i are toks[nodeTok[i]:nodeTok[i+1]]
 	toks      []int32
 	maxDepth  int
+
+	sharedEntries
 }
 
 // maxTokenBytes bounds the trie depth; longer tokens are never allowed (none exist in

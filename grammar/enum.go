@@ -1,0 +1,124 @@
+package grammar
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+)
+
+// Enumerated schemas. When a schema (or a member of its allOf) lists its values with
+// enum or const, the language is finite: each candidate value is kept exactly when a
+// full JSON Schema validator accepts it against the whole schema. This enforces every
+// keyword there, including ones the grammar cannot express (not, if/then/else,
+// uniqueItems, multipleOf...).
+
+// enumCandidates returns the values an enum/const of s (or of one of its allOf members)
+// limits the schema to.
+func (sc *schemaCompiler) enumCandidates(s *object, path string) ([]any, bool) {
+	if c, ok := s.get("const"); ok {
+		return []any{c}, true
+	}
+	if e, ok := s.get("enum"); ok {
+		if list, ok := e.([]any); ok {
+			return list, true
+		}
+		return nil, false
+	}
+	all, ok := s.get("allOf")
+	if !ok {
+		return nil, false
+	}
+	subs, _ := all.([]any)
+	for _, sub := range subs {
+		m, err := sc.deref(sub, path)
+		if err != nil {
+			return nil, false
+		}
+		if mo, ok := m.(*object); ok {
+			if vals, ok := sc.enumCandidates(mo, path); ok {
+				return vals, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// validatedLiterals compiles the document with a JSON Schema validator and keeps the
+// candidates valid against the schema at path. ok is false when the validator cannot
+// compile the schema (a remote $ref, an unknown draft feature): the caller then compiles
+// the schema itself.
+func (sc *schemaCompiler) validatedLiterals(path string, cands []any) (vals []any, ok bool) {
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2019)
+	if root, isObj := sc.doc.(*object); isObj {
+		if s, has := root.get("$schema"); has {
+			str, _ := s.(string)
+			switch {
+			case strings.Contains(str, "draft-04"):
+				c.DefaultDraft(jsonschema.Draft4)
+			case strings.Contains(str, "draft-06"):
+				c.DefaultDraft(jsonschema.Draft6)
+			case strings.Contains(str, "draft-07"):
+				c.DefaultDraft(jsonschema.Draft7)
+			case strings.Contains(str, "2020-12"):
+				c.DefaultDraft(jsonschema.Draft2020)
+			}
+		}
+	}
+	c.AssertFormat()
+	const url = "mem://grammar/schema.json"
+	if err := c.AddResource(url, plainJSON(sc.doc)); err != nil {
+		return nil, false
+	}
+	sch, err := c.Compile(url + "#" + path)
+	if err != nil {
+		return nil, false
+	}
+	for _, v := range cands {
+		if sch.Validate(plainJSON(v)) == nil {
+			vals = append(vals, v)
+		}
+	}
+	return vals, true
+}
+
+// plainJSON converts ordered objects into maps (the validator's representation).
+func plainJSON(v any) any {
+	switch t := v.(type) {
+	case *object:
+		m := make(map[string]any, len(t.keys))
+		for _, k := range t.keys {
+			m[k] = plainJSON(t.vals[k])
+		}
+		return m
+	case []any:
+		out := make([]any, len(t))
+		for i, x := range t {
+			out[i] = plainJSON(x)
+		}
+		return out
+	case json.Number, string, bool, nil:
+		return t
+	}
+	return v
+}
+
+// at returns the value at a JSON pointer in the document (nil if absent).
+func (sc *schemaCompiler) at(path string) any {
+	cur := sc.doc
+	if path == "" {
+		return cur
+	}
+	for _, tok := range strings.Split(path[1:], "/") {
+		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
+		o, ok := cur.(*object)
+		if !ok {
+			return nil
+		}
+		if cur, ok = o.get(tok); !ok {
+			return nil
+		}
+	}
+	return cur
+}

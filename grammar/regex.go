@@ -47,6 +47,9 @@ func searchRegexExpr(pattern string, mode charMode) (*expr, error) {
 }
 
 func convertAnchored(re *syntax.Regexp, mode charMode, anchored bool, pattern string) (*expr, error) {
+	if re.Op == syntax.OpCapture {
+		return convertAnchored(re.Sub[0], mode, anchored, pattern)
+	}
 	if re.Op == syntax.OpAlternate {
 		var alts []*expr
 		for _, sub := range re.Sub {

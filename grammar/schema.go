@@ -146,6 +146,9 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 			if kw == "multipleOf" && isOne(v) && typesAreInteger(s) {
 				continue
 			}
+			if kw == "not" && onlyType(v) {
+				continue
+			}
 			return nil, unsupported(kw, path, "")
 		}
 	}
@@ -216,6 +219,23 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 	if err != nil {
 		return nil, err
 	}
+	if n, ok := s.get("not"); ok {
+		// Only {"not": {"type": ...}} is supported (checked above): drop those types.
+		excluded, err := schemaTypes(n.(*object), path+"/not")
+		if err != nil {
+			return nil, err
+		}
+		var kept []string
+		for _, t := range types {
+			if !contains(excluded, t) && !(t == "integer" && contains(excluded, "number")) {
+				kept = append(kept, t)
+			}
+		}
+		if contains(kept, "number") && contains(excluded, "integer") {
+			return nil, unsupported("not", path, "numbers that are not integers")
+		}
+		types = kept
+	}
 	if c, ok := s.get("const"); ok {
 		return sc.literalValues([]any{c}, types, path)
 	}
@@ -239,6 +259,21 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 		alts = append(alts, e)
 	}
 	return eAlt(alts...), nil
+}
+
+// onlyType reports whether a schema is an object whose only constraint is "type".
+func onlyType(v any) bool {
+	o, ok := v.(*object)
+	if !ok {
+		return false
+	}
+	_, hasType := o.get("type")
+	for _, k := range o.keys {
+		if k != "type" && !annotationKeywords[k] {
+			return false
+		}
+	}
+	return hasType
 }
 
 func isOne(v any) bool {
@@ -478,10 +513,11 @@ func (sc *schemaCompiler) stringType(s *object, path string) (*expr, error) {
 	}
 	if f, ok := s.get("format"); ok {
 		fs, _ := f.(string)
-		if _, known := formatRegex[fs]; !known {
+		if _, known := formatRegex[fs]; known {
+			format = fs
+		} else if specFormats[fs] {
 			return nil, unsupported("format", path, fmt.Sprintf("format %q", fs))
 		}
-		format = fs
 	}
 	if !hasMin && !hasMax && pattern == "" && format == "" {
 		return sc.plainString()

@@ -222,6 +222,17 @@ func (n *nfa) determinize(start, accept int32) (*dfa, error) {
 			buf = append(buf, s)
 			stack = append(stack, n.states[s].eps...)
 		}
+		// Keep only the states that matter for what follows (byte or call edges, or the
+		// accept state): equivalent positions reached through different branches then
+		// become one DFA state, which keeps automata small and makes the states between
+		// characters of a string canonical (counted.go relies on it).
+		kept := buf[:0]
+		for _, s := range buf {
+			if len(n.states[s].edges) > 0 || len(n.states[s].calls) > 0 || s == accept {
+				kept = append(kept, s)
+			}
+		}
+		buf = kept
 		sort.Slice(buf, func(i, j int) bool { return buf[i] < buf[j] })
 		return buf
 	}

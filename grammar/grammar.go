@@ -24,7 +24,8 @@ type Grammar struct {
 	canComplete [][]bool  // per rule, per state: the rule can finish from here consuming nothing
 	follow      []byteSet // bytes that can come right after a rule returns, in any context
 	cache       [][]atomic.Pointer[maskEntry]
-	plainState  [][]bool // no call edges and cannot complete: see plain
+	counted     map[int32]*countedString // string rules with only length bounds
+	plainState  [][]bool                 // no call edges and cannot complete: see plain
 	// fingerprints of call-free rules (with their follow sets): their cache entries
 	// depend on nothing else, so grammars share them through the vocabulary.
 	fingerprints []*[32]byte
@@ -75,16 +76,20 @@ func (d *dfa) fingerprint(follow byteSet) *[32]byte {
 // (XGrammar's adaptive token mask): tokens accepted within the frame (or frames it
 // pushes), and tokens that need the real stack because they may pop the frame.
 type maskEntry struct {
-	inverted  bool    // list holds the tokens NOT accepted (the text tokens minus accepted)
-	list      []int32 // accepted ids, or (inverted) ids that are not accepted
-	uncertain []int32 // ids to check against the real stack, in trie (byte) order
+	// Accepted ids are the union of lists, or (inverted) the text tokens minus the
+	// union of lists; either way plus the union of extra. Lists may be shared slices.
+	inverted  bool
+	lists     [][]int32
+	extra     [][]int32
+	uncertain []int32 // ids to check against the real stack, best in trie (byte) order
 }
 
 // ruleSet is what a front end produces: rule exprs (index = rule id) and the root.
 type ruleSet struct {
-	exprs []*expr
-	names []string
-	root  int
+	exprs   []*expr
+	names   []string
+	root    int
+	counted map[int][2]int // rules that are JSON strings with length bounds {min, max (-1: none)}
 }
 
 func (rs *ruleSet) add(name string) int {
@@ -109,6 +114,12 @@ func newGrammar(v *Vocabulary, rs *ruleSet) (*Grammar, error) {
 	g.analyse()
 	if err := g.checkLeftRecursion(); err != nil {
 		return nil, err
+	}
+	g.counted = map[int32]*countedString{}
+	for r, b := range rs.counted {
+		if cs := newCountedString(g.rules[r], b[0], b[1]); cs != nil {
+			g.counted[int32(r)] = cs
+		}
 	}
 	g.plainState = make([][]bool, len(g.rules))
 	for i, r := range g.rules {
@@ -392,7 +403,9 @@ func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
 	}
 	var e *maskEntry
 	fp := g.fingerprints[rule]
-	if fp != nil {
+	if cr := g.counted[rule]; cr != nil && cr.hasState(state) {
+		e = g.countedEntry(cr, rule, state)
+	} else if fp != nil {
 		key := entryKey{*fp, state}
 		if x, ok := g.vocab.shared.Load(key); ok {
 			e = x.(*maskEntry)
@@ -463,18 +476,21 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 	}
 	if count > len(v.toks)/2 {
 		e.inverted = true
+		var list []int32
 		for wi, word := range v.textMask {
 			for rest := word &^ acc[wi]; rest != 0; rest &= rest - 1 {
-				e.list = append(e.list, int32(wi*32+bits.TrailingZeros32(rest)))
+				list = append(list, int32(wi*32+bits.TrailingZeros32(rest)))
 			}
 		}
+		e.lists = [][]int32{list}
 	} else {
-		e.list = make([]int32, 0, count)
+		list := make([]int32, 0, count)
 		for wi, word := range acc {
 			for rest := word; rest != 0; rest &= rest - 1 {
-				e.list = append(e.list, int32(wi*32+bits.TrailingZeros32(rest)))
+				list = append(list, int32(wi*32+bits.TrailingZeros32(rest)))
 			}
 		}
+		e.lists = [][]int32{list}
 	}
 	return e
 }

@@ -110,7 +110,7 @@ func randomWalk(t *testing.T, g *Grammar, rng *rand.Rand, steps int, check bool)
 		ids := allowed(mask)
 		if check {
 			if want := bruteAllowed(t, m); !equalIDs(ids, want) {
-				t.Fatalf("after %q: mask %s, want %s", out, idsText(g.vocab, ids), idsText(g.vocab, want))
+				t.Fatalf("after %q: the mask has extra %s, lacks %s", out, idsText(g.vocab, minus(ids, want)), idsText(g.vocab, minus(want, ids)))
 			}
 		}
 		if len(ids) == 0 {
@@ -130,4 +130,18 @@ func randomWalk(t *testing.T, g *Grammar, rng *rand.Rand, steps int, check bool)
 		out = append(out, g.vocab.tokens[id]...)
 	}
 	return string(out), false
+}
+
+func minus(a, b []int32) []int32 {
+	in := map[int32]bool{}
+	for _, x := range b {
+		in[x] = true
+	}
+	var out []int32
+	for _, x := range a {
+		if !in[x] {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -205,8 +205,15 @@ func (m *Matcher) FillMask(mask []uint32) error {
 func (m *Matcher) applyEntry(e *maskEntry, mask []uint32, only bool) {
 	v := m.g.vocab
 	if !e.inverted {
-		for _, id := range e.list {
-			mask[id>>5] |= 1 << (id & 31)
+		for _, l := range e.lists {
+			for _, id := range l {
+				mask[id>>5] |= 1 << (id & 31)
+			}
+		}
+		for _, l := range e.extra {
+			for _, id := range l {
+				mask[id>>5] |= 1 << (id & 31)
+			}
 		}
 		return
 	}
@@ -218,8 +225,15 @@ func (m *Matcher) applyEntry(e *maskEntry, mask []uint32, only bool) {
 		dst = m.scratch
 	}
 	copy(dst, v.textMask)
-	for _, id := range e.list {
-		dst[id>>5] &^= 1 << (id & 31)
+	for _, l := range e.lists {
+		for _, id := range l {
+			dst[id>>5] &^= 1 << (id & 31)
+		}
+	}
+	for _, l := range e.extra {
+		for _, id := range l {
+			dst[id>>5] |= 1 << (id & 31)
+		}
 	}
 	if !only {
 		for i, w := range dst {

@@ -526,6 +526,27 @@ func (sc *schemaCompiler) stringType(s *object, path string) (*expr, error) {
 		return nil, unsupported("maxLength", path, fmt.Sprintf("length bounds above %d are not supported", maxCountedRepeat))
 	}
 	key := fmt.Sprintf("string{%d,%d,%v}%q%q", minL, maxL, hasMax, pattern, format)
+	if pattern == "" && format == "" {
+		e, err := sc.sharedRule(key, func() (*expr, error) {
+			mx := -1
+			if hasMax {
+				mx = maxL
+			}
+			return eSeq(eByte('"'), eRepeat(jsonChar(), minL, mx), eByte('"')), nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		mx := -1
+		if hasMax {
+			mx = maxL
+		}
+		if sc.rs.counted == nil {
+			sc.rs.counted = map[int][2]int{}
+		}
+		sc.rs.counted[e.rule] = [2]int{minL, mx}
+		return e, nil
+	}
 	return sc.sharedRule(key, func() (*expr, error) {
 		var body *expr
 		if hasMin || hasMax {

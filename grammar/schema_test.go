@@ -2,6 +2,7 @@ package grammar
 
 import (
 	"errors"
+	"math/rand"
 	"testing"
 )
 
@@ -158,6 +159,29 @@ func TestSchemaErrors(t *testing.T) {
 			var ue *UnsupportedError
 			if !errors.As(err, &ue) || ue.Keyword != tc.keyword || ue.Path != tc.path {
 				t.Errorf("%s: got %#v, want keyword %q at %q", tc.schema, err, tc.keyword, tc.path)
+			}
+		}
+	}
+}
+
+// TestSchemaMaskEqualsBruteForce walks random token paths under the mask and checks at
+// every step that the mask is exactly the set of tokens Advance accepts.
+func TestSchemaMaskEqualsBruteForce(t *testing.T) {
+	v := synthVocab(t)
+	schemas := []string{
+		`{"type":"object","properties":{"name":{"type":"string","maxLength":4},"age":{"type":"integer","minimum":1,"maximum":120}},"required":["name"],"additionalProperties":false}`,
+		`{"type":"array","items":{"type":"string","minLength":2,"maxLength":3},"maxItems":3}`,
+		`{"type":"string","minLength":3}`,
+		`{"anyOf":[{"type":"null"},{"type":"number","minimum":0},{"enum":["a","b"]}]}`,
+		`{"type":"object","properties":{"a":{"type":"boolean"}}}`,
+		`{"type":"array","prefixItems":[{"type":"string","pattern":"^a+$"},{"type":"number"}],"items":false}`,
+	}
+	rng := rand.New(rand.NewSource(4))
+	for _, opts := range [][]Option{{compact}, nil} {
+		for _, s := range schemas {
+			g := compileSchemaT(t, v, s, opts...)
+			for i := 0; i < 8; i++ {
+				randomWalk(t, g, rng, 40, true)
 			}
 		}
 	}

@@ -27,6 +27,7 @@ type Vocabulary struct {
 	maxDepth  int
 
 	sharedEntries
+	strWalk stringWalkOnce // see counted.go
 }
 
 // maxTokenBytes bounds the trie depth; longer tokens are never allowed (none exist in

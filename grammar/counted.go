@@ -1,0 +1,196 @@
+package grammar
+
+import (
+	"sort"
+	"sync"
+)
+
+// Length-bounded JSON strings ({"type":"string","maxLength":45}) have one automaton state
+// per character count, and a whole-trie walk per state would make every token of such a
+// string a cold mask. Instead one walk of the vocabulary against the unbounded string
+// body (shared by every grammar) records, per token, how many characters it adds and
+// whether (and after how many characters) it closes the string; the entry for count p is
+// then read off sorted lists.
+
+// countedString maps the char-boundary states of a length-bounded string rule to the
+// number of characters before them.
+type countedString struct {
+	min, max int // max < 0: unbounded
+	count    map[int32]int
+}
+
+func (c *countedString) hasState(s int32) bool {
+	_, ok := c.count[s]
+	return ok
+}
+
+// newCountedString finds the state after '"' plus p characters, for each p.
+func newCountedString(d *dfa, min, max int) *countedString {
+	s := d.step(0, '"')
+	if s < 0 || d.calls != nil {
+		return nil
+	}
+	c := &countedString{min: min, max: max, count: map[int32]int{}}
+	for p := 0; ; p++ {
+		if _, seen := c.count[s]; seen {
+			break // the unbounded tail loops on one state
+		}
+		c.count[s] = p
+		if max >= 0 && p == max {
+			break
+		}
+		if s = d.step(s, 'a'); s < 0 {
+			break
+		}
+	}
+	return c
+}
+
+// stringWalk is the vocabulary's tokens classified against the string body.
+type stringWalk struct {
+	content, contentN []int32 // tokens inside the string, by characters needed (ascending)
+	close, closeN     []int32 // tokens ending right after the closing quote, by characters before it
+	tail, tailN       []int32 // tokens that close the string and go on, by characters before the quote
+	tailByte          []byte  // the byte after the quote
+	never             []int32 // text tokens in none of the above
+}
+
+type stringWalkOnce struct {
+	once sync.Once
+	w    *stringWalk
+}
+
+func (v *Vocabulary) stringWalk() *stringWalk {
+	v.strWalk.once.Do(func() { v.strWalk.w = v.walkString() })
+	return v.strWalk.w
+}
+
+func (v *Vocabulary) walkString() *stringWalk {
+	d, err := compileExpr(eSeq(eByte('"'), eStar(jsonChar()), eByte('"')))
+	if err != nil {
+		panic(err) // a fixed expression
+	}
+	inside := d.step(0, '"')
+	// The automaton is not minimal: the states between characters are the ones reached
+	// by '"' then some 'a's.
+	boundary := map[int32]bool{}
+	for s := inside; s >= 0 && !boundary[s]; s = d.step(s, 'a') {
+		boundary[s] = true
+	}
+	type pos struct {
+		state, chars int32
+	}
+	type item struct{ id, n int32 }
+	var content, closes []item
+	type tailItem struct {
+		id, n int32
+		b     byte
+	}
+	var tails []tailItem
+	levels := make([]pos, v.maxDepth+2)
+	levels[0] = pos{inside, 0}
+	seen := make([]bool, v.size)
+	n := int32(len(v.nodeByte))
+	for i := int32(1); i < n; {
+		dep := v.nodeDepth[i]
+		par := levels[dep-1]
+		t := d.step(par.state, v.nodeByte[i])
+		if t < 0 {
+			i = v.nodeEnd[i]
+			continue
+		}
+		toks := v.toks[v.nodeTok[i]:v.nodeTok[i+1]]
+		if d.final[t] {
+			for _, id := range toks {
+				closes = append(closes, item{id, par.chars})
+				seen[id] = true
+			}
+			// Every token below continues after the quote: group by the next byte.
+			for c := i + 1; c < v.nodeEnd[i]; c = v.nodeEnd[c] {
+				for _, id := range v.toks[v.nodeTok[c]:v.nodeTok[v.nodeEnd[c]]] {
+					tails = append(tails, tailItem{id, par.chars, v.nodeByte[c]})
+					seen[id] = true
+				}
+			}
+			i = v.nodeEnd[i]
+			continue
+		}
+		chars := par.chars
+		atBoundary := boundary[t]
+		if atBoundary {
+			chars++
+		}
+		need := chars
+		if !atBoundary {
+			need++ // a partial character still needs its place
+		}
+		for _, id := range toks {
+			content = append(content, item{id, need})
+			seen[id] = true
+		}
+		levels[dep] = pos{t, chars}
+		i++
+	}
+	sort.SliceStable(content, func(a, b int) bool { return content[a].n < content[b].n })
+	sort.SliceStable(closes, func(a, b int) bool { return closes[a].n < closes[b].n })
+	sort.SliceStable(tails, func(a, b int) bool { return tails[a].n < tails[b].n })
+	w := &stringWalk{}
+	for _, it := range content {
+		w.content = append(w.content, it.id)
+		w.contentN = append(w.contentN, it.n)
+	}
+	for _, it := range closes {
+		w.close = append(w.close, it.id)
+		w.closeN = append(w.closeN, it.n)
+	}
+	for _, it := range tails {
+		w.tail = append(w.tail, it.id)
+		w.tailN = append(w.tailN, it.n)
+		w.tailByte = append(w.tailByte, it.b)
+	}
+	for _, id := range v.toks {
+		if !seen[id] {
+			w.never = append(w.never, id)
+		}
+	}
+	return w
+}
+
+// countedEntry is the mask entry of a length-bounded string rule after p characters.
+func (g *Grammar) countedEntry(c *countedString, rule, state int32) *maskEntry {
+	w := g.vocab.stringWalk()
+	p := c.count[state]
+	room := int32(1 << 30)
+	if c.max >= 0 {
+		room = int32(c.max - p)
+	}
+	least := int32(max(c.min-p, 0))
+	upTo := func(ns []int32, limit int32) int {
+		return sort.Search(len(ns), func(i int) bool { return ns[i] > limit })
+	}
+	k := upTo(w.contentN, room)
+	ca, cb := upTo(w.closeN, least-1), upTo(w.closeN, room)
+	ta, tb := upTo(w.tailN, least-1), upTo(w.tailN, room)
+	if cb < ca {
+		cb = ca
+	}
+	if tb < ta {
+		tb = ta
+	}
+	e := &maskEntry{}
+	follow := g.follow[rule]
+	for i := ta; i < tb; i++ {
+		if follow.has(w.tailByte[i]) {
+			e.uncertain = append(e.uncertain, w.tail[i])
+		}
+	}
+	closing := w.close[ca:cb]
+	if k+len(closing) > len(g.vocab.toks)/2 {
+		e.inverted = true
+		e.lists = [][]int32{w.content[k:], w.never, w.close, w.tail}
+		e.extra = [][]int32{closing}
+	} else {
+		e.lists = [][]int32{w.content[:k], closing}
+	}
+	return e
+}

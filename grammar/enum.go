@@ -44,14 +44,16 @@ func (sc *schemaCompiler) enumCandidates(s *object, path string) ([]any, bool) {
 	return nil, false
 }
 
-// validatedLiterals compiles the document with a JSON Schema validator and keeps the
-// candidates valid against the schema at path. ok is false when the validator cannot
-// compile the schema (a remote $ref, an unknown draft feature): the caller then compiles
-// the schema itself.
-func (sc *schemaCompiler) validatedLiterals(path string, cands []any) (vals []any, ok bool) {
+// validatedLiterals keeps the candidates that a JSON Schema validator accepts against
+// schema (which may be a merged schema that is not in the document: it is validated as
+// an extra member of the document's root, so its "#/..." references still resolve). ok
+// is false when the validator cannot compile it (a remote $ref, say): the caller then
+// compiles the schema itself.
+func (sc *schemaCompiler) validatedLiterals(schema any, cands []any) (vals []any, ok bool) {
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft2019)
-	if root, isObj := sc.doc.(*object); isObj {
+	root, isObj := sc.doc.(*object)
+	if isObj {
 		if s, has := root.get("$schema"); has {
 			str, _ := s.(string)
 			switch {
@@ -68,10 +70,20 @@ func (sc *schemaCompiler) validatedLiterals(path string, cands []any) (vals []an
 	}
 	c.AssertFormat()
 	const url = "mem://grammar/schema.json"
-	if err := c.AddResource(url, plainJSON(sc.doc)); err != nil {
+	const member = "__grammar_validated_schema__"
+	var doc any
+	loc := url
+	if isObj {
+		m := plainJSON(root).(map[string]any)
+		m[member] = plainJSON(schema)
+		doc, loc = m, url+"#/"+member
+	} else {
+		doc = plainJSON(schema)
+	}
+	if err := c.AddResource(url, doc); err != nil {
 		return nil, false
 	}
-	sch, err := c.Compile(url + "#" + path)
+	sch, err := c.Compile(loc)
 	if err != nil {
 		return nil, false
 	}
@@ -102,23 +114,4 @@ func plainJSON(v any) any {
 		return t
 	}
 	return v
-}
-
-// at returns the value at a JSON pointer in the document (nil if absent).
-func (sc *schemaCompiler) at(path string) any {
-	cur := sc.doc
-	if path == "" {
-		return cur
-	}
-	for _, tok := range strings.Split(path[1:], "/") {
-		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
-		o, ok := cur.(*object)
-		if !ok {
-			return nil
-		}
-		if cur, ok = o.get(tok); !ok {
-			return nil
-		}
-	}
-	return cur
 }

@@ -19,9 +19,9 @@ var formatRegex = map[string]string{
 	"hostname": `[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*`,
 	"duration": `P((\d+Y(\d+M)?(\d+D)?|\d+M(\d+D)?|\d+D)(T(\d+H(\d+M)?(\d+S)?|\d+M(\d+S)?|\d+S))?|T(\d+H(\d+M)?(\d+S)?|\d+M(\d+S)?|\d+S)|\d+W)`,
 	// URI references: the characters RFC 3986 allows, no spaces.
-	"uri-reference": `[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*`,
+	"uri-reference": `([A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*`,
 	// RFC 3986 absolute URI: a scheme, then characters a URI may contain.
-	"uri": `[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*`,
+	"uri": `[A-Za-z][A-Za-z0-9+.-]*:([A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*`,
 }
 
 // specFormats are the formats the JSON Schema specification defines. A validator

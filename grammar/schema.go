@@ -132,8 +132,8 @@ func (sc *schemaCompiler) compile(s any, path string) (*expr, error) {
 }
 
 func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
-	if cands, ok := sc.enumCandidates(s, path); ok && sc.at(path) == any(s) {
-		if vals, ok := sc.validatedLiterals(path, cands); ok {
+	if cands, ok := sc.enumCandidates(s, path); ok {
+		if vals, ok := sc.validatedLiterals(s, cands); ok {
 			alts := make([]*expr, len(vals))
 			for i, v := range vals {
 				alts[i] = sc.valueExpr(v)
@@ -197,6 +197,7 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 		}
 		rest := without(s, kw)
 		var out []*expr
+		var merged []any
 		for i, sub := range subs {
 			p := fmt.Sprintf("%s/%s/%d", path, kw, i)
 			alt := sub
@@ -207,6 +208,21 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 				}
 				alt = m
 			}
+			merged = append(merged, alt)
+		}
+		if kw == "oneOf" {
+			// oneOf is enforced as anyOf, which is exact only when no value can match two
+			// alternatives.
+			for i := range merged {
+				for j := i + 1; j < len(merged); j++ {
+					if !sc.disjoint(merged[i], merged[j], 0) {
+						return nil, unsupported("oneOf", path, fmt.Sprintf("alternatives %d and %d may both match a value", i, j))
+					}
+				}
+			}
+		}
+		for i, alt := range merged {
+			p := fmt.Sprintf("%s/%s/%d", path, kw, i)
 			e, err := sc.compile(alt, p)
 			if err != nil {
 				return nil, err
@@ -1385,4 +1401,126 @@ func (sc *schemaCompiler) stringDFA() (*dfa, error) {
 		sc.strDFA = d
 	}
 	return sc.strDFA, nil
+}
+
+// disjoint reports whether no JSON value can be valid against both schemas; false when
+// it cannot tell.
+func (sc *schemaCompiler) disjoint(a, b any, depth int) bool {
+	if depth > 8 {
+		return false
+	}
+	a, err1 := sc.deref(a, "")
+	b, err2 := sc.deref(b, "")
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	if a == false || b == false {
+		return true
+	}
+	ao, ok1 := a.(*object)
+	bo, ok2 := b.(*object)
+	if !ok1 || !ok2 {
+		return false
+	}
+	for _, kw := range []string{"anyOf", "oneOf", "allOf", "not", "if"} {
+		if _, ok := ao.get(kw); ok {
+			return false
+		}
+		if _, ok := bo.get(kw); ok {
+			return false
+		}
+	}
+	at, err1 := schemaTypes(ao, "")
+	bt, err2 := schemaTypes(bo, "")
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	common := false
+	for _, t := range at {
+		for _, u := range bt {
+			if t == u || (t == "integer" && u == "number") || (t == "number" && u == "integer") {
+				common = true
+			}
+		}
+	}
+	if !common {
+		return true
+	}
+	if av, ok := finiteValues(ao); ok {
+		if bv, ok := finiteValues(bo); ok {
+			seen := map[string]bool{}
+			for _, v := range av {
+				seen[canonicalJSON(v)] = true
+			}
+			for _, v := range bv {
+				if seen[canonicalJSON(v)] {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	// Objects only: a property both require, with disjoint schemas (a discriminator).
+	if len(at) == 1 && at[0] == "object" || len(bt) == 1 && bt[0] == "object" {
+		ap, _ := ao.get("properties")
+		bp, _ := bo.get("properties")
+		apo, _ := ap.(*object)
+		bpo, _ := bp.(*object)
+		if apo != nil && bpo != nil {
+			for _, name := range requiredNames(ao) {
+				if !contains(requiredNames(bo), name) {
+					continue
+				}
+				x, ok1 := apo.get(name)
+				y, ok2 := bpo.get(name)
+				if ok1 && ok2 && sc.disjoint(x, y, depth+1) {
+					return true
+				}
+			}
+		}
+		// One forbids extra properties and the other requires one it does not name.
+		for _, pair := range [][2]*object{{ao, bo}, {bo, ao}} {
+			x, y := pair[0], pair[1]
+			if ap, ok := x.get("additionalProperties"); !ok || ap != false {
+				continue
+			}
+			if _, ok := x.get("patternProperties"); ok {
+				continue
+			}
+			xp, _ := x.get("properties")
+			xpo, _ := xp.(*object)
+			for _, name := range requiredNames(y) {
+				if xpo == nil {
+					return true
+				}
+				if _, ok := xpo.get(name); !ok {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func finiteValues(o *object) ([]any, bool) {
+	if c, ok := o.get("const"); ok {
+		return []any{c}, true
+	}
+	if e, ok := o.get("enum"); ok {
+		list, ok := e.([]any)
+		return list, ok
+	}
+	return nil, false
+}
+
+func requiredNames(o *object) []string {
+	r, _ := o.get("required")
+	list, _ := r.([]any)
+	var out []string
+	for _, x := range list {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -21,6 +21,12 @@ type dfa struct {
 	next    []int32 // next[state*nclass+class], -1 for no transition
 	final   []bool
 	calls   [][]callEdge // per state; nil when the automaton has no calls
+
+	// likeString marks, in a call-free automaton that is a JSON string minus some
+	// strings, the states between characters: every token inside a string is accepted
+	// there (see stringLikeEntry). Nil for other automata.
+	likeString []bool
+	pairA      []int32 // product: the state of the first operand, per state
 }
 
 type callEdge struct {
@@ -380,6 +386,9 @@ func (d *dfa) trim() *dfa {
 		if remap[s] < 0 {
 			continue
 		}
+		if d.pairA != nil {
+			out.pairA = append(out.pairA, d.pairA[s])
+		}
 		out.final = append(out.final, d.final[s])
 		for c := 0; c < d.nclass; c++ {
 			t := d.next[s*d.nclass+c]
@@ -434,6 +443,7 @@ func product(a, b *dfa, difference bool) (*dfa, error) {
 		id := int32(len(queue))
 		index[s] = id
 		queue = append(queue, s)
+		out.pairA = append(out.pairA, s.a)
 		return id, nil
 	}
 	if _, err := intern(st{0, 0}); err != nil {

@@ -194,3 +194,49 @@ func (g *Grammar) countedEntry(c *countedString, rule, state int32) *maskEntry {
 	}
 	return e
 }
+
+// stringLikeEntry is the entry of a state between characters of a string automaton
+// that accepts every token inside a string (likeString): all of those, plus the tokens
+// that close the string, checked one by one against the automaton.
+func (g *Grammar) stringLikeEntry(rule, state int32) *maskEntry {
+	v := g.vocab
+	w := v.stringWalk()
+	d := g.rules[rule]
+	follow := g.follow[rule]
+	e := &maskEntry{inverted: true, lists: [][]int32{w.never, w.close, w.tail}}
+	var closing []int32
+	for _, id := range w.close {
+		if d.matchesFrom(state, v.tokens[id]) {
+			closing = append(closing, id)
+		}
+	}
+	e.extra = [][]int32{closing}
+	for _, id := range w.tail {
+		t := v.tokens[id]
+		s := state
+		for i, b := range t {
+			if s = d.step(s, b); s < 0 {
+				break
+			}
+			if d.final[s] {
+				if i+1 < len(t) && follow.has(t[i+1]) {
+					e.uncertain = append(e.uncertain, id)
+				}
+				break
+			}
+		}
+	}
+	return e
+}
+
+// matchesFrom reports whether a call-free automaton goes from state to a final state on
+// exactly b.
+func (d *dfa) matchesFrom(state int32, b []byte) bool {
+	s := state
+	for _, c := range b {
+		if s = d.step(s, c); s < 0 {
+			return false
+		}
+	}
+	return d.final[s]
+}

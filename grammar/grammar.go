@@ -105,6 +105,10 @@ func newGrammar(v *Vocabulary, rs *ruleSet) (*Grammar, error) {
 		if e == nil {
 			return nil, fmt.Errorf("%w: rule %q has no definition", ErrInvalidGrammar, rs.names[i])
 		}
+		if e.kind == exDFA && e.dfa.calls == nil {
+			g.rules[i] = e.dfa // already deterministic; keeps its state marks
+			continue
+		}
 		d, err := compileExpr(e)
 		if err != nil {
 			return nil, fmt.Errorf("rule %q: %w", rs.names[i], err)
@@ -405,6 +409,8 @@ func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
 	fp := g.fingerprints[rule]
 	if cr := g.counted[rule]; cr != nil && cr.hasState(state) {
 		e = g.countedEntry(cr, rule, state)
+	} else if ls := g.rules[rule].likeString; ls != nil && ls[state] {
+		e = g.stringLikeEntry(rule, state)
 	} else if fp != nil {
 		key := entryKey{*fp, state}
 		if x, ok := g.vocab.shared.Load(key); ok {
@@ -434,34 +440,58 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 	levels := make([][]int32, depth+1)
 	marks := make([]int, depth+1)
 	popped := make([]bool, depth+1)
+	// A level is "fast" when it is one stack whose top can neither call nor return: the
+	// next byte is one table lookup, and the frame stays out of the arena.
+	fast := make([]bool, depth+1)
+	fastFrame := make([]frame, depth+1)
 	levels[0] = []int32{w.newFrame(frame{rule, state, unknownParent})}
 	marks[0] = len(w.arena)
+	if g.plainState[rule][state] {
+		fast[0], fastFrame[0] = true, frame{rule, state, unknownParent}
+	}
 	var unc []int32
 	acc := make([]uint32, v.words)
 	n := int32(len(v.nodeByte))
 	for i := int32(1); i < n; {
 		d := v.nodeDepth[i]
-		w.arena = w.arena[:marks[d-1]]
 		pop := popped[d-1]
-		if prev := levels[d-1]; len(prev) == 1 && g.plain(w.arena[prev[0]]) {
-			// Fast path: one stack whose top can neither call nor return.
-			f := w.arena[prev[0]]
-			levels[d] = levels[d][:0]
-			if t := g.rules[f.rule].step(f.state, v.nodeByte[i]); t >= 0 {
-				levels[d] = append(levels[d], w.newFrame(frame{f.rule, t, f.parent}))
+		alive := false
+		if fast[d-1] {
+			f := fastFrame[d-1]
+			r := g.rules[f.rule]
+			if t := r.next[int(f.state)*r.nclass+int(r.classOf[v.nodeByte[i]])]; t >= 0 {
+				alive = true
+				marks[d] = marks[d-1]
+				if g.plainState[f.rule][t] {
+					fast[d], fastFrame[d] = true, frame{f.rule, t, f.parent}
+				} else {
+					fast[d] = false
+					w.arena = w.arena[:marks[d-1]]
+					levels[d] = append(levels[d][:0], w.newFrame(frame{f.rule, t, f.parent}))
+					marks[d] = len(w.arena)
+				}
 			}
 		} else {
-			levels[d] = w.step(prev, v.nodeByte[i], levels[d][:0])
+			w.arena = w.arena[:marks[d-1]]
+			levels[d] = w.step(levels[d-1], v.nodeByte[i], levels[d][:0])
 			pop = pop || w.popped
+			if alive = len(levels[d]) > 0; alive {
+				marks[d] = len(w.arena)
+				fast[d] = false
+				if len(levels[d]) == 1 {
+					if f := w.arena[levels[d][0]]; g.plainState[f.rule][f.state] {
+						fast[d], fastFrame[d] = true, f
+					}
+				}
+			}
 		}
-		if len(levels[d]) == 0 {
+		if !alive {
 			if pop {
 				unc = append(unc, v.toks[v.nodeTok[i]:v.nodeTok[v.nodeEnd[i]]]...)
 			}
 			i = v.nodeEnd[i]
 			continue
 		}
-		marks[d] = len(w.arena)
 		popped[d] = pop
 		for _, id := range v.toks[v.nodeTok[i]:v.nodeTok[i+1]] {
 			acc[id>>5] |= 1 << (id & 31)

@@ -781,6 +781,11 @@ func (sc *schemaCompiler) objectType(s *object, path string) (*expr, error) {
 		if rest, err = product(strDFA, named, true); err != nil {
 			return nil, err
 		}
+		inside := strDFA.step(0, '"')
+		rest.likeString = make([]bool, rest.numStates())
+		for i, a := range rest.pairA {
+			rest.likeString[i] = a == inside
+		}
 	}
 	if pp, ok := s.get("patternProperties"); ok {
 		ppo, ok := pp.(*object)
@@ -884,7 +889,16 @@ func (sc *schemaCompiler) objectType(s *object, path string) (*expr, error) {
 	if len(extras) > 0 {
 		var alts []*expr
 		for _, ex := range extras {
-			alts = append(alts, eSeq(eDFA(ex.key), sc.keySep(), ex.value))
+			key := eDFA(ex.key)
+			if ex.key.likeString != nil {
+				// Its own rule, so its states keep the string-like marks.
+				r := sc.rs.add("key " + orRoot(path))
+				sc.rs.exprs[r] = key
+				key = eCall(r)
+			} else if ex.key == strDFA {
+				key, _ = sc.plainString()
+			}
+			alts = append(alts, eSeq(key, sc.keySep(), ex.value))
 		}
 		extraMember = eAlt(alts...)
 	}

@@ -1,6 +1,7 @@
 package grammar
 
 import (
+	"math"
 	"strconv"
 	"strings"
 )
@@ -179,4 +180,145 @@ func numberRange(lo, hi bound) *expr {
 		alts = append(alts, eSeq(eByte('-'), magnitude(l, h)))
 	}
 	return eAlt(alts...)
+}
+
+// fbound is one end of a range of JSON numbers (any decimal bound); inf: unbounded.
+type fbound struct {
+	f    float64
+	excl bool
+	inf  bool
+}
+
+// decimalParts splits |f| into integer and fraction digits (no trailing zeros).
+func decimalParts(f float64) (int64, string) {
+	s := strconv.FormatFloat(math.Abs(f), 'f', -1, 64)
+	ip, fp, _ := strings.Cut(s, ".")
+	i, _ := strconv.ParseInt(ip, 10, 64)
+	return i, strings.TrimRight(fp, "0")
+}
+
+// fracGE matches fraction digit strings D (after the '.') with 0.D >= 0.S (strict: >);
+// emptyOK says whether D may be empty (no fraction at all).
+func fracGE(s string, strict bool) (emptyOK bool, nonEmpty *expr) {
+	s = strings.TrimRight(s, "0")
+	if s == "" {
+		if strict {
+			return false, eSeq(eStar(digit), eRange('1', '9'), eStar(digit))
+		}
+		return true, eRepeat(digit, 1, -1)
+	}
+	restOK, rest := fracGE(s[1:], strict)
+	alts := []*expr{eSeq(eByte(s[0]), optIf(restOK, rest))}
+	if s[0] < '9' {
+		alts = append(alts, eSeq(eRange(s[0]+1, '9'), eStar(digit)))
+	}
+	return false, eAlt(alts...)
+}
+
+// fracLE matches fraction digit strings D with 0.D <= 0.S (strict: <).
+func fracLE(s string, strict bool) (emptyOK bool, nonEmpty *expr) {
+	s = strings.TrimRight(s, "0")
+	if s == "" {
+		if strict {
+			return false, eNothing
+		}
+		return true, eRepeat(eByte('0'), 1, -1)
+	}
+	restOK, rest := fracLE(s[1:], strict)
+	alts := []*expr{eSeq(eByte(s[0]), optIf(restOK, rest))}
+	if s[0] > '0' {
+		alts = append(alts, eSeq(eRange('0', s[0]-1), eStar(digit)))
+	}
+	return true, eAlt(alts...)
+}
+
+// optIf is e or (emptyOK) e-or-nothing.
+func optIf(emptyOK bool, e *expr) *expr {
+	if emptyOK {
+		return eOpt(e)
+	}
+	return e
+}
+
+// fraction is the optional ".D" part for a digit-string language.
+func fraction(emptyOK bool, nonEmpty *expr) *expr {
+	f := eSeq(eByte('.'), nonEmpty)
+	if emptyOK {
+		return eOpt(f)
+	}
+	return f
+}
+
+// magnitudeDec matches I[.F] (no sign, no exponent) with lo <= value <= hi (exclusive
+// where marked); lo.f >= 0.
+func magnitudeDec(lo, hi fbound) (*expr, error) {
+	li, lf := decimalParts(lo.f)
+	if hi.inf {
+		ok, ne := fracGE(lf, lo.excl)
+		return eAlt(eSeq(uintRange(li, li), fraction(ok, ne)), eSeq(uintRange(li+1, -1), fracAny)), nil
+	}
+	if hi.f < lo.f || hi.f == lo.f && (lo.excl || hi.excl) {
+		return eNothing, nil
+	}
+	hiI, hf := decimalParts(hi.f)
+	if hiI == li {
+		okA, a := fracGE(lf, lo.excl)
+		okB, b := fracLE(hf, hi.excl)
+		da, err := compileExpr(fraction(okA, a))
+		if err != nil {
+			return nil, err
+		}
+		db, err := compileExpr(fraction(okB, b))
+		if err != nil {
+			return nil, err
+		}
+		both, err := product(da, db, false)
+		if err != nil {
+			return nil, err
+		}
+		return eSeq(uintRange(li, li), eDFA(both)), nil
+	}
+	okA, a := fracGE(lf, lo.excl)
+	okB, b := fracLE(hf, hi.excl)
+	alts := []*expr{eSeq(uintRange(li, li), fraction(okA, a)), eSeq(uintRange(hiI, hiI), fraction(okB, b))}
+	if li+1 <= hiI-1 {
+		alts = append(alts, eSeq(uintRange(li+1, hiI-1), fracAny))
+	}
+	return eAlt(alts...), nil
+}
+
+// numberRangeDec matches JSON numbers between decimal bounds. Exponents only when the
+// range is unbounded or [0, ∞).
+func numberRangeDec(lo, hi fbound) (*expr, error) {
+	if lo.inf && hi.inf || hi.inf && !lo.inf && lo.f == 0 && !lo.excl {
+		return numberRange(bound{v: int64(lo.f), inf: lo.inf}, bound{inf: true}), nil
+	}
+	var alts []*expr
+	if hi.inf || hi.f >= 0 {
+		l := fbound{f: 0}
+		if !lo.inf && lo.f >= 0 {
+			l = lo
+		}
+		e, err := magnitudeDec(l, hi)
+		if err != nil {
+			return nil, err
+		}
+		alts = append(alts, e)
+	}
+	if lo.inf || lo.f < 0 {
+		l := fbound{f: 0, excl: true}
+		if !hi.inf && hi.f < 0 {
+			l = fbound{f: -hi.f, excl: hi.excl}
+		}
+		h := fbound{inf: true}
+		if !lo.inf {
+			h = fbound{f: -lo.f, excl: lo.excl}
+		}
+		e, err := magnitudeDec(l, h)
+		if err != nil {
+			return nil, err
+		}
+		alts = append(alts, eSeq(eByte('-'), e))
+	}
+	return eAlt(alts...), nil
 }

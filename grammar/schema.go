@@ -636,38 +636,14 @@ func numKeyword(s *object, kw, path string) (float64, bool, error) {
 }
 
 func (sc *schemaCompiler) numberType(s *object, ty, path string) (*expr, error) {
-	lo, hi := bound{inf: true}, bound{inf: true}
-	// value: the bound; excl: exclusive.
-	set := func(b *bound, f float64, excl bool, kw string, isLower bool) error {
+	lo, hi := fbound{inf: true}, fbound{inf: true}
+	// tighten keeps the stricter of a bound and a new one.
+	tighten := func(b *fbound, f float64, excl bool, kw string, isLower bool) error {
 		if math.Abs(f) > 1e15 {
 			return unsupported(kw, path, "bounds beyond ±1e15 are not supported")
 		}
-		if ty == "integer" {
-			// Integers: exclusive and fractional bounds become inclusive integral ones.
-			var v float64
-			if isLower {
-				v = math.Ceil(f)
-				if excl && v == f {
-					v++
-				}
-			} else {
-				v = math.Floor(f)
-				if excl && v == f {
-					v--
-				}
-			}
-			nb := bound{v: int64(v)}
-			if b.inf || (isLower && nb.v > b.v) || (!isLower && nb.v < b.v) {
-				*b = nb
-			}
-			return nil
-		}
-		if f != math.Trunc(f) {
-			return unsupported(kw, path, "non-integer bounds on numbers are not supported")
-		}
-		nb := bound{v: int64(f), excl: excl}
-		if b.inf || (isLower && (nb.v > b.v || nb.v == b.v && excl)) || (!isLower && (nb.v < b.v || nb.v == b.v && excl)) {
-			*b = nb
+		if b.inf || (isLower && (f > b.f || f == b.f && excl)) || (!isLower && (f < b.f || f == b.f && excl)) {
+			*b = fbound{f: f, excl: excl}
 		}
 		return nil
 	}
@@ -697,37 +673,48 @@ func (sc *schemaCompiler) numberType(s *object, ty, path string) (*expr, error) 
 		if err != nil {
 			return nil, err
 		}
-		if kw == "exclusiveMinimum" {
-			err = set(&lo, f, true, kw, true)
-		} else {
-			err = set(&hi, f, true, kw, false)
-		}
-		if err != nil {
+		if err := tighten(map[bool]*fbound{true: &lo, false: &hi}[kw == "exclusiveMinimum"], f, true, kw, kw == "exclusiveMinimum"); err != nil {
 			return nil, err
 		}
 	}
 	if hasMin {
-		if err := set(&lo, minV, exMinBool, "minimum", true); err != nil {
+		if err := tighten(&lo, minV, exMinBool, "minimum", true); err != nil {
 			return nil, err
 		}
 	}
 	if hasMax {
-		if err := set(&hi, maxV, exMaxBool, "maximum", false); err != nil {
+		if err := tighten(&hi, maxV, exMaxBool, "maximum", false); err != nil {
 			return nil, err
 		}
 	}
-	key := fmt.Sprintf("%s[%v]", ty, []bound{lo, hi})
+	key := fmt.Sprintf("%s[%v]", ty, []fbound{lo, hi})
 	if lo.inf && hi.inf {
 		key = ty
 	}
 	return sc.sharedRule(key, func() (*expr, error) {
-		if ty == "integer" {
-			if !lo.inf && !hi.inf && lo.v > hi.v {
-				return eNothing, nil
-			}
-			return integerRange(lo, hi), nil
+		if ty == "number" {
+			return numberRangeDec(lo, hi)
 		}
-		return numberRange(lo, hi), nil
+		// Integers: exclusive and fractional bounds become inclusive integral ones.
+		il, ih := bound{inf: lo.inf}, bound{inf: hi.inf}
+		if !lo.inf {
+			v := math.Ceil(lo.f)
+			if lo.excl && v == lo.f {
+				v++
+			}
+			il.v = int64(v)
+		}
+		if !hi.inf {
+			v := math.Floor(hi.f)
+			if hi.excl && v == hi.f {
+				v--
+			}
+			ih.v = int64(v)
+		}
+		if !il.inf && !ih.inf && il.v > ih.v {
+			return eNothing, nil
+		}
+		return integerRange(il, ih), nil
 	})
 }
 
@@ -870,10 +857,14 @@ func (sc *schemaCompiler) objectType(s *object, path string) (*expr, error) {
 			nreq++
 		}
 	}
+	nonEmpty := false // minProperties 1 without required properties
 	if v, ok, err := intKeyword(s, "minProperties", path); err != nil {
 		return nil, err
 	} else if ok && v > nreq {
-		return nil, unsupported("minProperties", path, "more than the required properties")
+		if v > 1 {
+			return nil, unsupported("minProperties", path, "more than the required properties (and more than 1)")
+		}
+		nonEmpty = true
 	}
 	if v, ok, err := intKeyword(s, "maxProperties", path); err != nil {
 		return nil, err
@@ -912,8 +903,14 @@ func (sc *schemaCompiler) objectType(s *object, path string) (*expr, error) {
 	if extraMember != nil {
 		after = eStar(eSeq(sc.itemSep(), extraMember))
 		first = eOpt(eSeq(extraMember, after))
+		if nonEmpty {
+			first = eSeq(extraMember, after)
+		}
 	} else {
 		after, first = eEmpty, eEmpty
+		if nonEmpty {
+			first = eNothing
+		}
 	}
 	for i := n - 1; i >= 0; i-- {
 		p := props[i]

@@ -24,6 +24,7 @@ func TestRandomWalksValidate(t *testing.T) {
 		`{"oneOf":[{"type":"object","properties":{"k":{"const":1}},"required":["k"]},{"type":"string","maxLength":2}]}`,
 		`{"allOf":[{"type":"integer","minimum":-20},{"type":"number","maximum":20}]}`,
 		`{"type":"array","items":{"type":"number","minimum":-2.5,"exclusiveMaximum":3.75},"minItems":1}`,
+		`{"type":"array","items":{"anyOf":[{"type":"integer","multipleOf":7},{"type":"number","multipleOf":0.2,"maximum":1}]}}`,
 	}
 	rng := rand.New(rand.NewSource(5))
 	for si, src := range schemas {

@@ -322,3 +322,80 @@ func numberRangeDec(lo, hi fbound) (*expr, error) {
 	}
 	return eAlt(alts...), nil
 }
+
+// multipleOfDFA matches JSON numbers without exponent that are multiples of p·10^-d:
+// it reads the digits tracking the value scaled by 10^d modulo p. allowFrac: fraction
+// digits may appear (only zeros beyond the d-th).
+func multipleOfDFA(p int64, d int, allowFrac bool) (*dfa, error) {
+	if p <= 0 || p*int64(d+3) > 20000 {
+		return nil, errMergeFailed
+	}
+	out := &dfa{}
+	const (
+		clsOther = iota
+		clsMinus
+		clsDot
+		clsDigit0 // ... clsDigit0+9
+	)
+	for b := 0; b < 256; b++ {
+		out.classOf[b] = clsOther
+	}
+	out.classOf['-'] = clsMinus
+	out.classOf['.'] = clsDot
+	for c := 0; c < 10; c++ {
+		out.classOf['0'+c] = uint8(clsDigit0 + c)
+	}
+	out.nclass = clsDigit0 + 10
+	pow := make([]int64, d+1) // 10^k mod p
+	pow[0] = 1 % p
+	for k := 1; k <= d; k++ {
+		pow[k] = pow[k-1] * 10 % p
+	}
+	// States: 0 start, 1 after '-', 2 after a leading '0', then int(r), frac(r, j) for
+	// j in 0..d (j digits read; j == d also covers trailing zeros).
+	intBase := int32(3)
+	fracBase := intBase + int32(p)
+	n := int(fracBase) + int(p)*(d+1)
+	out.next = make([]int32, n*out.nclass)
+	for i := range out.next {
+		out.next[i] = -1
+	}
+	out.final = make([]bool, n)
+	set := func(s int32, cls int, t int32) { out.next[int(s)*out.nclass+cls] = t }
+	intState := func(r int64) int32 { return intBase + int32(r) }
+	fracState := func(r int64, j int) int32 { return fracBase + int32(r)*int32(d+1) + int32(j) }
+	for _, s := range []int32{0, 1} {
+		set(s, clsDigit0, 2)
+		for c := 1; c < 10; c++ {
+			set(s, clsDigit0+c, intState(int64(c)%p))
+		}
+	}
+	set(0, clsMinus, 1)
+	out.final[2] = true // 0
+	if allowFrac {
+		set(2, clsDot, fracState(0, 0))
+	}
+	for r := int64(0); r < p; r++ {
+		s := intState(r)
+		out.final[s] = r*pow[d]%p == 0
+		for c := 0; c < 10; c++ {
+			set(s, clsDigit0+c, intState((r*10+int64(c))%p))
+		}
+		if allowFrac {
+			set(s, clsDot, fracState(r, 0))
+		}
+		for j := 0; j <= d; j++ {
+			fs := fracState(r, j)
+			out.final[fs] = j > 0 && r*pow[d-j]%p == 0
+			if j < d {
+				for c := 0; c < 10; c++ {
+					set(fs, clsDigit0+c, fracState((r*10+int64(c))%p, j+1))
+				}
+			} else {
+				set(fs, clsDigit0, fs)
+			}
+		}
+	}
+	// fracState(r, d) after a digit beyond d: only '0' keeps it; reached from j = d-1.
+	return out.trim(), nil
+}

@@ -61,7 +61,7 @@ var annotationKeywords = map[string]bool{
 var unsupportedKeywords = []string{
 	"not", "if", "then", "else", "dependencies", "dependentRequired", "dependentSchemas",
 	"propertyNames", "contains", "minContains", "maxContains", "unevaluatedProperties",
-	"unevaluatedItems", "$dynamicRef", "$recursiveRef", "multipleOf",
+	"unevaluatedItems", "$dynamicRef", "$recursiveRef",
 }
 
 // Keywords handled per type.
@@ -143,9 +143,6 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 	}
 	for _, kw := range unsupportedKeywords {
 		if v, ok := s.get(kw); ok {
-			if kw == "multipleOf" && isOne(v) && typesAreInteger(s) {
-				continue
-			}
 			if kw == "not" && onlyType(v) {
 				continue
 			}
@@ -290,20 +287,6 @@ func onlyType(v any) bool {
 		}
 	}
 	return hasType
-}
-
-func isOne(v any) bool {
-	n, ok := v.(json.Number)
-	if !ok {
-		return false
-	}
-	f, err := n.Float64()
-	return err == nil && f == 1
-}
-
-func typesAreInteger(s *object) bool {
-	t, _ := s.get("type")
-	return t == "integer"
 }
 
 func contains(list []string, s string) bool {
@@ -687,11 +670,50 @@ func (sc *schemaCompiler) numberType(s *object, ty, path string) (*expr, error) 
 			return nil, err
 		}
 	}
-	key := fmt.Sprintf("%s[%v]", ty, []fbound{lo, hi})
-	if lo.inf && hi.inf {
+	var mulP int64
+	mulD := 0
+	if mv, ok := s.get("multipleOf"); ok {
+		n, isNum := mv.(json.Number)
+		f, err := n.Float64()
+		if !isNum || err != nil || f <= 0 {
+			return nil, invalid(path, "multipleOf must be a positive number")
+		}
+		ip, fp := decimalParts(f)
+		if len(fp) > 6 || ip > 1e6 {
+			return nil, unsupported("multipleOf", path, "a divisor with more than 6 decimals or above 1e6")
+		}
+		mulD = len(fp)
+		frac, _ := strconv.ParseInt("0"+fp, 10, 64)
+		mulP = ip*int64(math.Pow10(mulD)) + frac
+	}
+	key := fmt.Sprintf("%s[%v]%d/%d", ty, []fbound{lo, hi}, mulP, mulD)
+	if lo.inf && hi.inf && mulP == 0 {
 		key = ty
 	}
 	return sc.sharedRule(key, func() (*expr, error) {
+		body, err := sc.numberBody(ty, lo, hi)
+		if err != nil || mulP == 0 {
+			return body, err
+		}
+		mul, err := multipleOfDFA(mulP, mulD, ty == "number")
+		if err != nil {
+			return nil, unsupported("multipleOf", path, "the divisor's automaton would be too large")
+		}
+		rng, err := compileExpr(body)
+		if err != nil {
+			return nil, err
+		}
+		both, err := product(rng, mul, false)
+		if err != nil {
+			return nil, err
+		}
+		return eDFA(both), nil
+	})
+}
+
+// numberBody matches the numbers (or integers) in a range.
+func (sc *schemaCompiler) numberBody(ty string, lo, hi fbound) (*expr, error) {
+	{
 		if ty == "number" {
 			return numberRangeDec(lo, hi)
 		}
@@ -715,7 +737,7 @@ func (sc *schemaCompiler) numberType(s *object, ty, path string) (*expr, error) 
 			return eNothing, nil
 		}
 		return integerRange(il, ih), nil
-	})
+	}
 }
 
 type property struct {

@@ -1,6 +1,7 @@
 package grammar
 
 import (
+	"fmt"
 	"sort"
 	"sync"
 )
@@ -239,4 +240,100 @@ func (d *dfa) matchesFrom(state int32, b []byte) bool {
 		}
 	}
 	return d.final[s]
+}
+
+var jsonCharDFA = sync.OnceValue(func() *dfa {
+	d, err := compileExpr(jsonChar())
+	if err != nil {
+		panic(err) // a fixed expression
+	}
+	return d
+})
+
+// countedStringDFA builds the automaton of a JSON string of min..max characters (max < 0:
+// unbounded) directly, one copy of the character automaton per position: subset
+// construction on the repeated expression takes seconds for bounds in the thousands.
+func countedStringDFA(min, max int) (*dfa, error) {
+	ch := jsonCharDFA()
+	// The character automaton: start 0, one final state (a whole character), the rest
+	// mid-character states.
+	finalCh := int32(-1)
+	for s, f := range ch.final {
+		if f {
+			if finalCh >= 0 {
+				return nil, fmt.Errorf("grammar: internal: the character automaton has several final states")
+			}
+			finalCh = int32(s)
+		}
+	}
+	positions := max + 1
+	if max < 0 {
+		positions = min + 1
+	}
+	// Per position: the character automaton's states except its final one.
+	per := ch.numStates() - 1
+	index := func(s int32) int32 { // character state → offset within a position
+		if s > finalCh {
+			return s - 1
+		}
+		return s
+	}
+	total := 2 + positions*per
+	if total > maxDFAStates*4 {
+		return nil, fmt.Errorf("%w: a string of up to %d characters", ErrTooLarge, max)
+	}
+	out := &dfa{}
+	// Classes: the character automaton's, with '"' apart (it closes the string).
+	quoteCls := uint8(ch.nclass)
+	out.classOf = ch.classOf
+	// '"' may share a class with other bytes in ch (bytes that start no character).
+	out.classOf['"'] = quoteCls
+	out.nclass = ch.nclass + 1
+	const open, end = 0, 1
+	out.next = make([]int32, total*out.nclass)
+	for i := range out.next {
+		out.next[i] = -1
+	}
+	out.final = make([]bool, total)
+	out.final[end] = true
+	state := func(p int, s int32) int32 { return int32(2 + p*per + int(index(s))) }
+	out.next[open*out.nclass+int(quoteCls)] = state(0, 0)
+	for p := 0; p < positions; p++ {
+		nextP := p + 1
+		if max < 0 && nextP > min {
+			nextP = min // unbounded: the last position loops
+		}
+		canGrow := max < 0 || p < max
+		for s := int32(0); s < int32(ch.numStates()); s++ {
+			if s == finalCh {
+				continue
+			}
+			from := state(p, s)
+			if s == 0 && p >= min {
+				out.next[int(from)*out.nclass+int(quoteCls)] = end
+			}
+			if !canGrow {
+				continue
+			}
+			for c := 0; c <= ch.nclass; c++ {
+				cc := c
+				if c == ch.nclass { // '"' inside an escape behaves as its old class
+					if s == 0 {
+						continue
+					}
+					cc = int(ch.classOf['"'])
+				}
+				t := ch.next[int(s)*ch.nclass+cc]
+				if t < 0 {
+					continue
+				}
+				if t == finalCh {
+					out.next[int(from)*out.nclass+c] = state(nextP, 0)
+				} else {
+					out.next[int(from)*out.nclass+c] = state(p, t)
+				}
+			}
+		}
+	}
+	return out.trim(), nil
 }

@@ -33,9 +33,14 @@ type Grammar struct {
 
 // entryKey names a shared cache entry: a call-free rule's fingerprint and a state.
 type entryKey struct {
-	fp    [32]byte
-	state int32
+	fp     [32]byte
+	state  int32
+	follow byteSet
 }
+
+// jsonFollow is what may follow a JSON value or key in compact output (separators and
+// closers; whitespace stays out: it starts a quarter of the vocabulary).
+var jsonFollow = setOf(",:]}")
 
 // maxSharedEntries bounds the vocabulary-wide entry cache (entries are a few KB to
 // ~1 MB; most schemas reuse the same string and number rules).
@@ -48,7 +53,7 @@ type sharedEntries struct {
 }
 
 // fingerprint hashes a call-free automaton and its follow set.
-func (d *dfa) fingerprint(follow byteSet) *[32]byte {
+func (d *dfa) fingerprint() *[32]byte {
 	h := sha256.New()
 	var buf [8]byte
 	h.Write(d.classOf[:])
@@ -62,10 +67,6 @@ func (d *dfa) fingerprint(follow byteSet) *[32]byte {
 		} else {
 			h.Write([]byte{0})
 		}
-	}
-	for _, w := range follow {
-		binary.LittleEndian.PutUint64(buf[:], w)
-		h.Write(buf[:])
 	}
 	var out [32]byte
 	h.Sum(out[:0])
@@ -135,7 +136,7 @@ func newGrammar(v *Vocabulary, rs *ruleSet) (*Grammar, error) {
 	g.fingerprints = make([]*[32]byte, len(g.rules))
 	for i, r := range g.rules {
 		if r.calls == nil {
-			g.fingerprints[i] = r.fingerprint(g.follow[i])
+			g.fingerprints[i] = r.fingerprint()
 		}
 	}
 	g.cache = make([][]atomic.Pointer[maskEntry], len(g.rules))
@@ -182,10 +183,15 @@ func (g *Grammar) analyse() {
 	// firstAny: direct byte transitions, plus the callee's first bytes, plus (callee
 	// nullable) the return state's first bytes.
 	for i, r := range g.rules {
+		classBytes := make([]byteSet, r.nclass)
+		for b := 0; b < 256; b++ {
+			classBytes[r.classOf[b]].add(byte(b))
+		}
 		for s := 0; s < r.numStates(); s++ {
-			for b := 0; b < 256; b++ {
-				if r.step(int32(s), byte(b)) >= 0 {
-					g.firstAny[i][s].add(byte(b))
+			row := r.next[s*r.nclass : (s+1)*r.nclass]
+			for c, t := range row {
+				if t >= 0 {
+					g.firstAny[i][s].union(classBytes[c])
 				}
 			}
 		}
@@ -316,6 +322,9 @@ type walker struct {
 	arena   []frame
 	visited []frame
 	popped  bool // a stack popped an unknownParent frame on a byte in its follow set
+	// followOverride, when set, replaces the base rule's follow set (for entries shared
+	// between grammars, whose follow sets differ).
+	followOverride *byteSet
 }
 
 func (w *walker) newFrame(f frame) int32 {
@@ -375,7 +384,7 @@ func (w *walker) expand(fi int32, b byte, out []int32) []int32 {
 		case f.parent >= 0:
 			out = w.expand(f.parent, b, out)
 		case f.parent == unknownParent:
-			if g.follow[f.rule].has(b) {
+			if w.followOverride != nil && w.followOverride.has(b) || w.followOverride == nil && g.follow[f.rule].has(b) {
 				w.popped = true
 			}
 		}
@@ -412,15 +421,24 @@ func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
 	} else if ls := g.rules[rule].likeString; ls != nil && ls[state] {
 		e = g.stringLikeEntry(rule, state)
 	} else if fp != nil {
-		key := entryKey{*fp, state}
+		// The shared entry is computed with the follow set widened to everything that can
+		// follow a JSON value, so that schemas share it; this grammar's own follow set then
+		// narrows its uncertain tokens.
+		follow := g.follow[rule]
+		follow.union(jsonFollow)
+		key := entryKey{*fp, state, follow}
+		var shared *maskEntry
 		if x, ok := g.vocab.shared.Load(key); ok {
-			e = x.(*maskEntry)
+			shared = x.(*maskEntry)
 		} else {
-			e = g.computeEntry(w, rule, state)
+			w.followOverride = &follow
+			shared = g.computeEntry(w, rule, state)
+			w.followOverride = nil
 			if g.vocab.sharedCount.Add(1) <= maxSharedEntries {
-				g.vocab.shared.Store(key, e)
+				g.vocab.shared.Store(key, shared)
 			}
 		}
+		e = g.narrowUncertain(shared, rule, state)
 	} else {
 		e = g.computeEntry(w, rule, state)
 	}
@@ -428,6 +446,31 @@ func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
 		return p.Load()
 	}
 	return e
+}
+
+// narrowUncertain drops the uncertain tokens of a call-free rule's shared entry that
+// leave the rule on a byte outside this grammar's follow set.
+func (g *Grammar) narrowUncertain(e *maskEntry, rule, state int32) *maskEntry {
+	d := g.rules[rule]
+	follow := g.follow[rule]
+	var keep []int32
+	for _, id := range e.uncertain {
+		t := g.vocab.tokens[id]
+		s := state
+		for i := 0; i < len(t); i++ {
+			// The frame may return after any final state; the byte after it must follow.
+			if d.final[s] && follow.has(t[i]) {
+				keep = append(keep, id)
+				break
+			}
+			if s = d.step(s, t[i]); s < 0 {
+				break
+			}
+		}
+	}
+	out := *e
+	out.uncertain = keep
+	return &out
 }
 
 // computeEntry walks the whole token trie from a frame whose parent is unknown,

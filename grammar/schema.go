@@ -531,7 +531,11 @@ func (sc *schemaCompiler) stringType(s *object, path string) (*expr, error) {
 			if hasMax {
 				mx = maxL
 			}
-			return eSeq(eByte('"'), eRepeat(jsonChar(), minL, mx), eByte('"')), nil
+			d, err := countedStringDFA(minL, mx)
+			if err != nil {
+				return nil, err
+			}
+			return eDFA(d), nil
 		})
 		if err != nil {
 			return nil, err

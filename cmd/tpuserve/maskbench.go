@@ -49,6 +49,11 @@ func runMaskBench(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	t0 := time.Now()
+	if err := vocab.Warm(); err != nil {
+		return err
+	}
+	slog.Info("maskbench: vocabulary ready", "tokens", vocab.Size(), "warm", time.Since(t0))
 	encode := func(text string) []int32 { return tok.EncodeLiteral(text, false) }
 	enc := json.NewEncoder(stdout)
 	for _, file := range fs.Args() {

@@ -268,7 +268,10 @@ func (n *nfa) determinize(start, accept int32) (*dfa, error) {
 		sets = append(sets, append([]int32(nil), set...))
 		return id, nil
 	}
-	if _, err := intern(closure([]int32{start}, nil)); err != nil {
+	if startSet := closure([]int32{start}, nil); len(startSet) == 0 {
+		// The empty language: a lone dead start state.
+		sets = append(sets, nil)
+	} else if _, err := intern(startSet); err != nil {
 		return nil, err
 	}
 	var seeds, buf []int32

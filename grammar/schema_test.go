@@ -93,6 +93,8 @@ func TestSchemaAcceptReject(t *testing.T) {
 			[]string{`{"v": 1}`, `{"v": 1, "next": {"v": 2, "next": {"v": 3}}}`}, []string{`{"v": 1, "next": {}}`}},
 		{"true schema", `true`, []string{`1`, `{"a": [null]}`, `"s"`}, []string{`{a}`}},
 		{"empty schema", `{}`, []string{`[]`, `{}`, `[1, "a", {"b": false}]`}, []string{`[1,]`}},
+		{"unsatisfiable required", `{"type":"object","required":["a"],"additionalProperties":false}`, nil, []string{`{}`, `{"a": 1}`}},
+		{"empty enum", `{"type":"array","items":{"enum":[]}}`, []string{`[]`}, []string{`[1]`}},
 		{"false property", `{"type":"object","properties":{"a":false}}`, []string{`{}`}, []string{`{"a": 1}`}},
 	}
 	for _, tc := range tests {

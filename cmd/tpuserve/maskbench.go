@@ -83,6 +83,13 @@ func runOneMaskBench(v *grammar.Vocabulary, encode maskbench.Encoder, file strin
 	}
 	done := make(chan outcome, 1)
 	go func() {
+		// An engine panic is reported as this file's error rather than ending the run.
+		defer func() {
+			if p := recover(); p != nil {
+				done <- outcome{&maskbench.Result{ID: baseName(file), MaskMicros: []int64{},
+					CompileError: fmt.Sprintf("panic: %v", p)}, nil}
+			}
+		}()
 		r, err := maskbench.Run(v, encode, file, deadline)
 		done <- outcome{r, err}
 	}()

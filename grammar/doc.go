@@ -30,7 +30,8 @@
 // by character count (counted.go) instead of one trie walk per count.
 //
 // Lifecycle. Build one Vocabulary per tokenizer (VocabularyFromTokenizer, ~0.5 s for
-// Gemma 3's 262k tokens) and keep it. Compile (or Cache.*) once per distinct schema; the
+// Gemma 3's 262k tokens) and keep it; call its Warm once at start-up so that the first
+// requests do not pay for the shared string and number tables (~0.3–0.8 s). Compile (or Cache.*) once per distinct schema; the
 // Grammar is bound to that vocabulary. Per request: g.NewMatcher(); then per step
 // m.FillMask(mask) (len(mask) == v.MaskWords(), bit i of mask[i/32] = token i), sample,
 // m.Advance(token). CanEnd reports whether the output is complete; end-of-sequence ids
@@ -65,9 +66,12 @@
 // string unless anchored with ^ and $, as JSON Schema says), format (date-time, date,
 // time, duration, email, hostname, ipv4, ipv6, uri, uri-reference, uuid; a format name
 // the specification does not define is ignored, as validators ignore it), minimum,
-// maximum, exclusiveMinimum and exclusiveMaximum (draft 4's boolean form too; integral
-// bounds for numbers, any bounds for integers, magnitudes up to 1e15), multipleOf 1 on
-// integers, and not when it only excludes types ({"not": {"type": ...}}).
+// maximum, exclusiveMinimum and exclusiveMaximum (draft 4's boolean form too; decimal
+// bounds, magnitudes up to 1e15), multipleOf (integer or decimal divisors p·10^-d with
+// p·(d+3) ≤ 20000, d ≤ 6: a remainder automaton intersected with the range),
+// minProperties up to the number of required properties or 1, maxProperties when no
+// more properties than it are possible, and not when it only excludes types
+// ({"not": {"type": ...}}).
 //
 // oneOf is enforced as anyOf, which is exact only when no value can match two
 // alternatives: the compiler proves the alternatives disjoint (different types, disjoint
@@ -82,8 +86,8 @@
 //
 // Deliberate restrictions, which reject some valid JSON but never accept invalid JSON:
 // object properties come in the schema's order (any optional one may be left out), then
-// the additional properties; numbers with bounds (other than a lone minimum of 0) have no
-// exponent; enum values are written as the schema writes them (key order, number
+// the additional properties (whose keys differ from every named property); numbers with
+// bounds (other than a lone minimum of 0) or multipleOf have no exponent; enum values are written as the schema writes them (key order, number
 // spelling); date-time and time have no leap second; strings are written as Python's
 // json.dumps writes them (escapes for '"', '\', control characters; \uXXXX for any
 // character is also allowed where no pattern applies).
@@ -91,9 +95,9 @@
 // Unsupported, as UnsupportedErrors naming the keyword: not (other than types), if/then/
 // else, dependencies, dependentRequired, dependentSchemas, propertyNames, contains,
 // minContains, maxContains, uniqueItems true, unevaluatedProperties, unevaluatedItems,
-// $dynamicRef, $recursiveRef, multipleOf (other than 1 on integers), minProperties above
-// the required count, maxProperties below the possible count, non-integral number bounds,
-// remote and anchor $refs, and spec formats without a pattern here (idn-email,
+// $dynamicRef, $recursiveRef, multipleOf beyond the limits above, minProperties above
+// both the required count and 1, maxProperties below the possible count, remote and
+// anchor $refs, and spec formats without a pattern here (idn-email,
 // idn-hostname, iri, iri-reference, uri-template, json-pointer, relative-json-pointer,
 // regex). Annotations (title, description, examples, default, $schema, $id, $comment,
 // deprecated, readOnly, writeOnly, content*) and keywords JSON Schema does not define are

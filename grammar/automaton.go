@@ -199,11 +199,9 @@ func (n *nfa) determinize(start, accept int32) (*dfa, error) {
 		}
 	}
 	cls := -1
-	var reps []byte
 	for b := 0; b < 256; b++ {
 		if b == 0 || cut[b] {
 			cls++
-			reps = append(reps, byte(b))
 		}
 		d.classOf[b] = uint8(cls)
 	}
@@ -274,7 +272,8 @@ func (n *nfa) determinize(start, accept int32) (*dfa, error) {
 	} else if _, err := intern(startSet); err != nil {
 		return nil, err
 	}
-	var seeds, buf []int32
+	var buf []int32
+	buckets := make([][]int32, d.nclass)
 	for si := 0; si < len(sets); si++ {
 		set := sets[si]
 		final := false
@@ -285,17 +284,22 @@ func (n *nfa) determinize(start, accept int32) (*dfa, error) {
 		}
 		d.final = append(d.final, final)
 		row := make([]int32, d.nclass)
-		for c := 0; c < d.nclass; c++ {
-			rep := reps[c]
-			seeds = seeds[:0]
-			for _, s := range set {
-				for _, e := range n.states[s].edges {
-					if e.lo <= rep && rep <= e.hi {
-						seeds = append(seeds, e.to)
+		// Classes are byte intervals in order, so an edge covers a run of classes.
+		for c := range buckets {
+			buckets[c] = buckets[c][:0]
+		}
+		for _, s := range set {
+			for _, e := range n.states[s].edges {
+				for c := d.classOf[e.lo]; ; c++ {
+					buckets[c] = append(buckets[c], e.to)
+					if c == d.classOf[e.hi] {
+						break
 					}
 				}
 			}
-			buf = closure(seeds, buf)
+		}
+		for c := 0; c < d.nclass; c++ {
+			buf = closure(buckets[c], buf)
 			id, err := intern(buf)
 			if err != nil {
 				return nil, err

@@ -50,7 +50,7 @@ func convertAnchored(re *syntax.Regexp, mode charMode, anchored bool, pattern st
 	if re.Op == syntax.OpCapture {
 		return convertAnchored(re.Sub[0], mode, anchored, pattern)
 	}
-	if re.Op == syntax.OpAlternate {
+	if re.Op == syntax.OpAlternate && hasAnchor(re) {
 		var alts []*expr
 		for _, sub := range re.Sub {
 			e, err := convertAnchored(sub, mode, anchored, pattern)
@@ -89,6 +89,19 @@ func convertAnchored(re *syntax.Regexp, mode charMode, anchored bool, pattern st
 		parts = append(parts, eStar(anyChar(mode, true)))
 	}
 	return eSeq(parts...), nil
+}
+
+// hasAnchor reports whether ^ or $ occurs anywhere in re.
+func hasAnchor(re *syntax.Regexp) bool {
+	if isBegin(re) || isEnd(re) {
+		return true
+	}
+	for _, sub := range re.Sub {
+		if hasAnchor(sub) {
+			return true
+		}
+	}
+	return false
 }
 
 func isBegin(re *syntax.Regexp) bool {

@@ -134,11 +134,7 @@ func (sc *schemaCompiler) compile(s any, path string) (*expr, error) {
 func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 	if cands, ok := sc.enumCandidates(s, path); ok {
 		if vals, ok := sc.validatedLiterals(s, cands); ok {
-			alts := make([]*expr, len(vals))
-			for i, v := range vals {
-				alts[i] = sc.valueExpr(v)
-			}
-			return eAlt(alts...), nil
+			return sc.literalRule(vals), nil
 		}
 	}
 	for _, kw := range unsupportedKeywords {
@@ -349,15 +345,34 @@ func schemaTypes(s *object, path string) ([]string, error) {
 
 // literalValues matches any of vals (enum/const) that has one of the allowed types.
 func (sc *schemaCompiler) literalValues(vals []any, types []string, path string) (*expr, error) {
-	var alts []*expr
+	var alts []any
 	for _, v := range vals {
 		vt := jsonTypeOf(v)
 		if !contains(types, vt) && !(vt == "integer" && contains(types, "number")) {
 			continue
 		}
-		alts = append(alts, sc.valueExpr(v))
+		alts = append(alts, v)
 	}
-	return eAlt(alts...), nil
+	return sc.literalRule(alts), nil
+}
+
+// literalRule matches any of vals. More than a few become a shared rule of their own:
+// inlined into an object's automaton, a long enum multiplies its states.
+func (sc *schemaCompiler) literalRule(vals []any) *expr {
+	alts := make([]*expr, len(vals))
+	for i, v := range vals {
+		alts[i] = sc.valueExpr(v)
+	}
+	if len(vals) <= 4 {
+		return eAlt(alts...)
+	}
+	var key strings.Builder
+	key.WriteString("enum")
+	for _, v := range vals {
+		key.WriteString(" " + canonicalJSON(v))
+	}
+	e, _ := sc.sharedRule(key.String(), func() (*expr, error) { return eAlt(alts...), nil })
+	return e
 }
 
 // valueExpr matches one JSON value exactly (whitespace and separators as configured;

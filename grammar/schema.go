@@ -189,6 +189,16 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 			return nil, invalid(path, "%s must be a non-empty array", kw)
 		}
 		rest := without(s, kw)
+		if kw == "oneOf" {
+			if sets, ok := requiredOnly(subs); ok {
+				exact, err := exclusiveRequired(sets)
+				if err != nil {
+					return nil, unsupported("oneOf", path, err.Error())
+				}
+				subs = exact
+				kw = "anyOf" // the rewritten alternatives are disjoint
+			}
+		}
 		var out []*expr
 		var merged []any
 		for i, sub := range subs {
@@ -1575,4 +1585,83 @@ func requiredNames(o *object) []string {
 		}
 	}
 	return out
+}
+
+// requiredOnly returns the property sets of oneOf alternatives that only list required
+// properties ({"required": [...]}), and whether all of them are such.
+func requiredOnly(subs []any) ([][]string, bool) {
+	var sets [][]string
+	for _, sub := range subs {
+		o, ok := sub.(*object)
+		if !ok {
+			return nil, false
+		}
+		for _, k := range o.keys {
+			if k != "required" && !annotationKeywords[k] {
+				return nil, false
+			}
+		}
+		names := requiredNames(o)
+		if len(names) == 0 {
+			return nil, false
+		}
+		sets = append(sets, names)
+	}
+	return sets, true
+}
+
+// exclusiveRequired rewrites oneOf [{required: S1}, {required: S2}, ...] (exactly one
+// set fully present) as disjoint alternatives: Si present and, for each other Sj, one of
+// its properties absent (a "false" property schema), over every such choice.
+func exclusiveRequired(sets [][]string) ([]any, error) {
+	var out []any
+	for i, si := range sets {
+		in := map[string]bool{}
+		for _, p := range si {
+			in[p] = true
+		}
+		// Choices of an absent property per other set (none possible: Sj ⊆ Si).
+		var choose func(j int, absent []string) error
+		choose = func(j int, absent []string) error {
+			if j == len(sets) {
+				if len(out) >= 64 {
+					return fmt.Errorf("more than 64 combinations of required properties")
+				}
+				alt := newObject()
+				req := make([]any, len(si))
+				for k, p := range si {
+					req[k] = p
+				}
+				alt.set("required", req)
+				if len(absent) > 0 {
+					props := newObject()
+					for _, p := range absent {
+						props.set(p, false)
+					}
+					alt.set("properties", props)
+				}
+				out = append(out, alt)
+				return nil
+			}
+			if j == i {
+				return choose(j+1, absent)
+			}
+			for _, p := range sets[j] {
+				if in[p] {
+					continue
+				}
+				if err := choose(j+1, append(absent[:len(absent):len(absent)], p)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := choose(0, nil); err != nil {
+			return nil, err
+		}
+	}
+	if len(out) == 0 {
+		return []any{false}, nil
+	}
+	return out, nil
 }

@@ -60,10 +60,15 @@ func TestRealVocabularyTrie(t *testing.T) {
 }
 
 // BenchmarkMaskTypical: time per token (mask + advance) along typicalText, after the
-// cache is warm (the first pass fills it).
+// cache is warm (the first pass fills it); compact separators, and flexible whitespace.
 func BenchmarkMaskTypical(b *testing.B) {
+	b.Run("compact", func(b *testing.B) { benchmarkMask(b, WithSeparators(", ", ": ")) })
+	b.Run("flexible", func(b *testing.B) { benchmarkMask(b) })
+}
+
+func benchmarkMask(b *testing.B, opts ...Option) {
 	tok, v := realVocab(b)
-	g, err := CompileJSONSchema(v, []byte(typicalSchema), WithSeparators(", ", ": "))
+	g, err := CompileJSONSchema(v, []byte(typicalSchema), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,8 +21,9 @@ type Grammar struct {
 
 	firstAny    [][]byteSet // per rule, per state: bytes that can be consumed next without popping
 	nullable    []bool
-	canComplete [][]bool  // per rule, per state: the rule can finish from here consuming nothing
-	follow      []byteSet // bytes that can come right after a rule returns, in any context
+	canComplete [][]bool        // per rule, per state: the rule can finish from here consuming nothing
+	follow      []byteSet       // bytes that can come right after a rule returns, in any context
+	follow2     []*[256]byteSet // follow2[r][b1] = bytes that can come right after b1 in follow(r)
 	cache       [][]atomic.Pointer[maskEntry]
 	counted     map[int32]*countedString // string rules with only length bounds
 	plainState  [][]bool                 // no call edges and cannot complete: see plain
@@ -120,6 +121,7 @@ func newGrammar(v *Vocabulary, rs *ruleSet) (*Grammar, error) {
 	if err := g.checkLeftRecursion(); err != nil {
 		return nil, err
 	}
+	g.computeFollow2()
 	g.counted = map[int32]*countedString{}
 	for r, b := range rs.counted {
 		if cs := newCountedString(g.rules[r], b[0], b[1]); cs != nil {
@@ -459,7 +461,7 @@ func (g *Grammar) narrowUncertain(e *maskEntry, rule, state int32) *maskEntry {
 		s := state
 		for i := 0; i < len(t); i++ {
 			// The frame may return after any final state; the byte after it must follow.
-			if d.final[s] && follow.has(t[i]) {
+			if d.final[s] && follow.has(t[i]) && (i+1 == len(t) || g.follow2[rule][t[i]].has(t[i+1])) {
 				keep = append(keep, id)
 				break
 			}
@@ -482,7 +484,16 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 	depth := v.maxDepth + 1
 	levels := make([][]int32, depth+1)
 	marks := make([]int, depth+1)
-	popped := make([]bool, depth+1)
+	// A stack returned from the base frame (to its unknown caller): verified once the two
+	// bytes after the return are a pair follow2 allows; pending holds the first of them
+	// while the second is not yet read.
+	verified := make([]bool, depth+1)
+	pending := make([]int16, depth+1)
+	pending[0] = -1
+	f2 := g.follow2[rule]
+	if w.followOverride != nil {
+		f2 = &anyPair
+	}
 	// A level is "fast" when it is one stack whose top can neither call nor return: the
 	// next byte is one table lookup, and the frame stays out of the arena.
 	fast := make([]bool, depth+1)
@@ -497,12 +508,14 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 	n := int32(len(v.nodeByte))
 	for i := int32(1); i < n; {
 		d := v.nodeDepth[i]
-		pop := popped[d-1]
+		b := v.nodeByte[i]
+		ver := verified[d-1] || pending[d-1] >= 0 && f2[pending[d-1]].has(b)
+		pend := int16(-1)
 		alive := false
 		if fast[d-1] {
 			f := fastFrame[d-1]
 			r := g.rules[f.rule]
-			if t := r.next[int(f.state)*r.nclass+int(r.classOf[v.nodeByte[i]])]; t >= 0 {
+			if t := r.next[int(f.state)*r.nclass+int(r.classOf[b])]; t >= 0 {
 				alive = true
 				marks[d] = marks[d-1]
 				if g.plainState[f.rule][t] {
@@ -516,8 +529,10 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 			}
 		} else {
 			w.arena = w.arena[:marks[d-1]]
-			levels[d] = w.step(levels[d-1], v.nodeByte[i], levels[d][:0])
-			pop = pop || w.popped
+			levels[d] = w.step(levels[d-1], b, levels[d][:0])
+			if w.popped {
+				pend = int16(b)
+			}
 			if alive = len(levels[d]) > 0; alive {
 				marks[d] = len(w.arena)
 				fast[d] = false
@@ -529,13 +544,23 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 			}
 		}
 		if !alive {
-			if pop {
+			switch {
+			case ver:
 				unc = append(unc, v.toks[v.nodeTok[i]:v.nodeTok[v.nodeEnd[i]]]...)
+			case pend >= 0:
+				// Returned on b: the token may end here, or go on with a byte that can
+				// follow b.
+				unc = append(unc, v.toks[v.nodeTok[i]:v.nodeTok[i+1]]...)
+				for c := i + 1; c < v.nodeEnd[i]; c = v.nodeEnd[c] {
+					if f2[b].has(v.nodeByte[c]) {
+						unc = append(unc, v.toks[v.nodeTok[c]:v.nodeTok[v.nodeEnd[c]]]...)
+					}
+				}
 			}
 			i = v.nodeEnd[i]
 			continue
 		}
-		popped[d] = pop
+		verified[d], pending[d] = ver, pend
 		for _, id := range v.toks[v.nodeTok[i]:v.nodeTok[i+1]] {
 			acc[id>>5] |= 1 << (id & 31)
 		}
@@ -566,4 +591,77 @@ func (g *Grammar) computeEntry(w *walker, rule, state int32) *maskEntry {
 		e.lists = [][]int32{list}
 	}
 	return e
+}
+
+// anyPair allows every byte after every byte (entries shared between grammars).
+var anyPair = func() (p [256]byteSet) {
+	for i := range p {
+		p[i] = byteSet{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
+	}
+	return
+}()
+
+// computeFollow2 finds, for every rule, which byte can come right after each byte that
+// follows it: from each call site, the stacks one byte after the return state, and what
+// they can consume next; plus the caller's own pairs where the caller can end there. It
+// lets a mask entry drop, for example, " the" after a number (a space may follow one,
+// a letter may not follow that space).
+func (g *Grammar) computeFollow2() {
+	n := len(g.rules)
+	g.follow2 = make([]*[256]byteSet, n)
+	for i := range g.follow2 {
+		g.follow2[i] = new([256]byteSet)
+	}
+	w := &walker{g: g}
+	type site struct{ caller, callee int32 }
+	var inherit []site
+	var stacks []int32
+	for p, r := range g.rules {
+		if r.calls == nil {
+			continue
+		}
+		for _, edges := range r.calls {
+			for _, ce := range edges {
+				pairs := g.follow2[ce.rule]
+				if g.canComplete[p][ce.to] {
+					inherit = append(inherit, site{int32(p), ce.rule})
+				}
+				first := g.firstAny[p][ce.to]
+				for b1 := 0; b1 < 256; b1++ {
+					if !first.has(byte(b1)) {
+						continue
+					}
+					w.arena = w.arena[:0]
+					base := w.newFrame(frame{int32(p), ce.to, unknownParent})
+					stacks = w.step([]int32{base}, byte(b1), stacks[:0])
+					for _, top := range stacks {
+						for fi := top; ; {
+							f := w.arena[fi]
+							pairs[b1].union(g.firstAny[f.rule][f.state])
+							if !g.canComplete[f.rule][f.state] {
+								break
+							}
+							if f.parent == unknownParent {
+								pairs[b1].union(g.follow[p])
+								break
+							}
+							fi = f.parent
+						}
+					}
+				}
+			}
+		}
+	}
+	// A rule that returns at the end of its caller is followed by the caller's pairs.
+	for changed := true; changed; {
+		changed = false
+		for _, st := range inherit {
+			dst, src := g.follow2[st.callee], g.follow2[st.caller]
+			for b := range dst {
+				if dst[b].union(src[b]) {
+					changed = true
+				}
+			}
+		}
+	}
 }

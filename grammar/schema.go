@@ -151,7 +151,7 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 			return nil, invalid(path, "$ref must be a string")
 		}
 		rest := without(s, "$ref")
-		if !constrains(rest) {
+		if !constrains(rest) || sc.refOnly() {
 			return sc.refRule(rs, path)
 		}
 		target, tpath, err := sc.resolve(rs, path)
@@ -1279,7 +1279,7 @@ func (sc *schemaCompiler) deref(s any, path string) (any, error) {
 			return nil, err
 		}
 		rest := without(o, "$ref")
-		if !constrains(rest) {
+		if !constrains(rest) || sc.refOnly() {
 			s, path = target, tpath
 			continue
 		}
@@ -1664,4 +1664,22 @@ func exclusiveRequired(sets [][]string) ([]any, error) {
 		return []any{false}, nil
 	}
 	return out, nil
+}
+
+// refOnly reports whether the document declares a draft (4, 6 or 7) in which a schema
+// with $ref is that reference alone: its other keywords are ignored. Later drafts (and
+// documents that name none) apply them too.
+func (sc *schemaCompiler) refOnly() bool {
+	root, ok := sc.doc.(*object)
+	if !ok {
+		return false
+	}
+	v, _ := root.get("$schema")
+	str, _ := v.(string)
+	for _, d := range []string{"draft-03", "draft-04", "draft-06", "draft-07"} {
+		if strings.Contains(str, d) {
+			return true
+		}
+	}
+	return false
 }

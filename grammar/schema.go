@@ -1508,6 +1508,15 @@ func (sc *schemaCompiler) disjoint(a, b any, depth int) bool {
 	if !common {
 		return true
 	}
+	// A finite side none of whose values the other side accepts (checked by the
+	// validator) is disjoint from it.
+	for _, pair := range [][2]*object{{ao, bo}, {bo, ao}} {
+		if vals, ok := finiteValues(pair[0]); ok {
+			if kept, ok := sc.validatedLiterals(pair[1], vals); ok && len(kept) == 0 {
+				return true
+			}
+		}
+	}
 	if av, ok := finiteValues(ao); ok {
 		if bv, ok := finiteValues(bo); ok {
 			seen := map[string]bool{}

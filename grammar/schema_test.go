@@ -84,6 +84,7 @@ func TestSchemaAcceptReject(t *testing.T) {
 		{"oneOf as anyOf", `{"oneOf":[{"type":"string"},{"type":"null"}]}`, []string{`"a"`, `null`}, []string{`1`}},
 		{"oneOf of required sets", `{"type":"object","properties":{"r":{"type":"number"},"l":{"type":"number"},"w":{"type":"number"}},"oneOf":[{"required":["r"]},{"required":["l","w"]}],"additionalProperties":false}`,
 			[]string{`{"r": 1}`, `{"l": 1, "w": 2}`, `{"r": 1, "l": 2}`}, []string{`{}`, `{"r": 1, "l": 1, "w": 2}`, `{"l": 1}`}},
+		{"oneOf null or enum", `{"oneOf":[{"type":"null"},{"enum":["GET","POST"]}]}`, []string{`null`, `"GET"`}, []string{`"PUT"`, `1`}},
 		{"oneOf discriminated", `{"oneOf":[{"type":"object","properties":{"k":{"const":"a"},"x":{"type":"integer"}},"required":["k"]},{"type":"object","properties":{"k":{"const":"b"}},"required":["k"]}]}`,
 			[]string{`{"k": "a", "x": 1}`, `{"k": "b"}`}, []string{`{"k": "c"}`, `{"k": "a", "x": "s"}`}},
 		{"allOf", `{"allOf":[{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]},{"required":["b"],"properties":{"b":{"type":"string"}}}]}`,
@@ -168,6 +169,7 @@ func TestSchemaErrors(t *testing.T) {
 		{`{"if":{"type":"string"},"then":{"minLength":1}}`, ErrUnsupported, "if", ""},
 		{`{"type":"object","oneOf":[{"required":["a"]},{"type":"object"}]}`, ErrUnsupported, "oneOf", ""},
 		{`{"oneOf":[{"type":"number"},{"type":"integer"}]}`, ErrUnsupported, "oneOf", ""},
+		{`{"oneOf":[{"type":"string"},{"enum":["a",1]}]}`, ErrUnsupported, "oneOf", ""},
 	}
 	for _, tc := range tests {
 		_, err := CompileJSONSchema(v, []byte(tc.schema))

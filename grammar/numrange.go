@@ -1,6 +1,7 @@
 package grammar
 
 import (
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -328,7 +329,7 @@ func numberRangeDec(lo, hi fbound) (*expr, error) {
 // digits may appear (only zeros beyond the d-th).
 func multipleOfDFA(p int64, d int, allowFrac bool) (*dfa, error) {
 	if p <= 0 || p*int64(d+3) > 20000 {
-		return nil, errMergeFailed
+		return nil, fmt.Errorf("%w: a remainder automaton for divisor %d·10^-%d", ErrTooLarge, p, d)
 	}
 	out := &dfa{}
 	const (

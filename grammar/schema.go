@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -1444,15 +1443,6 @@ func hasBool(o *object, k string) bool {
 	return isBool
 }
 
-// sortedKeys is used by tests and errors that list keywords.
-func sortedKeys(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
 
 func (sc *schemaCompiler) stringDFA() (*dfa, error) {
 	if sc.strDFA == nil {

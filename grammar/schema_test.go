@@ -126,6 +126,10 @@ func TestSchemaWhitespace(t *testing.T) {
 	flex := compileSchemaT(t, v, schema)
 	tight := compileSchemaT(t, v, schema, WithSeparators(",", ":"))
 	py := compileSchemaT(t, v, schema, compact)
+	bounded := compileSchemaT(t, v, schema, WithMaxWhitespace(1))
+	if !matchText(bounded, `{ "a": [1] }`) || matchText(bounded, `{  "a": [1]}`) {
+		t.Error("WithMaxWhitespace(1): one whitespace character per gap")
+	}
 	for _, tc := range []struct {
 		text            string
 		flex, tight, py bool

@@ -1443,7 +1443,6 @@ func hasBool(o *object, k string) bool {
 	return isBool
 }
 
-
 func (sc *schemaCompiler) stringDFA() (*dfa, error) {
 	if sc.strDFA == nil {
 		d, err := compileExpr(eSeq(eByte('"'), eStar(jsonChar()), eByte('"')))

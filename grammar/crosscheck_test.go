@@ -23,6 +23,7 @@ func TestRandomWalksValidate(t *testing.T) {
 		`{"type":"object","patternProperties":{"^x":{"type":"boolean"}},"additionalProperties":{"type":"null"}}`,
 		`{"oneOf":[{"type":"object","properties":{"k":{"const":1}},"required":["k"]},{"type":"string","maxLength":2}]}`,
 		`{"allOf":[{"type":"integer","minimum":-20},{"type":"number","maximum":20}]}`,
+		`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"a":{"type":"null"},"b":{"type":"null"},"c":{"type":"null"}},"dependencies":{"a":["c"],"b":{"required":["a"]}}}`,
 		`{"type":"object","properties":{"r":{"type":"integer"},"l":{"type":"null"},"w":{"type":"null"}},"oneOf":[{"required":["r"]},{"required":["l","w"]}]}`,
 		`{"type":"array","items":{"type":"number","minimum":-2.5,"exclusiveMaximum":3.75},"minItems":1}`,
 		`{"type":"array","items":{"anyOf":[{"type":"integer","multipleOf":7},{"type":"number","multipleOf":0.2,"maximum":1}]}}`,

@@ -70,14 +70,17 @@
 // bounds, magnitudes up to 1e15), multipleOf (integer or decimal divisors p·10^-d with
 // p·(d+3) ≤ 20000, d ≤ 6: a remainder automaton intersected with the range),
 // minProperties up to the number of required properties or 1, maxProperties when no
-// more properties than it are possible, and not when it only excludes types
+// more properties than it are possible, dependencies / dependentRequired /
+// dependentSchemas on up to 6 properties (split into disjoint cases: the property absent,
+// or present with what it needs), and not when it only excludes types
 // ({"not": {"type": ...}}).
 //
 // oneOf is enforced as anyOf, which is exact only when no value can match two
-// alternatives: the compiler proves the alternatives disjoint (different types, disjoint
-// enum/const values, a required property with disjoint schemas, or one alternative
-// forbidding a property another requires) and otherwise returns an UnsupportedError for
-// oneOf.
+// alternatives: the compiler proves the alternatives disjoint (different types, a finite
+// alternative none of whose values the other accepts, a required property with disjoint
+// schemas, or one alternative forbidding a property another requires) and otherwise
+// returns an UnsupportedError for oneOf. A oneOf whose alternatives only list required
+// properties is rewritten exactly (one set present, each other set incomplete).
 //
 // A schema with enum or const (or one in a member of its allOf) has finitely many values:
 // each is kept exactly when a full validator (santhosh-tekuri/jsonschema) accepts it
@@ -93,7 +96,7 @@
 // character is also allowed where no pattern applies).
 //
 // Unsupported, as UnsupportedErrors naming the keyword: not (other than types), if/then/
-// else, dependencies, dependentRequired, dependentSchemas, propertyNames, contains,
+// else, dependencies on more than 6 properties, propertyNames, contains,
 // minContains, maxContains, uniqueItems true, unevaluatedProperties, unevaluatedItems,
 // $dynamicRef, $recursiveRef, multipleOf beyond the limits above, minProperties above
 // both the required count and 1, maxProperties below the possible count, remote and

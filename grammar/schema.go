@@ -58,7 +58,7 @@ var annotationKeywords = map[string]bool{
 
 // Standard assertion keywords the engine cannot enforce: an error names them.
 var unsupportedKeywords = []string{
-	"not", "if", "then", "else", "dependencies", "dependentRequired", "dependentSchemas",
+	"not", "if", "then", "else",
 	"propertyNames", "contains", "minContains", "maxContains", "unevaluatedProperties",
 	"unevaluatedItems", "$dynamicRef", "$recursiveRef",
 }
@@ -135,6 +135,20 @@ func (sc *schemaCompiler) compileObject(s *object, path string) (*expr, error) {
 		if vals, ok := sc.validatedLiterals(s, cands); ok {
 			return sc.literalRule(vals), nil
 		}
+	}
+	if alts, ok, err := sc.splitDependencies(s, path); ok || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		var out []*expr
+		for _, alt := range alts {
+			e, err := sc.compile(alt, path)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+		return eAlt(out...), nil
 	}
 	for _, kw := range unsupportedKeywords {
 		if v, ok := s.get(kw); ok {
@@ -1680,4 +1694,74 @@ func (sc *schemaCompiler) refOnly() bool {
 		}
 	}
 	return false
+}
+
+// splitDependencies rewrites dependencies / dependentRequired / dependentSchemas
+// ({"a": ["b"]}: when a is present, b must be too) as disjoint cases: for each key,
+// either the property is absent, or it is required along with its dependencies (or its
+// dependent schema applies). ok is false when the schema has none of these keywords.
+func (sc *schemaCompiler) splitDependencies(s *object, path string) ([]any, bool, error) {
+	type dep struct {
+		name   string
+		needs  []any // required names
+		schema any   // or a schema that applies when name is present
+	}
+	var deps []dep
+	rest := s
+	for _, kw := range []string{"dependencies", "dependentRequired", "dependentSchemas"} {
+		v, ok := s.get(kw)
+		if !ok {
+			continue
+		}
+		rest = without(rest, kw)
+		o, ok := v.(*object)
+		if !ok {
+			return nil, false, invalid(path, "%s must be an object", kw)
+		}
+		for _, name := range o.keys {
+			switch d := o.vals[name].(type) {
+			case []any:
+				deps = append(deps, dep{name: name, needs: d})
+			default:
+				if kw == "dependentRequired" {
+					return nil, false, invalid(path, "dependentRequired values must be arrays")
+				}
+				deps = append(deps, dep{name: name, schema: d})
+			}
+		}
+	}
+	if len(deps) == 0 {
+		return nil, false, nil
+	}
+	if len(deps) > 6 {
+		return nil, false, unsupported("dependencies", path, "more than 6 dependent properties")
+	}
+	cases := []any{rest}
+	for _, d := range deps {
+		absent := newObject()
+		props := newObject()
+		props.set(d.name, false)
+		absent.set("properties", props)
+		present := newObject()
+		present.set("required", append([]any{d.name}, d.needs...))
+		var next []any
+		for _, c := range cases {
+			a, err := sc.merge(c, absent, path, path)
+			if err != nil {
+				return nil, false, err
+			}
+			p, err := sc.merge(c, present, path, path)
+			if err != nil {
+				return nil, false, err
+			}
+			if d.schema != nil {
+				if p, err = sc.merge(p, d.schema, path, path+"/dependencies/"+escapePointer(d.name)); err != nil {
+					return nil, false, err
+				}
+			}
+			next = append(next, a, p)
+		}
+		cases = next
+	}
+	return cases, true, nil
 }

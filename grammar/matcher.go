@@ -163,14 +163,16 @@ func (m *Matcher) compact(tops []int32) {
 }
 
 // FillMask writes the allowed next tokens into mask (bit i of mask[i/32] set when token i
-// is allowed), which must have Vocabulary().MaskWords() words. End-of-sequence tokens are
-// allowed exactly when CanEnd. After termination nothing is allowed.
+// is allowed), which must have at least Vocabulary().MaskWords() words; words beyond
+// (a model's padded vocabulary rows) are cleared. End-of-sequence tokens are allowed
+// exactly when CanEnd. After termination nothing is allowed.
 func (m *Matcher) FillMask(mask []uint32) error {
 	v := m.g.vocab
-	if len(mask) != v.words {
+	if len(mask) < v.words {
 		return fmt.Errorf("grammar: mask has %d words, the vocabulary needs %d", len(mask), v.words)
 	}
 	clear(mask)
+	mask = mask[:v.words]
 	if m.terminated {
 		return nil
 	}

@@ -69,7 +69,14 @@ func TestMatcherLifecycle(t *testing.T) {
 		t.Fatal("Reset")
 	}
 	if err := m.FillMask(make([]uint32, 3)); err == nil {
-		t.Fatal("a mask of the wrong size must be an error")
+		t.Fatal("a mask shorter than the vocabulary must be an error")
+	}
+	padded := make([]uint32, v.MaskWords()+2)
+	for i := range padded {
+		padded[i] = ^uint32(0)
+	}
+	if err := m.FillMask(padded); err != nil || padded[len(padded)-1] != 0 || !has2(padded, id("[")) {
+		t.Fatalf("a longer mask: err %v, tail %x", err, padded[len(padded)-1])
 	}
 }
 
@@ -98,6 +105,8 @@ func TestConcurrentMatchers(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func has2(mask []uint32, id int32) bool { return mask[id>>5]&(1<<(id&31)) != 0 }
 
 // masksAlong returns the allowed ids before each byte of text.
 func masksAlong(t *testing.T, g *Grammar, text string) [][]int32 {

@@ -31,8 +31,9 @@
 //
 // Lifecycle. Build one Vocabulary per tokenizer (VocabularyFromTokenizer, ~0.5 s for
 // Gemma 3's 262k tokens) and keep it; call its Warm once at start-up so that the first
-// requests do not pay for the shared string and number tables (~0.3–0.8 s). Compile (or Cache.*) once per distinct schema; the
-// Grammar is bound to that vocabulary. Per request: g.NewMatcher(); then per step
+// requests do not pay for the shared string and number tables (0.1–0.8 s). Compile (or
+// Cache.*) once per distinct schema; the Grammar is bound to that vocabulary. Per
+// request: g.NewMatcher(); then per step
 // m.FillMask(mask) (len(mask) >= v.MaskWords(), bit i of mask[i/32] = token i; longer
 // masks, e.g. for a model's padded vocabulary rows, get their tail cleared), sample,
 // m.Advance(token). CanEnd reports whether the output is complete; end-of-sequence ids

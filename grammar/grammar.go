@@ -406,10 +406,6 @@ func (w *walker) canEnd(fi int32) bool {
 	return fi == bottomParent
 }
 
-// plain reports whether a frame's state has no call edges and cannot complete, so one
-// byte can only follow its transition.
-func (g *Grammar) plain(f frame) bool { return g.plainState[f.rule][f.state] }
-
 // entry returns the mask cache entry of a rule state, computing it on first use.
 func (g *Grammar) entry(w *walker, rule, state int32) *maskEntry {
 	p := &g.cache[rule][state]

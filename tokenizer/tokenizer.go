@@ -295,3 +295,20 @@ func maximalSubpart(s string) int {
 	}
 	return n
 }
+
+// TokenBytes returns the bytes id contributes to decoded text: a byte-fallback piece
+// ("<0x0A>") is its one byte, any other piece has the decoder's replacements applied ('▁'
+// becomes ' '). Constrained decoding matches these bytes against a grammar. Special tokens
+// return their piece as is (callers decide whether to treat them as text); an invalid id
+// returns nil.
+func (t *Tokenizer) TokenBytes(id int32) []byte {
+	if t.checkID(id) != nil {
+		return nil
+	}
+	if t.dec.byteFallback {
+		if b := t.byteVal[id]; b >= 0 {
+			return []byte{byte(b)}
+		}
+	}
+	return t.dec.appendPiece(nil, t.pieces[id])
+}

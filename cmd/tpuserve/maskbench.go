@@ -10,8 +10,8 @@ import (
 	"runtime/pprof"
 	"time"
 
-	"github.com/tpuserve/tpuserve/grammar"
-	"github.com/tpuserve/tpuserve/grammar/maskbench"
+	"github.com/tpuserve/tpuserve/engine/grammar"
+	"github.com/tpuserve/tpuserve/engine/grammar/maskbench"
 )
 
 func init() {

@@ -3,7 +3,7 @@ package grammar_test
 import (
 	"fmt"
 
-	"github.com/tpuserve/tpuserve/grammar"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 )
 
 // A request's lifecycle: compile once (here through a Cache), then per decoding step fill

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpuserve/tpuserve/grammar"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 	"github.com/tpuserve/tpuserve/tokenizer"
 )
 

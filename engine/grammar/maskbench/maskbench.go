@@ -17,7 +17,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/tpuserve/tpuserve/grammar"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 )
 
 // File is one MaskBench data file.

@@ -308,7 +308,7 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 		maxStop = max(maxStop, len(s))
 	}
 	r := &reqState{
-		req: req, ctx: ctx, events: make(chan Event, 16), key: seedKey(seed),
+		req: req, ctx: ctx, events: make(chan Event, 16), key: seedKey(seed), seq: e.sched.reqs[req.ID],
 		decoder: e.cfg.NewDecoder(req.Params.SkipSpecialTokens), maxStop: maxStop, eos: e.eos,
 		metrics: RequestMetrics{ArrivalTime: req.ArrivalTime},
 	}
@@ -501,7 +501,6 @@ func (e *Engine) step() error {
 		states[i] = r
 		if ps.Admitted && r.metrics.FirstScheduledTime.IsZero() {
 			r.metrics.FirstScheduledTime = now
-			r.numCache = ps.NumCachedTokens
 		}
 		in.chunks[i] = model.SeqChunk{
 			Tokens: ps.TokenIDs, StartPos: ps.StartPos, GlobalBlocks: ps.GlobalBlocks,
@@ -535,18 +534,10 @@ func (e *Engine) step() error {
 	if e.onStep != nil {
 		e.onStep(plan.NumBatchedTokens)
 	}
-	capped, err := e.sched.UpdateFromOutput(plan, out.tokens)
-	if err != nil {
-		return err
-	}
-	cappedSet := map[string]bool{}
-	for _, id := range capped {
-		cappedSet[id] = true
-	}
-	end := time.Now()
+	// Prompt logprobs first; a prompt-scoring request (max_tokens 0) whose prompt is now
+	// computed ends before the scheduler would append a sampled token to it.
 	for i := range plan.Seqs {
-		ps := &plan.Seqs[i]
-		r := states[i]
+		ps, r := &plan.Seqs[i], states[i]
 		if r == nil || r.finished {
 			continue
 		}
@@ -559,16 +550,27 @@ func (e *Engine) step() error {
 				r.promptLP = append(r.promptLP, pos)
 			}
 		}
-		if !ps.Sample {
-			continue
-		}
-		r.promptDone()
-		if r.req.Params.MaxTokens == 0 {
-			// Prompt scoring only: the prompt is computed, nothing is generated.
-			if !cappedSet[ps.RequestID] {
-				_ = e.sched.Finish(ps.RequestID)
+		if ps.Sample {
+			r.promptDone()
+			if r.req.Params.MaxTokens == 0 {
+				_ = e.sched.Finish(ps.RequestID) // its result is dropped by UpdateFromOutput
+				r.finish(FinishLength, nil, nil)
 			}
-			r.finish(FinishLength, nil, nil)
+		}
+	}
+	capped, err := e.sched.UpdateFromOutput(plan, out.tokens)
+	if err != nil {
+		return err
+	}
+	cappedSet := map[string]bool{}
+	for _, id := range capped {
+		cappedSet[id] = true
+	}
+	end := time.Now()
+	for i := range plan.Seqs {
+		ps := &plan.Seqs[i]
+		r := states[i]
+		if r == nil || r.finished || !ps.Sample {
 			continue
 		}
 		var lp *PositionLogprobs
@@ -594,7 +596,7 @@ func (e *Engine) step() error {
 func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledSeq) {
 	p := &r.req.Params
 	var banned []int32
-	if len(r.output) < p.MinTokens {
+	if len(r.output()) < p.MinTokens {
 		if !p.IgnoreEOS {
 			for id := range e.eos {
 				banned = append(banned, id)
@@ -606,7 +608,7 @@ func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledS
 	counter := uint32(ps.NumOutputTokens)
 	if p.wantsFullSampler(len(banned) > 0) {
 		in.fullChunk = append(in.fullChunk, i)
-		in.full.addRow(p, r.key, counter, r.output, r.req.PromptIDs, banned, r.bias)
+		in.full.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias)
 		return
 	}
 	in.baseChunk = append(in.baseChunk, i)

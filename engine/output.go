@@ -22,21 +22,25 @@ type NewDecoderFunc func(skipSpecialTokens bool) StreamDecoder
 // its detokenizer and stop-string hold-back, and its event stream. Owned by the step loop
 // (under Engine.mu).
 type reqState struct {
-	req      Request
-	ctx      context.Context
-	stopCtx  func() bool
-	events   chan Event
-	pending  Event // not yet delivered (the channel was full)
-	hasPend  bool
-	closed   bool
-	key      uint32
-	output   []int32
-	decoder  StreamDecoder
-	held     string // text held back because it may start a stop string
-	maxStop  int
-	eos      map[int32]bool
-	metrics  RequestMetrics
-	numCache int
+	req     Request
+	ctx     context.Context
+	stopCtx func() bool
+	events  chan Event
+	pending Event // not yet delivered (the channel was full)
+	hasPend bool
+	closed  bool
+	key     uint32
+	// seq is the scheduler's record of the request: its tokens (prompt, then every output
+	// token, appended by UpdateFromOutput), how many the prefix cache served, its status.
+	// The engine reads them there; it keeps no copy.
+	seq     *seqState
+	decoder StreamDecoder
+	held    string // text held back because it may start a stop string
+	maxStop int
+	eos     map[int32]bool
+	metrics RequestMetrics
+	// finished: the final event is queued (the stream's state; the scheduler's status says
+	// whether the request still runs).
 	finished bool
 	bias     logitBias
 	// promptLP are the scored prompt positions so far (prompt_logprobs); promptSent once
@@ -54,6 +58,12 @@ func (r *reqState) promptDone() {
 	r.promptSent = true
 	r.appendEvent(Event{PromptLogprobs: r.promptLP})
 }
+
+// output are the tokens generated so far (the scheduler's, after the prompt).
+func (r *reqState) output() []int32 { return r.seq.tokens[r.seq.numPrompt:] }
+
+// numCached is how many prompt tokens the prefix cache served at the first admission.
+func (r *reqState) numCached() int { return max(r.seq.numCached, 0) }
 
 // appendEvent merges ev into the request's undelivered event.
 func (r *reqState) appendEvent(ev Event) {
@@ -107,15 +117,16 @@ type tokenResult struct {
 	err        error // the request ends with this error (a detokenizer failure)
 }
 
-// addToken appends a sampled token, detokenizes it and decides whether the request stops
+// addToken takes the sampled token (already appended to the request's tokens by the
+// scheduler's UpdateFromOutput), detokenizes it and decides whether the request stops
 // — the one place that does (vLLM's check_stop): EOS and stop token ids (not before
 // min_tokens), stop strings (matches ending in text produced at or after min_tokens),
 // max_tokens and max_model_len. It queues an event and returns a non-empty reason when the
 // token finishes the request. at is when the step that produced tok ended.
 func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached bool, at time.Time) tokenResult {
 	p := &r.req.Params
-	r.output = append(r.output, tok)
-	if len(r.output) == 1 {
+	n := len(r.output())
+	if n == 1 {
 		r.metrics.FirstTokenTime = at
 	}
 	ev := Event{TokenIDs: []int32{tok}, TokenTimes: []time.Time{at}}
@@ -123,7 +134,6 @@ func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached 
 		ev.Logprobs = []PositionLogprobs{*lp}
 	}
 	var res tokenResult
-	n := len(r.output)
 	stopToken := false
 	if n >= p.MinTokens {
 		switch {
@@ -204,8 +214,8 @@ func (r *reqState) finish(reason FinishReason, stopReason any, err error) {
 	r.metrics.FinishedTime = time.Now()
 	r.appendEvent(Event{
 		Finished: err == nil, FinishReason: reason, StopReason: stopReason, Err: err,
-		NumPromptTokens: len(r.req.PromptIDs), NumOutputTokens: len(r.output),
-		NumCachedTokens: r.numCache, Metrics: r.metrics,
+		NumPromptTokens: len(r.req.PromptIDs), NumOutputTokens: len(r.output()),
+		NumCachedTokens: r.numCached(), Metrics: r.metrics,
 	})
 	if r.stopCtx != nil {
 		r.stopCtx()

@@ -171,16 +171,17 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 			// found by a few histograms over its digits instead of a 32-step bisection: about a
 			// third of the passes over the vocabulary.
 			key, inRange := selectionKey(z, zmax, valid)
+			digits := newKeyDigits(key)
 			// top-k: the smallest key whose tokens at or above it number at least k.
 			k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
-			kKey := histogramSelect(key, ConvertDType(inRange, dtypes.Float32), k)
+			kKey := digits.selectKey(ConvertDType(inRange, dtypes.Float32), k)
 			kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
 			kKeep := Or(LogicalNot(kOn), LessOrEqual(key, kKey))
 			// top-p over the distribution renormalised after min-p and top-k.
 			survive := And(And(inRange, minPKeep), kKeep)
 			mass := Where(survive, Exp(Sub(z, zmax)), ZerosLike(z))
 			target := Mul(ReduceAndKeep(mass, ReduceSum, -1), InsertAxes(topP, -1))
-			pKey := histogramSelect(key, mass, target)
+			pKey := digits.selectKey(mass, target)
 			pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
 			pKeep := Or(LogicalNot(pOn), LessOrEqual(key, pKey))
 			keep = And(keep, And(And(minPKeep, kKeep), pKeep))
@@ -208,16 +209,52 @@ func logprobOutputs(raw, chosenIDs *Node, textVocab int) []*Node {
 	valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
 	lp := LogSoftmax(Where(valid, raw, BroadcastToDims(negInf, N, V)), -1)
 	chosen := ReduceSum(Where(Equal(vocabIota, InsertAxes(chosenIDs, -1)), lp, ZerosLike(lp)), -1)
-	topIDs := make([]*Node, maxTopLogprobs)
-	topVals := make([]*Node, maxTopLogprobs)
-	masked := lp
-	for i := 0; i < maxTopLogprobs; i++ {
-		id := ArgMax(masked, -1, dtypes.Int32)
-		topIDs[i] = InsertAxes(id, -1)
-		topVals[i] = ReduceAndKeep(masked, ReduceMax, -1)
-		masked = Where(Equal(vocabIota, InsertAxes(id, -1)), BroadcastToDims(negInf, N, V), masked)
+	ids, vals := topK(lp, maxTopLogprobs)
+	return []*Node{chosen, ids, vals}
+}
+
+// topBlock is the block size of topK's first pass.
+const topBlock = 512
+
+// topK returns the k largest values of x [N, V] per row and their indices ([N, k] int32 and
+// [N, k]), largest first. The k largest lie in the k blocks (of topBlock) with the largest
+// maxima — a block ranked below k of them holds no value above k others — so k argmax
+// passes run over those k blocks only, not over V: about two passes over the row in all.
+func topK(x *Node, k int) (ids, vals *Node) {
+	g := x.Graph()
+	N, V := x.Shape().Dimensions[0], x.Shape().Dimensions[1]
+	negInf := Infinity(g, dtypes.Float32, -1)
+	bs := min(topBlock, V)
+	nb := (V + bs - 1) / bs
+	if pad := nb*bs - V; pad > 0 {
+		x = Concatenate([]*Node{x, BroadcastToDims(negInf, N, pad)}, -1)
 	}
-	return []*Node{chosen, Concatenate(topIDs, -1), Concatenate(topVals, -1)}
+	blocks := Reshape(x, N, nb, bs)
+	bmax := ReduceMax(blocks, -1) // [N, nb]
+	kb := min(k, nb)
+	blockIota := Iota(g, shapes.Make(dtypes.Int32, N, nb), 1)
+	sel := make([]*Node, kb)
+	for i := range sel {
+		b := ArgMax(bmax, -1, dtypes.Int32)
+		sel[i] = InsertAxes(b, -1)
+		bmax = Where(Equal(blockIota, InsertAxes(b, -1)), BroadcastToDims(negInf, N, nb), bmax)
+	}
+	chosenBlocks := Concatenate(sel, -1) // [N, kb]
+	rows := Iota(g, shapes.Make(dtypes.Int32, N, kb), 0)
+	idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(chosenBlocks, -1)}, -1) // [N, kb, 2]
+	cand := Reshape(Gather(blocks, idx), N, kb*bs)
+	candID := Reshape(Add(MulScalar(InsertAxes(chosenBlocks, -1), bs), Iota(g, shapes.Make(dtypes.Int32, N, kb, bs), 2)), N, kb*bs)
+	candIota := Iota(g, shapes.Make(dtypes.Int32, N, kb*bs), 1)
+	outIDs := make([]*Node, k)
+	outVals := make([]*Node, k)
+	for i := 0; i < k; i++ {
+		pos := InsertAxes(ArgMax(cand, -1, dtypes.Int32), -1)
+		at := Equal(candIota, pos)
+		outIDs[i] = ReduceAndKeep(Where(at, candID, ZerosLike(candID)), ReduceSum, -1)
+		outVals[i] = ReduceAndKeep(cand, ReduceMax, -1)
+		cand = Where(at, BroadcastToDims(negInf, N, kb*bs), cand)
+	}
+	return Concatenate(outIDs, -1), Concatenate(outVals, -1)
 }
 
 // Selection keys: z within selectionRange of the row's maximum maps to
@@ -245,44 +282,80 @@ func histogramDigits(v int) int {
 	return min(10, max(4, b))
 }
 
-// histogramSelect returns, per row, the smallest key K [N, 1] such that the weights [N, V]
-// of the tokens with key ≤ K sum to at least target [N, 1] (the largest key reached when
-// none does): levels of 2^b-bin histograms over the key's b-bit digits, most significant
-// first, each level restricted to the bin the previous one chose. Prefix sums over the bins
-// are a product with a triangular matrix.
-func histogramSelect(key, weight, target *Node) *Node {
+// keyDigits are a selection key's b-bit digits, most significant first, with the scatter
+// indices of each digit's histogram, computed once for every selection over the same keys.
+type keyDigits struct {
+	digits []*Node // [N, V] int32 each
+	idx    []*Node // [N, V, 2]: (row, digit)
+	bins   int
+	// Prefix sums over the bins as two small products: within blocks of lo bins, then over
+	// the blocks' totals (a [bins, bins] product costs more than the histograms).
+	lo, hi             int
+	triLo, triHiStrict *Node
+}
+
+// triangle is the [n, n] matrix with ones where i ≤ j (strict: i < j).
+func triangle(g *Graph, n int, strict bool) *Node {
+	tri := make([][]float32, n)
+	for i := range tri {
+		tri[i] = make([]float32, n)
+		for j := i; j < n; j++ {
+			if j > i || !strict {
+				tri[i][j] = 1
+			}
+		}
+	}
+	return Const(g, tri)
+}
+
+// prefix returns the inclusive prefix sums of hist [N, bins] along the bins.
+func (d *keyDigits) prefix(hist *Node) *Node {
+	N := hist.Shape().Dimensions[0]
+	h := Reshape(hist, N, d.hi, d.lo)
+	inner := Einsum("nij,jk->nik", h, d.triLo)
+	before := Einsum("ni,ij->nj", ReduceSum(h, -1), d.triHiStrict) // totals of the blocks before
+	return Reshape(Add(inner, InsertAxes(before, -1)), N, d.bins)
+}
+
+func newKeyDigits(key *Node) *keyDigits {
 	g := key.Graph()
 	N, V := key.Shape().Dimensions[0], key.Shape().Dimensions[1]
 	b := histogramDigits(V)
-	bins := 1 << b
-	levels := (selectionBits + b - 1) / b
-	tri := make([][]float32, bins)
-	for i := range tri {
-		tri[i] = make([]float32, bins)
-		for j := i; j < bins; j++ {
-			tri[i][j] = 1
-		}
+	d := &keyDigits{bins: 1 << b, lo: 1 << (b - b/2), hi: 1 << (b / 2)}
+	d.triLo, d.triHiStrict = triangle(g, d.lo, false), triangle(g, d.hi, true)
+	rows := InsertAxes(Iota(g, shapes.Make(dtypes.Int32, N, V), 0), -1)
+	binsN := Scalar(g, dtypes.Int32, int32(d.bins))
+	for level := (selectionBits+b-1)/b - 1; level >= 0; level-- {
+		digit := Div(key, Scalar(g, dtypes.Int32, int32(1)<<(b*level)))
+		digit = Sub(digit, Mul(Div(digit, binsN), binsN)) // out-of-range keys land in some bin with weight 0
+		d.digits = append(d.digits, digit)
+		d.idx = append(d.idx, Concatenate([]*Node{rows, InsertAxes(digit, -1)}, -1))
 	}
-	triangle := Const(g, tri)
-	rows := Iota(g, shapes.Make(dtypes.Int32, N, V), 0)
-	binIota := Iota(g, shapes.Make(dtypes.Int32, N, bins), 1)
-	binsN := Scalar(g, dtypes.Int32, int32(bins))
+	return d
+}
+
+// selectKey returns, per row, the smallest key K [N, 1] such that the weights [N, V] of
+// the tokens with key ≤ K sum to at least target [N, 1] (the largest key reached when none
+// does): one histogram per digit, each restricted to the bin the previous digit chose.
+func (d *keyDigits) selectKey(weight, target *Node) *Node {
+	g := weight.Graph()
+	N := weight.Shape().Dimensions[0]
+	binIota := Iota(g, shapes.Make(dtypes.Int32, N, d.bins), 1)
+	binsN := Scalar(g, dtypes.Int32, int32(d.bins))
 	prefix := ZerosLike(target)                         // weight of the bins before the chosen ones
 	chosen := Zeros(g, shapes.Make(dtypes.Int32, N, 1)) // the key's digits so far
-	in := GreaterThan(weight, ZerosLike(weight))        // tokens still in the chosen bins
-	for level := levels - 1; level >= 0; level-- {
-		digit := Div(key, Scalar(g, dtypes.Int32, int32(1)<<(b*level)))
-		digit = Sub(digit, Mul(Div(digit, binsN), binsN))
-		w := Where(in, weight, ZerosLike(weight))
-		idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(Where(in, digit, ZerosLike(digit)), -1)}, -1)
-		hist := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, bins)), idx, w, false, false)
-		cum := Add(Einsum("nb,bc->nc", hist, triangle), prefix) // weight up to and including each bin
+	w := weight                                         // the weights of the tokens still in the chosen bins
+	for i, digit := range d.digits {
+		hist := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, d.bins)), d.idx[i], w, false, false)
+		cum := Add(d.prefix(hist), prefix) // weight up to and including each bin
 		first := ReduceAndKeep(ConvertDType(LessThan(cum, target), dtypes.Int32), ReduceSum, -1)
-		first = Min(first, Scalar(g, dtypes.Int32, int32(bins-1)))
+		first = Min(first, Scalar(g, dtypes.Int32, int32(d.bins-1)))
 		atFirst := Equal(binIota, first)
 		prefix = Sub(ReduceAndKeep(Where(atFirst, cum, ZerosLike(cum)), ReduceSum, -1), ReduceAndKeep(Where(atFirst, hist, ZerosLike(hist)), ReduceSum, -1))
 		chosen = Add(Mul(chosen, binsN), first)
-		in = And(in, Equal(digit, first))
+		if i < len(d.digits)-1 {
+			w = Where(Equal(digit, first), w, ZerosLike(w))
+		}
 	}
 	return chosen
 }

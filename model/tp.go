@@ -176,8 +176,9 @@ func LoadShardedModel(backend backends.Backend, opts LoadOptions, tp int) (*Shar
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return nil, err
 	}
-	// The sharding plan does not place quantized weights and their scales yet: refuse
-	// rather than silently serve the bf16 weights.
+	// NewShardingPlan places quantized weights and their scales, but this loader slices and
+	// converts every tensor to the compute dtype and the sharded step has no quantized
+	// Linear: refuse rather than silently serve the bf16 weights.
 	if opts.Quantization != "" && opts.Quantization != "none" {
 		return nil, fmt.Errorf("%w: quantization %q with tensor parallelism (TP=%d) is not supported yet", ErrConfig, opts.Quantization, tp)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/quant"
 	"github.com/tpuserve/tpuserve/server"
 	"github.com/tpuserve/tpuserve/tokenizer"
 )
@@ -424,6 +425,12 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	cfg, err := modelConfig(o.model)
 	if err != nil {
 		return 0, err
+	}
+	// The weights the loader will place: the checkpoint's quantization_config as
+	// --quantization resolves it (the plan then counts 1 byte per quantized parameter and
+	// the scales).
+	if cfg.Quantization, err = quant.Resolve(cfg.Quantization, o.quantization); err != nil {
+		return 0, fmt.Errorf("--quantization: %w", err)
 	}
 	format := model.FormatBF16
 	if dtype == dtypes.Float32 {

@@ -44,7 +44,8 @@ type MemoryOptions struct {
 	TP int `json:"tp"`
 	// DeviceMemoryBytes is one chip's memory (required).
 	DeviceMemoryBytes int64 `json:"device_memory_bytes"`
-	// Format is the weight format (default bf16; int8 is a what-if).
+	// Format is the weight format (default bf16; int8 and fp8: quantized Linears). A cfg
+	// with a quantization_config planned in bf16 or f32 keeps its quantized Linears.
 	Format model.WeightFormat `json:"format"`
 	// MaxModelLen defaults to min(8192, max_position_embeddings).
 	MaxModelLen int `json:"max_model_len"`
@@ -242,6 +243,12 @@ func StepActivations(cfg *model.Config, plan *model.ShardingPlan, s model.BatchS
 		{"attention output [B*Q + T, heads*D]", (B*Q + T) * heads * D * b},
 	}
 	mlp := []NamedBytes{{"mlp gate/up/product [T, I/N] x3", 3 * T * ic * b}}
+	if mode := plan.Format.QuantMode(); mode.IsFP8() || (!mode.Quantized() && cfg.Quantization.Mode.IsFP8()) {
+		// FP8 weights are decoded by a table gather, which XLA does not fuse into the dot:
+		// the largest Linear shard (gate or up) is materialised in the compute dtype. int8
+		// weights widen by a convert that fuses into the dot's operand: nothing to count.
+		mlp = append(mlp, NamedBytes{"fp8 gate/up shard decoded [I/N, H] (table gather, not fused)", ic * H * b})
+	}
 	logits := []NamedBytes{{"logits + sampler [N, V/N] f32 x3", 3 * N * vc * 4}}
 	sum := func(items []NamedBytes) int64 {
 		var n int64

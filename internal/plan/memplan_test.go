@@ -261,3 +261,62 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanMemoryQuantized: 27B with int8 (and fp8) weights at TP 4 (a v5e-4) and 8. The
+// plan's weight bytes per chip are the tensors' bytes (model.QuantizedTensorSpecs: 1 byte
+// per quantized parameter, the bf16 scales — split with column-parallel weights, whole on
+// every chip for row-parallel ones — and the bf16 embedding and norms), summed here from
+// the spec list, and every byte the weights shrink by goes to the KV cache. At TP 4 bf16
+// weights leave no room at all; int8 leaves a KV cache.
+func TestPlanMemoryQuantized(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	for _, tc := range []struct {
+		format model.WeightFormat
+		tp     int
+	}{{model.FormatInt8, 4}, {model.FormatInt8, 8}, {model.FormatFP8, 8}} {
+		t.Run(fmt.Sprintf("%s/tp%d", tc.format, tc.tp), func(t *testing.T) {
+			opts := plan.MemoryOptions{TP: tc.tp, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048, MaxModelLen: 4096}
+			bf, bfErr := plan.PlanMemory(&cfg, opts)
+			opts.Format = tc.format
+			q, err := plan.PlanMemory(&cfg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want, scales int64
+			for _, s := range model.QuantizedTensorSpecs(&cfg, tc.format.QuantMode(), dtypes.BFloat16) {
+				b := s.Bytes()
+				switch {
+				case len(s.Shape) == 1:
+				case s.ScaleOf != "" && (strings.HasSuffix(s.ScaleOf, "o_proj.weight") || strings.HasSuffix(s.ScaleOf, "down_proj.weight")):
+					scales += b
+				default:
+					b /= int64(tc.tp)
+					if s.ScaleOf != "" {
+						scales += b
+					}
+				}
+				want += b
+			}
+			if q.WeightBytesPerChip != want {
+				t.Errorf("weights %d bytes per chip, the tensors sum to %d", q.WeightBytesPerChip, want)
+			}
+			if scales == 0 {
+				t.Errorf("no scale bytes counted")
+			}
+			freed := bf.WeightBytesPerChip - q.WeightBytesPerChip
+			if bfErr == nil {
+				if gained := q.KVBytesPerChip - bf.KVBytesPerChip; gained != freed-(q.Activations.Peak-bf.Activations.Peak) {
+					t.Errorf("KV gained %d, weights freed %d (activations %+d)", gained, freed, q.Activations.Peak-bf.Activations.Peak)
+				}
+			} else if !errors.Is(bfErr, plan.ErrMemory) {
+				t.Fatal(bfErr)
+			}
+			t.Logf("27B %s TP=%d: weights %.2f GiB/chip (scales %.2f MiB), bf16 %.2f GiB (fits: %v); KV %.2f GiB/chip, %d tokens, %d sequences of 4096",
+				tc.format, tc.tp, float64(q.WeightBytesPerChip)/float64(gib), float64(scales)/(1<<20), float64(bf.WeightBytesPerChip)/float64(gib),
+				bfErr == nil, float64(q.KVBytesPerChip)/float64(gib), q.KVTokens, q.SeqsAtLen)
+			if tc.tp == 4 && (bfErr == nil || q.SeqsAtLen < 1) {
+				t.Errorf("TP 4: bf16 error %v (want ErrMemory), int8 holds %d sequences of 4096", bfErr, q.SeqsAtLen)
+			}
+		})
+	}
+}

@@ -41,16 +41,32 @@ var fixtureDir = filepath.Join("..", "model", "testdata", "gemma3-tiny")
 // requests instead of 64 and one batched engine that combines every condition (concurrent
 // requests, chunked prefill, a cache small enough to preempt, prefix hits) instead of one
 // engine per condition. The full form runs on the unquantized fixture (~100 s here).
+//
+// kvCacheDType sets Config.KVCacheDType; a quantized cache changes the logits (by up to
+// 0.05 for int8 on this model, model TestKVCacheQuantizedLogits), so its runs are compared
+// with each other, not with HF's greedy tokens.
 type engineFixture struct {
 	name, dir          string
 	greedyKey, margins string
 	quick              bool
+	kvCacheDType       string
 }
 
 var engineFixtures = []engineFixture{
-	{"unquantized", fixtureDir, "greedy_f32", "top1_margins", false},
-	{"w8a8", filepath.Join("..", "model", "testdata", "gemma3-tiny-w8a8"), "greedy_dyn", "margins_dyn", true},
-	{"fp8", filepath.Join("..", "model", "testdata", "gemma3-tiny-fp8"), "greedy_dyn", "margins_dyn", true},
+	{"unquantized", fixtureDir, "greedy_f32", "top1_margins", false, ""},
+	{"w8a8", filepath.Join("..", "model", "testdata", "gemma3-tiny-w8a8"), "greedy_dyn", "margins_dyn", true, ""},
+	{"fp8", filepath.Join("..", "model", "testdata", "gemma3-tiny-fp8"), "greedy_dyn", "margins_dyn", true, ""},
+	{"kv-int8", fixtureDir, "greedy_f32", "top1_margins", true, "int8"},
+}
+
+// withKV applies fx's KV cache dtype to an engine config after mutate.
+func (fx engineFixture) withKV(mutate func(*Config)) func(*Config) {
+	return func(c *Config) {
+		c.KVCacheDType = fx.kvCacheDType
+		if mutate != nil {
+			mutate(c)
+		}
+	}
 }
 
 var (
@@ -278,13 +294,16 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 	// Alone, one at a time, on a roomy cache.
 	alone := map[string]result{}
 	{
-		e := newTestEngineOn(t, m, nil)
+		e := newTestEngineOn(t, m, fx.withKV(nil))
 		for _, j := range jobs {
 			alone[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
 		}
 	}
 	// Against HF's greedy continuations, wherever the margin is clear.
 	for i, g := range golden {
+		if fx.kvCacheDType != "" {
+			break
+		}
 		got := alone[fmt.Sprintf("hf%d", i)].tokens
 		for s, want := range g.Greedy {
 			if g.Margins[s] <= 1e-3 {
@@ -313,11 +332,16 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 			c.Scheduler.MaxNumBatchedTokens = 64
 			c.SegmentLen = 4
 			c.KVCacheBytes = 512 << 10
+			if c.KVCacheDType != "" {
+				// The same tokens as the f32 cache: 1 byte per element plus a 4-byte scale
+				// per 32 (head_dim) instead of 4 bytes per element.
+				c.KVCacheBytes = c.KVCacheBytes * (32 + 4) / (4 * 32)
+			}
 		}})
 	}
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
-			e := newTestEngineOn(t, m, sc.mutate)
+			e := newTestEngineOn(t, m, fx.withKV(sc.mutate))
 			chans := map[string]<-chan Event{}
 			for _, j := range jobs {
 				chans[j.id] = submit(t, e, j.id, j.prompt, greedyParams(j.max))
@@ -347,12 +371,12 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 // another seed samples others; on every engine fixture.
 func TestSeededSampling(t *testing.T) {
 	for _, fx := range engineFixtures {
-		t.Run(fx.name, func(t *testing.T) { testSeededSampling(t, fixtureModelAt(t, fx.dir)) })
+		t.Run(fx.name, func(t *testing.T) { testSeededSampling(t, fixtureModelAt(t, fx.dir), fx) })
 	}
 }
 
-func testSeededSampling(t *testing.T, m *model.Model) {
-	e := newTestEngineOn(t, m, nil)
+func testSeededSampling(t *testing.T, m *model.Model, fx engineFixture) {
+	e := newTestEngineOn(t, m, fx.withKV(nil))
 	prompt := []int32{2, 10, 20, 30}
 	params := func(seed int64) SamplingParams {
 		p := DefaultSamplingParams()
@@ -496,3 +520,20 @@ func TestSubmitErrors(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestKVCacheDTypeConfig: an unknown KVCacheDType is refused naming the field, and a
+// quantized cache leaves the caller's model as it was (the engine runs a copy).
+func TestKVCacheDTypeConfig(t *testing.T) {
+	m := tinyFixture(t)
+	_, err := New(Config{Model: m, NewDecoder: func(bool) StreamDecoder { return &textDecoder{} }, KVCacheDType: "int4", Precompile: PrecompileNone})
+	if err == nil || !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), "KVCacheDType") || !strings.Contains(err.Error(), `"int4"`) {
+		t.Errorf("KVCacheDType int4: %v", err)
+	}
+	e := newTestEngine(t, func(c *Config) { c.KVCacheDType = "fp8" })
+	if got := collect(t, submit(t, e, "a", []int32{2, 10, 20}, greedyParams(3))); len(got.tokens) != 3 {
+		t.Errorf("fp8 cache: %d tokens", len(got.tokens))
+	}
+	if m.Config.KVCache.Quantized() {
+		t.Errorf("the engine changed the shared model's KV cache setting to %s", m.Config.KVCache)
+	}
+}

@@ -36,7 +36,8 @@ const maskedScore = -1e30
 // Forward builds the Gemma 3 forward pass (../shared/docs/gemma3.md) over a flat batch of
 // new tokens: it writes their K/V into the paged pools and attends to each token's
 // sequence context through the page tables. weights are in WeightSpecs order; pools hold K
-// and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype). It
+// and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype, or 1
+// byte per element followed by the scale pools when cfg.KVCache is set: kvquant.go). It
 // returns the hidden states after the last layer [T, H] (before the final norm: Logits
 // applies it to the rows it projects) and the updated pools.
 func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden *Node, newPools []*Node) {
@@ -86,11 +87,8 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 		q = rope.apply(rmsNorm(q, w[wQNorm], cfg.RMSNormEps))
 		k = rope.apply(rmsNorm(k, w[wKNorm], cfg.RMSNormEps))
 
-		kPool := writeSlots(pools[2*l], slots, k)
-		vPool := writeSlots(pools[2*l+1], slots, v)
-		newPools[2*l], newPools[2*l+1] = kPool, vPool
-
-		attn := pagedAttention(q, kPool, vPool, table, in.GridIndex, in.TokenCell, mask, NH, KV, D, B, Q, scale)
+		kPool, vPool, kScale, vScale := writeKV(cfg, pools, newPools, l, slots, k, v)
+		attn := pagedAttention(q, kPool, vPool, kScale, vScale, table, in.GridIndex, in.TokenCell, mask, NH, KV, D, B, Q, scale)
 		attn = lin(attn, wO)
 		x = Add(residual, rmsNorm(attn, w[wPostAttnNorm], cfg.RMSNormEps))
 
@@ -199,7 +197,14 @@ func writeSlots(pool, slots, values *Node) *Node {
 	dims := pool.Shape().Dimensions
 	flat := Reshape(pool, dims[0]*dims[1], dims[2], dims[3])
 	idx := InsertAxes(slots, -1)
-	negInf := BroadcastToDims(Infinity(pool.Graph(), pool.DType(), -1), values.Shape().Dimensions...)
+	lowest := Infinity(pool.Graph(), pool.DType(), -1)
+	switch pool.DType() {
+	case dtypes.Int8:
+		lowest = Scalar(pool.Graph(), dtypes.Int8, -128)
+	case dtypes.Uint8:
+		lowest = Scalar(pool.Graph(), dtypes.Uint8, 0)
+	}
+	negInf := BroadcastToDims(lowest, values.Shape().Dimensions...)
 	flat = ScatterMin(flat, idx, negInf, false, false)
 	flat = ScatterMax(flat, idx, values, false, false)
 	return Reshape(flat, dims...)
@@ -207,8 +212,10 @@ func writeSlots(pool, slots, values *Node) *Node {
 
 // pagedAttention computes attention of the step's queries q [T, NH, D] against each
 // sequence's context read through its page table [B, P] from the pools, on the [B, Q]
-// grid of queries, and returns the per-token output [T, NH·D].
-func pagedAttention(q, kPool, vPool, table, gridIndex, tokenCell, mask *Node, NH, KV, D, B, Q int, scale float64) *Node {
+// grid of queries, and returns the per-token output [T, NH·D]. With scale pools kScale,
+// vScale [pages, pageSize, KV, 1] (a quantized cache; else nil) the gathered pages are
+// dequantized by their gathered scales.
+func pagedAttention(q, kPool, vPool, kScale, vScale, table, gridIndex, tokenCell, mask *Node, NH, KV, D, B, Q int, scale float64) *Node {
 	dtype := q.DType()
 	dims := kPool.Shape().Dimensions
 	P := table.Shape().Dimensions[1]
@@ -216,6 +223,10 @@ func pagedAttention(q, kPool, vPool, table, gridIndex, tokenCell, mask *Node, NH
 	tableIdx := InsertAxes(table, -1)
 	keys := Reshape(Gather(kPool, tableIdx), B, C, KV, D)   // [B, C, KV, D]
 	values := Reshape(Gather(vPool, tableIdx), B, C, KV, D) // [B, C, KV, D]
+	if kScale != nil {
+		keys = dequantizeKV(keys, Reshape(Gather(kScale, tableIdx), B, C, KV, 1), dtype)
+		values = dequantizeKV(values, Reshape(Gather(vScale, tableIdx), B, C, KV, 1), dtype)
+	}
 
 	G := NH / KV
 	qg := Reshape(Gather(q, InsertAxes(gridIndex, -1)), B, Q, KV, G, D)

@@ -236,7 +236,8 @@ type ShardingPlan struct {
 	Weights []TensorPlan `json:"weights"`
 	// KVPool is the placement of every layer's K and V pool; its Shape has 0 pages and 0
 	// page slots (they come from the KV layout, see PoolPlans) and its byte fields are for
-	// one slot (one position of one layer's K, or V) in the compute dtype.
+	// one slot (one position of one layer's K, or V) in the compute dtype, or, for a
+	// quantized cache (Config.KVCache), 1 byte per element plus the slot's scales.
 	KVPool TensorPlan `json:"kv_pool"`
 	// WeightBytes is the model's size and WeightBytesPerChip the sum of BytesPerChip.
 	WeightBytes        int64 `json:"weight_bytes"`
@@ -328,10 +329,15 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 		p.WeightBytesPerChip += t.BytesPerChip
 	}
 	// The pool descriptor: one slot (position) of one layer's K (or V) pool.
+	// With cfg.KVCache set, K/V take 1 byte per element and a compute-dtype scale per kv head.
+	elem, scale := KVElementBytes(cfg, format.ComputeDType())
+	headBytes := int64(cfg.HeadDim*elem + scale)
 	pool := TensorPlan{Name: "model.layers.*.kv_pool", Shape: []int{0, 0, kv, cfg.HeadDim},
 		Split: Replicated, Axis: -1, Shards: 1, ShardShape: []int{0, 0, p.KVHeadsPerChip, cfg.HeadDim},
-		Bytes:        int64(kv*cfg.HeadDim) * int64(format.ComputeBytes()),
-		BytesPerChip: int64(p.KVHeadsPerChip*cfg.HeadDim) * int64(format.ComputeBytes())}
+		Bytes: int64(kv) * headBytes, BytesPerChip: int64(p.KVHeadsPerChip) * headBytes}
+	if cfg.KVCache.Quantized() {
+		pool.DType = kvStorageDType(cfg.KVCache).String()
+	}
 	if tp > 1 {
 		pool.Split, pool.Axis, pool.MeshAxes, pool.Shards = KVHeadParallel, 2, kvAxes, kvShards
 	}

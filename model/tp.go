@@ -76,6 +76,9 @@ func newShardedModel(backend backends.Backend, cfg Config, tp int, dtype dtypes.
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return nil, err
 	}
+	if cfg.KVCache.Quantized() {
+		return nil, fmt.Errorf("%w: Config.KVCache %s: the sharded pools hold K and V only (no quantized KV cache with TP=%d)", ErrConfig, cfg.KVCache, tp)
+	}
 	format, err := formatOf(dtype)
 	if err != nil {
 		return nil, err
@@ -550,6 +553,9 @@ func buildShardedStep(g *graph.Graph, plan *ShardingPlan, mesh *distributed.Devi
 func CompileShardedStep(backend backends.Backend, cfg *Config, tp int, dtype dtypes.DType, layout KVLayout, s BatchShape) (err error) {
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return err
+	}
+	if cfg.KVCache.Quantized() {
+		return fmt.Errorf("%w: Config.KVCache %s: the sharded pools hold K and V only (no quantized KV cache with TP=%d)", ErrConfig, cfg.KVCache, tp)
 	}
 	format, err := formatOf(dtype)
 	if err != nil {

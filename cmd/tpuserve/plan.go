@@ -40,6 +40,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	deviceMem := fs.String("device-memory", "16GiB", "memory of one chip (16GiB: a TPU v5e chip); binary units GiB/MiB, decimal GB/MB")
 	dtype := fs.String("dtype", "bf16", "compute dtype: bf16 or f32 (int8 and fp8 are kept as spellings of --quantization int8/fp8)")
 	quantFlag := fs.String("quantization", "", "weights: none, int8 (int8-weight-only, w8a8) or fp8 (fp8-dynamic, fp8-weight-only): 1 byte per Linear parameter and bf16 per-row scales, embedding, norms, KV and activations bf16; the plan shows the KV capacity it frees (default: the checkpoint's quantization_config, else none)")
+	kvDType := fs.String("kv-cache-dtype", "auto", "KV cache storage: auto (the compute dtype), int8 or fp8 (1 byte per element and a scale per position and kv head: about twice the tokens of bf16)")
 	maxModelLen := fs.Int("max-model-len", 0, "longest sequence (default min(8192, the model's max positions))")
 	maxSeqs := fs.Int("max-num-seqs", 128, "most sequences running at once (the v5e-8 production setting)")
 	maxBatched := fs.Int("max-num-batched-tokens", 2048, "most tokens in one step (the v5e-8 production setting)")
@@ -97,6 +98,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	opts := plan.MemoryOptions{
 		TP: *tp, DeviceMemoryBytes: mem, Format: format, MaxModelLen: *maxModelLen, MaxNumSeqs: *maxSeqs,
 		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen, MinTokens: *minTokens,
+		KVCacheDType: *kvDType,
 	}
 	var roofs []*plan.RooflineResult
 	if *roofline {
@@ -188,11 +190,14 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, 
 	for i, a := range sp.MeshAxisNames {
 		mesh[i] = fmt.Sprintf("%s=%d", a, sp.MeshAxisSizes[i])
 	}
-	weights := string(o.Format)
+	weights := string(o.Format) + " weights"
 	if m := cfg.Quantization.Mode; m.Quantized() && !o.Format.QuantMode().Quantized() {
-		weights = fmt.Sprintf("%s (the checkpoint's %s Linears)", o.Format, m)
+		weights = fmt.Sprintf("%s weights (the checkpoint's %s Linears)", o.Format, m)
 	}
-	fmt.Fprintf(w, "plan: %s, %s weights, TP=%d (mesh %s), %s per chip\n", name, weights, o.TP, strings.Join(mesh, " × "), plan.FormatBytes(o.DeviceMemoryBytes))
+	if m := sp.Config().KVCache; m.Quantized() {
+		weights += fmt.Sprintf(", %s KV cache", model.KVCacheDTypeName(m))
+	}
+	fmt.Fprintf(w, "plan: %s, %s, TP=%d (mesh %s), %s per chip\n", name, weights, o.TP, strings.Join(mesh, " × "), plan.FormatBytes(o.DeviceMemoryBytes))
 	fmt.Fprintf(w, "model: %.2f B parameters, %d layers (%d global, %d sliding, window %d), %d heads, %d kv heads, head dim %d, vocabulary %d\n",
 		float64(cfg.NumParams())/1e9, cfg.NumHiddenLayers, cfg.NumGlobalLayers(), cfg.NumSlidingLayers(), cfg.SlidingWindow,
 		cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, cfg.VocabSize)
@@ -268,7 +273,7 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, 
 	fmt.Fprintf(tw, "  blocks\t%d global + %d sliding of %d positions (null blocks included)\n", p.GlobalBlocks, p.SlidingBlocks, o.PageSize)
 	fmt.Fprintf(tw, "  tokens\t%d\n", p.KVTokens)
 	fmt.Fprintf(tw, "  KV of one sequence of %d\t%s per chip (%s in all)\n", p.SeqLen, plan.FormatBytes(p.SeqKVBytesPerChip),
-		plan.FormatBytes(plan.SeqKVBytes(cfg, p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeBytes())))
+		plan.FormatBytes(plan.SeqKVBytesFor(sp.Config(), p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeDType())))
 	fmt.Fprintf(tw, "  sequences of %d\t%d at once in the engine's pools; %d if the budget were split for this length\n", p.SeqLen, p.SeqsAtLen, p.SeqsAtLenByBytes)
 	tw.Flush()
 	if base != nil {

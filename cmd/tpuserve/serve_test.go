@@ -374,6 +374,22 @@ func TestServeMemoryPlan(t *testing.T) {
 	if _, err := kvBudget(o, dtypesBF16, log); err == nil || !strings.Contains(err.Error(), "--quantization") {
 		t.Errorf("--quantization int4: %v", err)
 	}
+	// --kv-cache-dtype int8: the same budget (the engine fits about twice the tokens in it).
+	o.quantization, o.kvCacheDType = "", "int8"
+	if kvq, err := kvBudget(o, dtypesBF16, log); err != nil || kvq != kv {
+		t.Errorf("--kv-cache-dtype int8: KV budget %d, %v; want bf16's %d", kvq, err, kv)
+	}
+	for _, tc := range []struct {
+		kv   string
+		tp   int
+		want string
+	}{{"int4", 1, `--kv-cache-dtype: invalid model config: kv-cache-dtype "int4"`}, {"fp8", 2, "--kv-cache-dtype fp8: a quantized KV cache is not supported with --tensor-parallel-size 2"}} {
+		_, o := serveFlags(io.Discard)
+		o.model, o.kvCacheDType, o.tensorParallel, o.deviceMemory = "tiny", tc.kv, tc.tp, "16GiB"
+		if err := validateServeOptions(o); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--kv-cache-dtype %s --tensor-parallel-size %d: %v, want %q", tc.kv, tc.tp, err, tc.want)
+		}
+	}
 }
 
 var dtypesBF16 = dtypes.BFloat16

@@ -320,3 +320,50 @@ func TestPlanMemoryQuantized(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanMemoryKVCacheDType: an int8 or fp8 KV cache (1 byte per element plus a bf16 scale
+// per position and kv head) about doubles the capacity of the same budget: one sequence's
+// KV shrinks by exactly 2·128 / (128 + 2) for 27B (head_dim 128), the sequences the bytes
+// hold grow by as much, and the token capacity at least doubles (the engine's split gives
+// the global group every block past the sliding group's cap). Weights and activations do
+// not change.
+func TestPlanMemoryKVCacheDType(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	opts := plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048, MaxModelLen: 4096}
+	bf, err := plan.PlanMemory(&cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dt := range []string{"int8", "fp8"} {
+		t.Run(dt, func(t *testing.T) {
+			o := opts
+			o.KVCacheDType = dt
+			q, err := plan.PlanMemory(&cfg, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if q.KVBytesPerChip != bf.KVBytesPerChip || q.WeightBytesPerChip != bf.WeightBytesPerChip {
+				t.Errorf("budget %d vs %d, weights %d vs %d: the KV dtype moved them", q.KVBytesPerChip, bf.KVBytesPerChip, q.WeightBytesPerChip, bf.WeightBytesPerChip)
+			}
+			if q.SeqKVBytesPerChip*256 != bf.SeqKVBytesPerChip*130 {
+				t.Errorf("one sequence: %d bytes, bf16 %d: want ×130/256", q.SeqKVBytesPerChip, bf.SeqKVBytesPerChip)
+			}
+			if r := float64(q.SeqsAtLenByBytes) / float64(bf.SeqsAtLenByBytes); r < 1.9 || r > 2.0 {
+				t.Errorf("sequences by bytes %d vs %d (×%.2f), want ×1.97", q.SeqsAtLenByBytes, bf.SeqsAtLenByBytes, r)
+			}
+			if q.KVTokens < 2*bf.KVTokens || q.KVPoolBytesPerChip > q.KVBytesPerChip {
+				t.Errorf("tokens %d vs bf16 %d (want ≥ 2×), pools %d of a %d budget", q.KVTokens, bf.KVTokens, q.KVPoolBytesPerChip, q.KVBytesPerChip)
+			}
+			if q.Sharding.KVPool.BytesPerChip != 2*(128+2) || q.Sharding.KVPool.DType == "" {
+				t.Errorf("KV pool slot: %d bytes per chip (dtype %q), want 2 kv heads × (128 + 2)", q.Sharding.KVPool.BytesPerChip, q.Sharding.KVPool.DType)
+			}
+			t.Logf("27B TP=8, %s KV: %d tokens (bf16 %d), %d sequences of 4096 by bytes (bf16 %d), %s per sequence (bf16 %s)",
+				dt, q.KVTokens, bf.KVTokens, q.SeqsAtLenByBytes, bf.SeqsAtLenByBytes, plan.FormatBytes(q.SeqKVBytesPerChip), plan.FormatBytes(bf.SeqKVBytesPerChip))
+		})
+	}
+	o := opts
+	o.KVCacheDType = "int4"
+	if _, err := plan.PlanMemory(&cfg, o); err == nil || !strings.Contains(err.Error(), "--kv-cache-dtype") {
+		t.Errorf("int4: %v", err)
+	}
+}

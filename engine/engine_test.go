@@ -37,8 +37,8 @@ var fixtureDir = filepath.Join("..", "model", "testdata", "gemma3-tiny")
 // because their per-token activation scales are exactly what a batch-dependent bug (a
 // max over the whole step instead of over one token's row) would break.
 //
-// quick runs the invariance test's short form, to keep the package's tests fast: 12
-// requests instead of 64 and one batched engine that combines every condition (concurrent
+// quick runs the invariance test's short form, to keep the package's tests fast: 10
+// requests instead of 64 (HF's greedy runs cut to 16 tokens) and one batched engine that combines every condition (concurrent
 // requests, chunked prefill, a cache small enough to preempt, prefix hits) instead of one
 // engine per condition. The full form runs on the unquantized fixture (~100 s here).
 //
@@ -266,7 +266,11 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 	}
 	var jobs []job
 	for i, g := range golden {
-		jobs = append(jobs, job{fmt.Sprintf("hf%d", i), g.Prompt, len(g.Greedy)})
+		n := len(g.Greedy)
+		if fx.quick {
+			n = min(n, 16) // the model package checks the whole runs (TestQuantizedGreedyMatchesHuggingFace)
+		}
+		jobs = append(jobs, job{fmt.Sprintf("hf%d", i), g.Prompt, n})
 	}
 	shared := make([]int32, 40) // a common prefix: prefix-cache hits
 	shared[0] = 2
@@ -275,7 +279,7 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 	}
 	numJobs := 64
 	if fx.quick {
-		numJobs = 12
+		numJobs = 10
 	}
 	for len(jobs) < numJobs {
 		n := 1 + rng.IntN(70)
@@ -305,7 +309,7 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 			break
 		}
 		got := alone[fmt.Sprintf("hf%d", i)].tokens
-		for s, want := range g.Greedy {
+		for s, want := range g.Greedy[:min(len(got), len(g.Greedy))] {
 			if g.Margins[s] <= 1e-3 {
 				break
 			}

@@ -122,6 +122,33 @@ func TestPlanQuantization(t *testing.T) {
 	}
 }
 
+// TestPlanKVCacheDType: --kv-cache-dtype int8 plans the 1-byte cache (the header says so,
+// the tokens are the memory plan's) and a bad value is refused naming the flag.
+func TestPlanKVCacheDType(t *testing.T) {
+	code, out, errs := runCLI(t, "plan", "--model", "gemma3-27b", "--tp", "8", "--max-num-seqs", "64", "--max-model-len", "4096", "--kv-cache-dtype", "int8")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	cfg, err := model.Preset("gemma3-27b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 << 30, MaxModelLen: 4096, MaxNumSeqs: 64,
+		MaxNumBatchedTokens: 2048, KVCacheDType: "int8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"plan: gemma3-27b, bf16 weights, int8 KV cache, TP=8", fmt.Sprintf("  tokens                      %d\n", want.KVTokens),
+		fmt.Sprintf("KV of one sequence of 4096  %s per chip", plan.FormatBytes(want.SeqKVBytesPerChip))} {
+		if !strings.Contains(out, line) {
+			t.Errorf("output lacks %q:\n%s", line, out)
+		}
+	}
+	if code, _, errs := runCLI(t, "plan", "--kv-cache-dtype", "int4"); code != 1 || !strings.Contains(errs, "--kv-cache-dtype") {
+		t.Errorf("--kv-cache-dtype int4: exit %d, %s", code, errs)
+	}
+}
+
 func TestPlanCheckpointDir(t *testing.T) {
 	cfg, err := model.Preset("gemma3-4b")
 	if err != nil {

@@ -44,6 +44,11 @@ type Config struct {
 	PageSize int
 	// KVCacheBytes is the device memory for the KV pools (default 256 MiB).
 	KVCacheBytes int64
+	// KVCacheDType is how the pools store K and V (--kv-cache-dtype): "auto" or "" (the
+	// compute dtype), "int8" or "fp8" (1 byte per element with a scale per position and kv
+	// head: about twice the tokens in the same KV budget; model/kvquant.go). Not with a
+	// sharded model.
+	KVCacheDType string
 	// DisablePrefixCaching turns the prefix cache off.
 	DisablePrefixCaching bool
 	// MaxQueueLen bounds the waiting queue: Submit returns ErrQueueFull beyond it
@@ -97,9 +102,23 @@ func (e *Engine) SetStepObserver(f func(tokens int)) {
 // step loop.
 func New(cfg Config) (*Engine, error) {
 	var dev deviceModel
+	kvMode, err := model.ParseKVCacheDType(cfg.KVCacheDType)
+	if err != nil {
+		return nil, fmt.Errorf("%w: Config.KVCacheDType: %w", ErrInvalidRequest, err)
+	}
 	switch {
 	case cfg.Model != nil && cfg.Sharded == nil:
-		dev = newPlainDevice(cfg.Model)
+		m := cfg.Model
+		if kvMode != m.Config.KVCache {
+			// A copy sharing the weights: the cache setting is this engine's, and the
+			// caller's model (maybe shared with other engines) keeps its own.
+			c := *m
+			c.Config.KVCache = kvMode
+			m = &c
+		}
+		dev = newPlainDevice(m)
+	case cfg.Sharded != nil && cfg.Model == nil && kvMode.Quantized():
+		return nil, fmt.Errorf("%w: Config.KVCacheDType %s: a quantized KV cache with tensor parallelism is not supported (the sharded pools hold K and V only)", ErrInvalidRequest, cfg.KVCacheDType)
 	case cfg.Sharded != nil && cfg.Model == nil:
 		dev = newShardedDevice(cfg.Sharded)
 	default:
@@ -148,9 +167,10 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	sc.MaxPromptLogprobRows = set.MaxPromptRows()
+	elemBytes, scaleBytes := model.KVElementBytes(mc, dev.dtype())
 	kvCfg, err := kvcache.ConfigForBudget(cfg.KVCacheBytes, kvcache.MemorySpec{
 		PageSize: cfg.PageSize, NumGlobalLayers: mc.NumGlobalLayers(), NumSlidingLayers: mc.NumSlidingLayers(),
-		KVHeads: dev.kvHeadsPerDevice(), HeadDim: mc.HeadDim, DTypeBytes: dev.dtype().Size(),
+		KVHeads: dev.kvHeadsPerDevice(), HeadDim: mc.HeadDim, DTypeBytes: elemBytes, ScaleBytes: scaleBytes,
 		SlidingWindow: mc.SlidingWindow, MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens,
 		MaxModelLen: sc.MaxModelLen, EnablePrefixCaching: !cfg.DisablePrefixCaching,
 	})
@@ -172,7 +192,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	cfg.Logger.Info("step programs", "count", len(set.Programs()), "token_buckets_max", set.MaxTokens(), "precompile", cfg.Precompile)
 	cfg.Logger.Info("KV cache", "pool_bytes_per_device", poolBytes(mc, layout, dev), "budget", cfg.KVCacheBytes, "page_size", cfg.PageSize,
-		"global_blocks", kvCfg.NumGlobalBlocks, "sliding_blocks", kvCfg.NumSlidingBlocks, "prefix_caching", !cfg.DisablePrefixCaching)
+		"global_blocks", kvCfg.NumGlobalBlocks, "sliding_blocks", kvCfg.NumSlidingBlocks, "prefix_caching", !cfg.DisablePrefixCaching,
+		"kv_cache_dtype", model.KVCacheDTypeName(mc.KVCache))
 	if cfg.Precompile == PrecompileAll {
 		if err := run.precompile(); err != nil {
 			run.close()

@@ -31,23 +31,68 @@ func TestMain(m *testing.M) {
 // fixtureDir is the HF golden fixture the model package tests against.
 var fixtureDir = filepath.Join("..", "model", "testdata", "gemma3-tiny")
 
+// engineFixture is a model the engine's invariance tests run on: the unquantized tiny
+// fixture and its two compressed-tensors checkpoints (W8A8 and FP8-dynamic, f32 compute),
+// with the golden.json keys of their own HF greedy runs. The quantized ones matter here
+// because their per-token activation scales are exactly what a batch-dependent bug (a
+// max over the whole step instead of over one token's row) would break.
+//
+// quick runs the invariance test's short form, to keep the package's tests fast: 10
+// requests instead of 64 (HF's greedy runs cut to 16 tokens) and one batched engine that combines every condition (concurrent
+// requests, chunked prefill, a cache small enough to preempt, prefix hits) instead of one
+// engine per condition. The full form runs on the unquantized fixture (~100 s here).
+//
+// kvCacheDType sets Config.KVCacheDType; a quantized cache changes the logits (by up to
+// 0.05 for int8 on this model, model TestKVCacheQuantizedLogits), so its runs are compared
+// with each other, not with HF's greedy tokens.
+type engineFixture struct {
+	name, dir          string
+	greedyKey, margins string
+	quick              bool
+	kvCacheDType       string
+}
+
+var engineFixtures = []engineFixture{
+	{"unquantized", fixtureDir, "greedy_f32", "top1_margins", false, ""},
+	{"w8a8", filepath.Join("..", "model", "testdata", "gemma3-tiny-w8a8"), "greedy_dyn", "margins_dyn", true, ""},
+	{"fp8", filepath.Join("..", "model", "testdata", "gemma3-tiny-fp8"), "greedy_dyn", "margins_dyn", true, ""},
+	{"kv-int8", fixtureDir, "greedy_f32", "top1_margins", true, "int8"},
+}
+
+// withKV applies fx's KV cache dtype to an engine config after mutate.
+func (fx engineFixture) withKV(mutate func(*Config)) func(*Config) {
+	return func(c *Config) {
+		c.KVCacheDType = fx.kvCacheDType
+		if mutate != nil {
+			mutate(c)
+		}
+	}
+}
+
 var (
-	fixtureOnce  sync.Once
-	fixtureModel *model.Model
-	fixtureErr   error
+	fixtureMu     sync.Mutex
+	fixtureModels = map[string]*model.Model{}
 )
 
-func tinyFixture(t testing.TB) *model.Model {
+// fixtureModelAt loads (once per directory) the checkpoint at dir in float32; a compressed
+// checkpoint runs in its own quantization mode.
+func fixtureModelAt(t testing.TB, dir string) *model.Model {
 	t.Helper()
 	backend := backendtest.Backend(t)
-	fixtureOnce.Do(func() {
-		fixtureModel, fixtureErr = model.Load(backend, model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}})
-	})
-	if fixtureErr != nil {
-		t.Fatal(fixtureErr)
+	fixtureMu.Lock()
+	defer fixtureMu.Unlock()
+	if m, ok := fixtureModels[dir]; ok {
+		return m
 	}
-	return fixtureModel
+	m, err := model.Load(backend, model.LoadOptions{Model: dir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}})
+	if err != nil {
+		t.Fatalf("load %s: %v", dir, err)
+	}
+	fixtureModels[dir] = m
+	return m
 }
+
+func tinyFixture(t testing.TB) *model.Model { return fixtureModelAt(t, fixtureDir) }
 
 // textDecoder is a stand-in detokenizer: token t reads "<t>", special tokens (0–3) read
 // "" when skipped.
@@ -73,8 +118,14 @@ func (d *textDecoder) Flush() string { return "" }
 
 func newTestEngine(t *testing.T, mutate func(*Config)) *Engine {
 	t.Helper()
+	return newTestEngineOn(t, tinyFixture(t), mutate)
+}
+
+// newTestEngineOn is newTestEngine on model m.
+func newTestEngineOn(t *testing.T, m *model.Model, mutate func(*Config)) *Engine {
+	t.Helper()
 	cfg := Config{
-		Model:      tinyFixture(t),
+		Model:      m,
 		NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
 		Scheduler:  SchedulerConfig{MaxNumSeqs: 64, MaxNumBatchedTokens: 256, MaxModelLen: 512},
 		PageSize:   8,
@@ -137,12 +188,40 @@ func submit(t testing.TB, e *Engine, id string, prompt []int32, p SamplingParams
 	return ch
 }
 
-type goldenGreedy struct {
-	Greedy []struct {
-		Prompt  []int32   `json:"prompt"`
-		Greedy  []int32   `json:"greedy_f32"`
-		Margins []float64 `json:"top1_margins"`
-	} `json:"greedy"`
+// greedyRun is one of a fixture's HF greedy continuations and each step's top-1 margin.
+type greedyRun struct {
+	Prompt  []int32
+	Greedy  []int32
+	Margins []float64
+}
+
+// readGreedyGolden reads fx's HF greedy runs from its golden.json, under fx's keys.
+func readGreedyGolden(t testing.TB, fx engineFixture) []greedyRun {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(fx.dir, "golden.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var golden struct {
+		Greedy []map[string]json.RawMessage `json:"greedy"`
+	}
+	if err := json.Unmarshal(data, &golden); err != nil {
+		t.Fatalf("%s golden.json: %v", fx.name, err)
+	}
+	var out []greedyRun
+	for i, g := range golden.Greedy {
+		var r greedyRun
+		for key, dst := range map[string]any{"prompt": &r.Prompt, fx.greedyKey: &r.Greedy, fx.margins: &r.Margins} {
+			if err := json.Unmarshal(g[key], dst); err != nil {
+				t.Fatalf("%s golden.json greedy[%d].%s: %v", fx.name, i, key, err)
+			}
+		}
+		if len(r.Greedy) == 0 || len(r.Margins) != len(r.Greedy) {
+			t.Fatalf("%s golden.json greedy[%d]: %d tokens, %d margins", fx.name, i, len(r.Greedy), len(r.Margins))
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func sameResult(a, b result) (bool, string) {
@@ -168,16 +247,17 @@ func sameResult(a, b result) (bool, string) {
 
 // TestGreedyBatchInvariance: every request's greedy tokens and logprobs are the same alone
 // and among 64 concurrent requests of mixed lengths, with chunked prefill, with preemption
-// forced by a tiny cache and with prefix-cache hits; and equal to HF's greedy runs.
+// forced by a tiny cache and with prefix-cache hits; and equal to HF's greedy runs. On the
+// unquantized fixture and on the W8A8 and FP8-dynamic checkpoints (f32 compute).
 func TestGreedyBatchInvariance(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join(fixtureDir, "golden.json"))
-	if err != nil {
-		t.Fatal(err)
+	for _, fx := range engineFixtures {
+		t.Run(fx.name, func(t *testing.T) { testGreedyBatchInvariance(t, fx) })
 	}
-	var golden goldenGreedy
-	if err := json.Unmarshal(data, &golden); err != nil {
-		t.Fatal(err)
-	}
+}
+
+func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
+	m := fixtureModelAt(t, fx.dir)
+	golden := readGreedyGolden(t, fx)
 	rng := rand.New(rand.NewPCG(1, 2))
 	type job struct {
 		id     string
@@ -185,15 +265,23 @@ func TestGreedyBatchInvariance(t *testing.T) {
 		max    int
 	}
 	var jobs []job
-	for i, g := range golden.Greedy {
-		jobs = append(jobs, job{fmt.Sprintf("hf%d", i), g.Prompt, len(g.Greedy)})
+	for i, g := range golden {
+		n := len(g.Greedy)
+		if fx.quick {
+			n = min(n, 16) // the model package checks the whole runs (TestQuantizedGreedyMatchesHuggingFace)
+		}
+		jobs = append(jobs, job{fmt.Sprintf("hf%d", i), g.Prompt, n})
 	}
 	shared := make([]int32, 40) // a common prefix: prefix-cache hits
 	shared[0] = 2
 	for i := 1; i < len(shared); i++ {
 		shared[i] = int32(3 + rng.IntN(500))
 	}
-	for len(jobs) < 64 {
+	numJobs := 64
+	if fx.quick {
+		numJobs = 10
+	}
+	for len(jobs) < numJobs {
 		n := 1 + rng.IntN(70)
 		var p []int32
 		if len(jobs)%3 == 0 {
@@ -210,15 +298,18 @@ func TestGreedyBatchInvariance(t *testing.T) {
 	// Alone, one at a time, on a roomy cache.
 	alone := map[string]result{}
 	{
-		e := newTestEngine(t, nil)
+		e := newTestEngineOn(t, m, fx.withKV(nil))
 		for _, j := range jobs {
 			alone[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
 		}
 	}
 	// Against HF's greedy continuations, wherever the margin is clear.
-	for i, g := range golden.Greedy {
+	for i, g := range golden {
+		if fx.kvCacheDType != "" {
+			break
+		}
 		got := alone[fmt.Sprintf("hf%d", i)].tokens
-		for s, want := range g.Greedy {
+		for s, want := range g.Greedy[:min(len(got), len(g.Greedy))] {
 			if g.Margins[s] <= 1e-3 {
 				break
 			}
@@ -236,9 +327,25 @@ func TestGreedyBatchInvariance(t *testing.T) {
 		{"preemption", func(c *Config) { c.KVCacheBytes = 512 << 10; c.Scheduler.MaxNumBatchedTokens = 64 }},
 		{"no-prefix-cache", func(c *Config) { c.DisablePrefixCaching = true }},
 	}
+	if fx.quick {
+		scenarios = scenarios[:0]
+		scenarios = append(scenarios, struct {
+			name   string
+			mutate func(*Config)
+		}{"mixed", func(c *Config) {
+			c.Scheduler.MaxNumBatchedTokens = 64
+			c.SegmentLen = 4
+			c.KVCacheBytes = 512 << 10
+			if c.KVCacheDType != "" {
+				// The same tokens as the f32 cache: 1 byte per element plus a 4-byte scale
+				// per 32 (head_dim) instead of 4 bytes per element.
+				c.KVCacheBytes = c.KVCacheBytes * (32 + 4) / (4 * 32)
+			}
+		}})
+	}
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
-			e := newTestEngine(t, sc.mutate)
+			e := newTestEngineOn(t, m, fx.withKV(sc.mutate))
 			chans := map[string]<-chan Event{}
 			for _, j := range jobs {
 				chans[j.id] = submit(t, e, j.id, j.prompt, greedyParams(j.max))
@@ -253,10 +360,10 @@ func TestGreedyBatchInvariance(t *testing.T) {
 				}
 			}
 			st := e.Stats()
-			if sc.name == "preemption" && st.NumPreemptions == 0 {
+			if (sc.name == "preemption" || sc.name == "mixed") && st.NumPreemptions == 0 {
 				t.Errorf("the tiny cache forced no preemption")
 			}
-			if sc.name == "concurrent" && st.PrefixCacheHits == 0 {
+			if (sc.name == "concurrent" || sc.name == "mixed") && st.PrefixCacheHits == 0 {
 				t.Errorf("no prefix-cache hits with shared prompts")
 			}
 			t.Logf("%s: %+v", sc.name, st)
@@ -264,8 +371,16 @@ func TestGreedyBatchInvariance(t *testing.T) {
 	}
 }
 
+// TestSeededSampling: a seeded request samples the same tokens alone and among others, and
+// another seed samples others; on every engine fixture.
 func TestSeededSampling(t *testing.T) {
-	e := newTestEngine(t, nil)
+	for _, fx := range engineFixtures {
+		t.Run(fx.name, func(t *testing.T) { testSeededSampling(t, fixtureModelAt(t, fx.dir), fx) })
+	}
+}
+
+func testSeededSampling(t *testing.T, m *model.Model, fx engineFixture) {
+	e := newTestEngineOn(t, m, fx.withKV(nil))
 	prompt := []int32{2, 10, 20, 30}
 	params := func(seed int64) SamplingParams {
 		p := DefaultSamplingParams()
@@ -409,3 +524,20 @@ func TestSubmitErrors(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestKVCacheDTypeConfig: an unknown KVCacheDType is refused naming the field, and a
+// quantized cache leaves the caller's model as it was (the engine runs a copy).
+func TestKVCacheDTypeConfig(t *testing.T) {
+	m := tinyFixture(t)
+	_, err := New(Config{Model: m, NewDecoder: func(bool) StreamDecoder { return &textDecoder{} }, KVCacheDType: "int4", Precompile: PrecompileNone})
+	if err == nil || !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), "KVCacheDType") || !strings.Contains(err.Error(), `"int4"`) {
+		t.Errorf("KVCacheDType int4: %v", err)
+	}
+	e := newTestEngine(t, func(c *Config) { c.KVCacheDType = "fp8" })
+	if got := collect(t, submit(t, e, "a", []int32{2, 10, 20}, greedyParams(3))); len(got.tokens) != 3 {
+		t.Errorf("fp8 cache: %d tokens", len(got.tokens))
+	}
+	if m.Config.KVCache.Quantized() {
+		t.Errorf("the engine changed the shared model's KV cache setting to %s", m.Config.KVCache)
+	}
+}

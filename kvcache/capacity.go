@@ -10,8 +10,11 @@ type MemorySpec struct {
 	NumSlidingLayers int
 	KVHeads          int
 	HeadDim          int
-	DTypeBytes       int // 2 for bf16, 4 for f32
-	SlidingWindow    int // required with sliding layers
+	DTypeBytes       int // 2 for bf16, 4 for f32; 1 for an int8 / fp8 cache
+	// ScaleBytes is a quantized cache's scale per position and kv head (the compute dtype's
+	// size: 2 for bf16), stored beside the 1-byte K and V; 0 for an unquantized cache.
+	ScaleBytes    int
+	SlidingWindow int // required with sliding layers
 
 	// MaxNumSeqs and MaxNumBatchedTokens bound what the running batch can hold in the
 	// sliding group; MaxModelLen (optional, 0 = unbounded) tightens that bound.
@@ -30,7 +33,7 @@ func (s MemorySpec) validate() error {
 	}{
 		{"PageSize", s.PageSize, 1}, {"NumGlobalLayers", s.NumGlobalLayers, 0},
 		{"NumSlidingLayers", s.NumSlidingLayers, 0}, {"KVHeads", s.KVHeads, 1},
-		{"HeadDim", s.HeadDim, 1}, {"DTypeBytes", s.DTypeBytes, 1},
+		{"HeadDim", s.HeadDim, 1}, {"DTypeBytes", s.DTypeBytes, 1}, {"ScaleBytes", s.ScaleBytes, 0},
 		{"MaxNumSeqs", s.MaxNumSeqs, 1}, {"MaxNumBatchedTokens", s.MaxNumBatchedTokens, 1},
 		{"MaxModelLen", s.MaxModelLen, 0},
 	} {
@@ -48,9 +51,10 @@ func (s MemorySpec) validate() error {
 }
 
 // BlockBytes returns the device bytes of one block id in each group: the K and V pages of
-// every layer of the group, numLayers × 2 × PageSize × KVHeads × HeadDim × DTypeBytes.
+// every layer of the group (and their scales),
+// numLayers × 2 × PageSize × KVHeads × (HeadDim × DTypeBytes + ScaleBytes).
 func (s MemorySpec) BlockBytes() (global, sliding int64) {
-	perLayer := 2 * int64(s.PageSize) * int64(s.KVHeads) * int64(s.HeadDim) * int64(s.DTypeBytes)
+	perLayer := 2 * int64(s.PageSize) * int64(s.KVHeads) * (int64(s.HeadDim)*int64(s.DTypeBytes) + int64(s.ScaleBytes))
 	return int64(s.NumGlobalLayers) * perLayer, int64(s.NumSlidingLayers) * perLayer
 }
 

@@ -326,6 +326,16 @@ func TestConfigForBudget(t *testing.T) {
 	if gB != 10*2*16*2*128*2 || sB != 52*2*16*2*128*2 {
 		t.Fatalf("block bytes %d %d", gB, sB)
 	}
+	// An int8 / fp8 cache: 1 byte per element plus a bf16 scale per position and kv head.
+	q := g27
+	q.DTypeBytes, q.ScaleBytes = 1, 2
+	if qg, qs := q.BlockBytes(); qg != 10*2*16*2*(128+2) || qs != 52*2*16*2*(128+2) {
+		t.Fatalf("int8 block bytes %d %d", qg, qs)
+	}
+	q.ScaleBytes = -1
+	if _, err := ConfigForBudget(1<<30, q); err == nil || !strings.Contains(err.Error(), "ScaleBytes") {
+		t.Fatalf("ScaleBytes -1: %v", err)
+	}
 	if got := g27.MaxSlidingBlocks(); got != 256*(64+2)+512 {
 		t.Fatalf("MaxSlidingBlocks %d", got)
 	}

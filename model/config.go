@@ -59,6 +59,10 @@ type Config struct {
 	// Quantization is how the decoder Linears are quantized (quantization_config, or a
 	// quantize-at-load; see quant.Scheme). The zero value: not quantized.
 	Quantization quant.Scheme `json:"-"`
+	// KVCache is how the KV pools store K and V: quant.None (the compute dtype), quant.Int8
+	// or quant.FP8 (1 byte per element with a scale per position and kv head, see
+	// kvquant.go). A serving choice (--kv-cache-dtype), not part of config.json.
+	KVCache quant.Mode `json:"-"`
 }
 
 // DefaultConfig returns Gemma 3's defaults for every field a hub config may omit; the

@@ -40,7 +40,8 @@ const maskedScore = -1e30
 // Forward builds the Gemma 3 forward pass (../shared/docs/gemma3.md) over a flat batch of
 // new tokens: it writes their K/V into the paged pools and attends to each token's
 // sequence context through the page tables. weights are in WeightSpecs order; pools hold K
-// and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype). It
+// and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype, or 1
+// byte per element followed by the scale pools when cfg.KVCache is set: kvquant.go). It
 // returns the hidden states after the last layer [T, H] (before the final norm: Logits
 // applies it to the rows it projects) and the updated pools.
 func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden *Node, newPools []*Node) {
@@ -85,11 +86,8 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 		q = rope.apply(rmsNorm(q, w[wQNorm], cfg.RMSNormEps))
 		k = rope.apply(rmsNorm(k, w[wKNorm], cfg.RMSNormEps))
 
-		kPool := writeSlots(pools[2*l], slots, k)
-		vPool := writeSlots(pools[2*l+1], slots, v)
-		newPools[2*l], newPools[2*l+1] = kPool, vPool
-
-		attn := att.attend(q, kPool, vPool, in.GridIndex, in.TokenCell, NH, KV, D, B, Q, scale)
+		kPool, vPool, kScale, vScale := writeKV(cfg, pools, newPools, l, slots, k, v)
+		attn := att.attend(q, kPool, vPool, kScale, vScale, in.GridIndex, in.TokenCell, NH, KV, D, B, Q, scale)
 		attn = lin(attn, wO)
 		x = Add(residual, rmsNorm(attn, w[wPostAttnNorm], cfg.RMSNormEps))
 
@@ -186,7 +184,14 @@ func writeSlots(pool, slots, values *Node) *Node {
 	dims := pool.Shape().Dimensions
 	flat := Reshape(pool, dims[0]*dims[1], dims[2], dims[3])
 	idx := InsertAxes(slots, -1)
-	negInf := BroadcastToDims(Infinity(pool.Graph(), pool.DType(), -1), values.Shape().Dimensions...)
+	lowest := Infinity(pool.Graph(), pool.DType(), -1)
+	switch pool.DType() {
+	case dtypes.Int8:
+		lowest = Scalar(pool.Graph(), dtypes.Int8, -128)
+	case dtypes.Uint8:
+		lowest = Scalar(pool.Graph(), dtypes.Uint8, 0)
+	}
+	negInf := BroadcastToDims(lowest, values.Shape().Dimensions...)
 	flat = ScatterMin(flat, idx, negInf, false, false)
 	flat = ScatterMax(flat, idx, values, false, false)
 	return Reshape(flat, dims...)
@@ -222,8 +227,10 @@ func newEntryAttention(qpos *Node, ent PageEntries, pageSize, window int) entryA
 // the keys and values of the entries' pages, and returns the per-token output [T, NH·D].
 // Each entry scores its page against its row's queries; the softmax over a row's entries is
 // exact: the row maximum by ScatterMax, then the exponentials' sums and the weighted values
-// by ScatterSum (in float32), divided at the end.
-func (a entryAttention) attend(q, kPool, vPool, gridIndex, tokenCell *Node, NH, KV, D, B, Q int, scale float64) *Node {
+// by ScatterSum (in float32), divided at the end. With scale pools kScale, vScale
+// [pages, pageSize, KV, 1] (a quantized cache; else nil) the gathered pages are
+// dequantized by their gathered scales.
+func (a entryAttention) attend(q, kPool, vPool, kScale, vScale, gridIndex, tokenCell *Node, NH, KV, D, B, Q int, scale float64) *Node {
 	g := q.Graph()
 	dtype := q.DType()
 	E := a.ent.Page.Shape().Dimensions[0]
@@ -233,6 +240,10 @@ func (a entryAttention) attend(q, kPool, vPool, gridIndex, tokenCell *Node, NH, 
 	pageIdx := InsertAxes(a.ent.Page, -1)                  // [E, PagesPerEntry, 1]
 	keys := Reshape(Gather(kPool, pageIdx), E, S, KV, D)   // [E, S, KV, D]
 	values := Reshape(Gather(vPool, pageIdx), E, S, KV, D) // [E, S, KV, D]
+	if kScale != nil {
+		keys = dequantizeKV(keys, Reshape(Gather(kScale, pageIdx), E, S, KV, 1), dtype)
+		values = dequantizeKV(values, Reshape(Gather(vScale, pageIdx), E, S, KV, 1), dtype)
+	}
 	qg := Reshape(Gather(q, InsertAxes(gridIndex, -1)), B, Q, KV, G, D)
 	qg = Concatenate([]*Node{qg, Zeros(g, shapes.Make(dtype, 1, Q, KV, G, D))}, 0) // + the padding row
 	qe := Gather(qg, rowIdx)                                                       // [E, Q, KV, G, D]

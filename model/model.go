@@ -46,15 +46,20 @@ func (m *Model) Close() { m.Weights.Finalize() }
 
 // KVPools are the model's paged K/V pools on the device: for layer l, Tensors[2l] is K and
 // Tensors[2l+1] is V, shaped [pages, pageSize, kvHeads, headDim] with the page count of
-// the layer's group. A StepExec updates them in place.
+// the layer's group; with Config.KVCache set they hold 1 byte per element and
+// Tensors[2L+2l], Tensors[2L+2l+1] are their scales [pages, pageSize, kvHeads, 1]
+// (kvquant.go). A StepExec updates them in place.
 type KVPools struct {
 	Layout  KVLayout
 	Tensors []*tensors.Tensor
 }
 
-// PoolBytes is the device memory of pools with layout for cfg in dtype.
+// PoolBytes is the device memory of pools with layout for cfg in compute dtype dtype: K and
+// V in dtype, or, with cfg.KVCache set, 1 byte per element plus one scale in dtype per
+// position and kv head.
 func PoolBytes(cfg *Config, layout KVLayout, dtype dtypes.DType) int64 {
-	perPage := int64(layout.PageSize*cfg.NumKeyValueHeads*cfg.HeadDim) * int64(dtype.Size()) * 2
+	elem, scale := KVElementBytes(cfg, dtype)
+	perPage := int64(layout.PageSize*cfg.NumKeyValueHeads) * int64(cfg.HeadDim*elem+scale) * 2
 	return perPage * (int64(cfg.NumGlobalLayers())*int64(layout.NumGlobalPages) + int64(cfg.NumSlidingLayers())*int64(layout.NumSlidingPages))
 }
 
@@ -64,31 +69,41 @@ func (m *Model) NewKVPools(layout KVLayout) (*KVPools, error) {
 		return nil, err
 	}
 	c := &m.Config
-	pools := &KVPools{Layout: layout, Tensors: make([]*tensors.Tensor, 2*c.NumHiddenLayers)}
-	zeros := map[int]*graph.Exec{}
-	for l := 0; l < c.NumHiddenLayers; l++ {
+	if err := checkKVCache(c); err != nil {
+		return nil, err
+	}
+	L := c.NumHiddenLayers
+	pools := &KVPools{Layout: layout, Tensors: make([]*tensors.Tensor, numPoolTensors(c))}
+	zeros := map[string]*graph.Exec{}
+	for i := range pools.Tensors {
+		l := (i % (2 * L)) / 2
 		pages := layout.NumSlidingPages
 		if c.IsGlobal(l) {
 			pages = layout.NumGlobalPages
 		}
 		shape := shapes.Make(m.DType, pages, layout.PageSize, c.NumKeyValueHeads, c.HeadDim)
-		e, ok := zeros[pages]
+		switch {
+		case i >= 2*L: // a quantized cache's scales
+			shape = shapes.Make(m.DType, pages, layout.PageSize, c.NumKeyValueHeads, 1)
+		case c.KVCache.Quantized():
+			shape = shapes.Make(kvStorageDType(c.KVCache), pages, layout.PageSize, c.NumKeyValueHeads, c.HeadDim)
+		}
+		e, ok := zeros[shape.String()]
 		if !ok {
 			var err error
 			e, err = graph.NewExec(m.Backend, func(g *graph.Graph) *graph.Node { return graph.Zeros(g, shape) })
 			if err != nil {
+				pools.Finalize()
 				return nil, fmt.Errorf("model: allocating KV pools: %w", err)
 			}
-			zeros[pages] = e
+			zeros[shape.String()] = e
 		}
-		for kv := 0; kv < 2; kv++ {
-			out, err := e.Exec()
-			if err != nil {
-				pools.Finalize()
-				return nil, fmt.Errorf("model: allocating KV pools (%d bytes): %w", PoolBytes(c, layout, m.DType), err)
-			}
-			pools.Tensors[2*l+kv] = out[0]
+		out, err := e.Exec()
+		if err != nil {
+			pools.Finalize()
+			return nil, fmt.Errorf("model: allocating KV pools (%d bytes): %w", PoolBytes(c, layout, m.DType), err)
 		}
+		pools.Tensors[i] = out[0]
 	}
 	for _, e := range zeros {
 		e.Finalize()
@@ -114,7 +129,7 @@ type PostFn func(logits *graph.Node, extra []*graph.Node) []*graph.Node
 // inputs) through Forward; tail returns the outputs after the pools from the hidden states
 // and the tail inputs.
 func stepProgram(cfg *Config, numW int, in []*graph.Node, tail func(hidden *graph.Node, weights, rest []*graph.Node) []*graph.Node) []*graph.Node {
-	numP := 2 * cfg.NumHiddenLayers
+	numP := numPoolTensors(cfg)
 	weights := in[:numW]
 	pools := in[numW : numW+numP]
 	step := stepNodesFromSlice(in[numW+numP : numW+numP+numStepInputs])
@@ -163,8 +178,8 @@ func (m *Model) NewStepExec(numExtraInputs int, post PostFn) (*StepExec, error) 
 
 // stepArgs lays out weights, pools (donated when donate) and b's step inputs.
 func (m *Model) stepArgs(pools *KVPools, b *Batch, donate bool) ([]any, error) {
-	if len(pools.Tensors) != 2*m.Config.NumHiddenLayers {
-		return nil, fmt.Errorf("%w: %d pool tensors, want %d", ErrInput, len(pools.Tensors), 2*m.Config.NumHiddenLayers)
+	if len(pools.Tensors) != numPoolTensors(&m.Config) {
+		return nil, fmt.Errorf("%w: %d pool tensors, want %d (kv-cache-dtype %s)", ErrInput, len(pools.Tensors), numPoolTensors(&m.Config), KVCacheDTypeName(m.Config.KVCache))
 	}
 	args := make([]any, 0, len(m.Weights.Tensors)+len(pools.Tensors)+numStepInputs+8)
 	for _, t := range m.Weights.Tensors {

@@ -135,7 +135,12 @@ func (t TensorSpec) Bytes() int64 {
 func QuantizedTensorSpecs(cfg *Config, mode quant.Mode, compute dtypes.DType) []TensorSpec {
 	c := *cfg
 	c.Quantization = quant.AtLoad(mode)
-	specs := WeightSpecs(&c)
+	return tensorSpecs(WeightSpecs(&c), compute)
+}
+
+// tensorSpecs turns weight specs into device tensor specs: a spec without a storage dtype
+// is in compute, a scale names its weight.
+func tensorSpecs(specs []WeightSpec, compute dtypes.DType) []TensorSpec {
 	out := make([]TensorSpec, len(specs))
 	for i, s := range specs {
 		dt := s.DType

@@ -41,6 +41,8 @@ import (
 	"strings"
 
 	"github.com/gomlx/gomlx/pkg/core/distributed"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 // ErrSharding is wrapped by every error about a tensor-parallel plan (a size that does not
@@ -106,17 +108,22 @@ func (s *SplitKind) UnmarshalText(b []byte) error {
 type WeightFormat string
 
 const (
-	// FormatBF16: weights, KV and activations in bfloat16 (the serving default).
+	// FormatBF16: weights, KV and activations in bfloat16 (the serving default). A config
+	// with a quantization_config (a compressed checkpoint) keeps its quantized Linears.
 	FormatBF16 WeightFormat = "bf16"
 	// FormatF32: everything in float32 (the pure-Go backend's default).
 	FormatF32 WeightFormat = "f32"
-	// FormatInt8 is a what-if for planning only: every 2-D weight stored as int8 with one
-	// bfloat16 scale per output row (per-channel), norms in bfloat16; KV cache and
-	// activations stay bfloat16. The model code does not run int8 weights.
+	// FormatInt8: every decoder Linear int8 with one bfloat16 scale per output row, as a
+	// quantize-at-load (--quantization int8 or int8-weight-only: the storage is the same)
+	// or a compressed-tensors int8 checkpoint runs; the embedding (the tied lm_head) and the
+	// norms stay bfloat16, and so do the KV cache and the activations.
 	FormatInt8 WeightFormat = "int8"
+	// FormatFP8: as FormatInt8 with float8 e4m3 weights (1 byte, Uint8 bit patterns on the
+	// device) and bfloat16 scales.
+	FormatFP8 WeightFormat = "fp8"
 )
 
-// ParseWeightFormat accepts bf16/bfloat16, f32/float32 and int8.
+// ParseWeightFormat accepts bf16/bfloat16, f32/float32, int8 and fp8.
 func ParseWeightFormat(s string) (WeightFormat, error) {
 	switch strings.ToLower(s) {
 	case "bf16", "bfloat16":
@@ -125,8 +132,22 @@ func ParseWeightFormat(s string) (WeightFormat, error) {
 		return FormatF32, nil
 	case "int8":
 		return FormatInt8, nil
+	case "fp8":
+		return FormatFP8, nil
 	}
-	return "", fmt.Errorf("%w: weight format %q (want bf16, f32 or int8)", ErrSharding, s)
+	return "", fmt.Errorf("%w: weight format %q (want bf16, f32, int8 or fp8)", ErrSharding, s)
+}
+
+// QuantizedFormat is the plan format of quantization mode m (FormatInt8 or FormatFP8;
+// FormatBF16 for none): the weight-only and dynamic modes store the same tensors.
+func QuantizedFormat(m quant.Mode) WeightFormat {
+	switch {
+	case !m.Quantized():
+		return FormatBF16
+	case m.IsFP8():
+		return FormatFP8
+	}
+	return FormatInt8
 }
 
 // ComputeBytes is the size of one element of activations and KV cache.
@@ -135,6 +156,36 @@ func (f WeightFormat) ComputeBytes() int {
 		return 4
 	}
 	return 2
+}
+
+// ComputeDType is the dtype of activations, KV cache and unquantized weights.
+func (f WeightFormat) ComputeDType() dtypes.DType {
+	if f == FormatF32 {
+		return dtypes.Float32
+	}
+	return dtypes.BFloat16
+}
+
+// QuantMode is the weight quantization a format plans for (quant.None for bf16 and f32).
+func (f WeightFormat) QuantMode() quant.Mode {
+	switch f {
+	case FormatInt8:
+		return quant.Int8
+	case FormatFP8:
+		return quant.FP8
+	}
+	return quant.None
+}
+
+// PlanTensorSpecs are the device tensors a plan in format places for cfg, in WeightSpecs
+// order: for int8/fp8 those of a quantize-at-load of every decoder Linear
+// (QuantizedTensorSpecs); for bf16/f32 cfg's own (its quantization_config's Linears, if
+// any, in their storage dtype with their scales; the rest in the compute dtype).
+func PlanTensorSpecs(cfg *Config, format WeightFormat) []TensorSpec {
+	if m := format.QuantMode(); m.Quantized() {
+		return QuantizedTensorSpecs(cfg, m, format.ComputeDType())
+	}
+	return tensorSpecs(WeightSpecs(cfg), format.ComputeDType())
 }
 
 // TensorPlan is one tensor's placement.
@@ -150,7 +201,11 @@ type TensorPlan struct {
 	// replication it is less than the number of chips.
 	Shards     int   `json:"shards"`
 	ShardShape []int `json:"shard_shape"`
-	// Bytes is the whole tensor and BytesPerChip what each chip holds, in the plan's format.
+	// DType is the tensor's storage dtype (a quantized Linear's Int8 or Uint8, else the
+	// compute dtype).
+	DType string `json:"dtype,omitempty"`
+	// Bytes is the whole tensor and BytesPerChip what each chip holds: elements × DType's
+	// size.
 	Bytes        int64 `json:"bytes"`
 	BytesPerChip int64 `json:"bytes_per_chip"`
 }
@@ -181,7 +236,8 @@ type ShardingPlan struct {
 	Weights []TensorPlan `json:"weights"`
 	// KVPool is the placement of every layer's K and V pool; its Shape has 0 pages and 0
 	// page slots (they come from the KV layout, see PoolPlans) and its byte fields are for
-	// one slot (one position of one layer's K, or V) in the compute dtype.
+	// one slot (one position of one layer's K, or V) in the compute dtype, or, for a
+	// quantized cache (Config.KVCache), 1 byte per element plus the slot's scales.
 	KVPool TensorPlan `json:"kv_pool"`
 	// WeightBytes is the model's size and WeightBytesPerChip the sum of BytesPerChip.
 	WeightBytes        int64 `json:"weight_bytes"`
@@ -232,9 +288,21 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 	if tp == 1 {
 		all, kvAxes = nil, nil
 	}
-	for _, s := range WeightSpecs(cfg) {
+	placed := map[string]TensorPlan{}
+	for _, s := range PlanTensorSpecs(cfg, format) {
 		split, axis, axes, shards := Replicated, -1, []string(nil), 1
 		switch {
+		case s.ScaleOf != "":
+			// A per-output-row scale [out, 1] follows its weight's rows: a column-parallel
+			// weight's chip holds rows out/N and their scales; a row-parallel one holds every
+			// row (split on in), so every chip needs the whole scale.
+			w, ok := placed[s.ScaleOf]
+			if !ok {
+				return nil, fmt.Errorf("%w: scale %s %v comes before (or without) its weight %s", ErrSharding, s.Name, s.Shape, s.ScaleOf)
+			}
+			if w.Split == ColumnParallel {
+				split, axis, axes, shards = ColumnParallel, 0, w.MeshAxes, w.Shards
+			}
 		case len(s.Shape) == 1: // norms
 		case s.Name == "model.embed_tokens.weight":
 			split, axis, axes, shards = VocabParallel, 0, all, tp
@@ -251,19 +319,25 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 		if tp == 1 {
 			split, axis, axes, shards = Replicated, -1, nil, 1
 		}
-		t, err := newTensorPlan(s.Name, s.Shape, split, axis, axes, shards, format)
+		t, err := newTensorPlan(s.Name, s.Shape, split, axis, axes, shards, s.DType)
 		if err != nil {
 			return nil, err
 		}
+		placed[s.Name] = t
 		p.Weights = append(p.Weights, t)
 		p.WeightBytes += t.Bytes
 		p.WeightBytesPerChip += t.BytesPerChip
 	}
 	// The pool descriptor: one slot (position) of one layer's K (or V) pool.
+	// With cfg.KVCache set, K/V take 1 byte per element and a compute-dtype scale per kv head.
+	elem, scale := KVElementBytes(cfg, format.ComputeDType())
+	headBytes := int64(cfg.HeadDim*elem + scale)
 	pool := TensorPlan{Name: "model.layers.*.kv_pool", Shape: []int{0, 0, kv, cfg.HeadDim},
 		Split: Replicated, Axis: -1, Shards: 1, ShardShape: []int{0, 0, p.KVHeadsPerChip, cfg.HeadDim},
-		Bytes:        int64(kv*cfg.HeadDim) * int64(format.ComputeBytes()),
-		BytesPerChip: int64(p.KVHeadsPerChip*cfg.HeadDim) * int64(format.ComputeBytes())}
+		Bytes: int64(kv) * headBytes, BytesPerChip: int64(p.KVHeadsPerChip) * headBytes}
+	if cfg.KVCache.Quantized() {
+		pool.DType = kvStorageDType(cfg.KVCache).String()
+	}
 	if tp > 1 {
 		pool.Split, pool.Axis, pool.MeshAxes, pool.Shards = KVHeadParallel, 2, kvAxes, kvShards
 	}
@@ -271,9 +345,10 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 	return p, nil
 }
 
-// newTensorPlan fills shapes and bytes; the shard count must divide the split axis.
-func newTensorPlan(name string, shape []int, split SplitKind, axis int, meshAxes []string, shards int, format WeightFormat) (TensorPlan, error) {
-	t := TensorPlan{Name: name, Shape: append([]int(nil), shape...), Split: split, Axis: axis,
+// newTensorPlan fills shapes and bytes (elements of dtype); the shard count must divide the
+// split axis.
+func newTensorPlan(name string, shape []int, split SplitKind, axis int, meshAxes []string, shards int, dtype dtypes.DType) (TensorPlan, error) {
+	t := TensorPlan{Name: name, Shape: append([]int(nil), shape...), Split: split, Axis: axis, DType: dtype.String(),
 		MeshAxes: append([]string(nil), meshAxes...), Shards: shards, ShardShape: append([]int(nil), shape...)}
 	if axis >= 0 {
 		if shape[axis]%shards != 0 {
@@ -284,29 +359,9 @@ func newTensorPlan(name string, shape []int, split SplitKind, axis int, meshAxes
 	} else {
 		t.MeshAxes = nil
 	}
-	t.Bytes = formatBytes(t.Shape, format)
-	t.BytesPerChip = formatBytes(t.ShardShape, format)
+	t.Bytes = TensorSpec{DType: dtype, Shape: t.Shape}.Bytes()
+	t.BytesPerChip = TensorSpec{DType: dtype, Shape: t.ShardShape}.Bytes()
 	return t, nil
-}
-
-// formatBytes is the storage of a tensor (or shard) of shape in format. For int8, a 2-D
-// weight carries one bf16 scale per output row (axis 0): a row-parallel shard keeps all of
-// its tensor's rows and so all the scales, a column shard only its rows'.
-func formatBytes(shape []int, format WeightFormat) int64 {
-	n := int64(1)
-	for _, d := range shape {
-		n *= int64(d)
-	}
-	switch format {
-	case FormatF32:
-		return 4 * n
-	case FormatInt8:
-		if len(shape) != 2 {
-			return 2 * n
-		}
-		return n + 2*int64(shape[0])
-	}
-	return 2 * n
 }
 
 // Config is the model configuration the plan was made for (a plan decoded from JSON is

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 func preset(t testing.TB, name string) model.Config {
@@ -170,7 +171,7 @@ func TestShardingPlanRefusals(t *testing.T) {
 		want   string
 	}{
 		{"zero", preset(t, "gemma3-27b"), 0, model.FormatBF16, "must be >= 1, got 0"},
-		{"format", preset(t, "gemma3-27b"), 8, "fp8", `weight format "fp8"`},
+		{"format", preset(t, "gemma3-27b"), 8, "int4", `weight format "int4"`},
 		{"kv heads", custom(func(c *model.Config) { c.NumAttentionHeads, c.NumKeyValueHeads = 6, 3 }), 2, model.FormatBF16,
 			"neither divides nor is a multiple of the 3 kv heads of model.layers.*.self_attn.k_proj.weight [768 1152]"},
 		{"intermediate", custom(func(c *model.Config) { c.NumAttentionHeads, c.NumKeyValueHeads, c.IntermediateSize = 8, 8, 100 }), 8, model.FormatBF16,
@@ -291,38 +292,112 @@ func TestShardBytes(t *testing.T) {
 	}
 }
 
-// TestInt8Bytes checks the int8 what-if: int8 elements plus one bf16 scale per output row
-// (all rows for a row-parallel piece), norms in bf16.
-func TestInt8Bytes(t *testing.T) {
+// TestQuantizedPlanBytes: with int8 or fp8 weights, a plan's bytes are its tensors' bytes
+// (model.QuantizedTensorSpecs: 1 byte per quantized parameter, the scales [out, 1] and
+// everything else in bf16), split as the scales' weights are: column-parallel q/k/v/gate/up
+// scales by the chips, row-parallel o/down scales whole on every chip. The expected split
+// is computed here from the spec list alone, independently of the plan's placement code.
+func TestQuantizedPlanBytes(t *testing.T) {
 	cfg := preset(t, "gemma3-27b")
-	p, err := model.NewShardingPlan(&cfg, 8, model.FormatInt8)
+	bf8, err := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
 	if err != nil {
 		t.Fatal(err)
 	}
-	byName := map[string]model.TensorPlan{}
-	for _, w := range p.Weights {
-		byName[w.Name] = w
-	}
-	for name, want := range map[string]int64{
-		"model.layers.0.self_attn.q_proj.weight": 512*5376 + 2*512,  // [4096/8, 5376]
-		"model.layers.0.self_attn.o_proj.weight": 5376*512 + 2*5376, // [5376, 4096/8], every row's scale
-		"model.layers.0.mlp.down_proj.weight":    5376*2688 + 2*5376,
-		"model.layers.0.input_layernorm.weight":  2 * 5376,
-		"model.embed_tokens.weight":              32776*5376 + 2*32776,
+	for _, tc := range []struct {
+		format model.WeightFormat
+		mode   quant.Mode
+		tp     int
+		dtype  string
+	}{
+		{model.FormatInt8, quant.Int8, 4, "Int8"},
+		{model.FormatInt8, quant.Int8, 8, "Int8"},
+		{model.FormatFP8, quant.FP8, 8, "Uint8"},
 	} {
-		if got := byName[name].BytesPerChip; got != want {
-			t.Errorf("%s: %d bytes per chip in int8, want %d", name, got, want)
-		}
+		t.Run(fmt.Sprintf("%s/tp%d", tc.format, tc.tp), func(t *testing.T) {
+			p, err := model.NewShardingPlan(&cfg, tc.tp, tc.format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs := model.QuantizedTensorSpecs(&cfg, tc.mode, dtypes.BFloat16)
+			if len(p.Weights) != len(specs) {
+				t.Fatalf("%d tensors placed, %d specs", len(p.Weights), len(specs))
+			}
+			perChip := func(s model.TensorSpec) int64 {
+				name := s.Name
+				if s.ScaleOf != "" {
+					name = s.ScaleOf
+				}
+				switch {
+				case len(s.Shape) == 1:
+					return s.Bytes()
+				case s.ScaleOf != "" && (strings.HasSuffix(name, "o_proj.weight") || strings.HasSuffix(name, "down_proj.weight")):
+					return s.Bytes() // a row-parallel weight's scale: every row on every chip
+				}
+				return s.Bytes() / int64(tc.tp) // 16 kv heads: k/v split by 4 and 8 too
+			}
+			var total, chip, scales int64
+			for i, s := range specs {
+				w := p.Weights[i]
+				if w.Name != s.Name || w.DType != s.DType.String() {
+					t.Fatalf("tensor %d: plan %s %s, spec %s %s", i, w.Name, w.DType, s.Name, s.DType)
+				}
+				if w.BytesPerChip != perChip(s) || w.Bytes != s.Bytes() {
+					t.Errorf("%s: %d bytes per chip (%d in all), want %d (%d)", s.Name, w.BytesPerChip, w.Bytes, perChip(s), s.Bytes())
+				}
+				total += s.Bytes()
+				chip += perChip(s)
+				if s.ScaleOf != "" {
+					scales += perChip(s)
+				}
+			}
+			if p.WeightBytes != total || p.WeightBytesPerChip != chip {
+				t.Errorf("plan %d bytes (%d per chip), the tensors sum to %d (%d)", p.WeightBytes, p.WeightBytesPerChip, total, chip)
+			}
+			byName := map[string]model.TensorPlan{}
+			for _, w := range p.Weights {
+				byName[w.Name] = w
+			}
+			q := int64(4096 / tc.tp)
+			for name, want := range map[string]int64{
+				"model.layers.0.self_attn.q_proj.weight":       q * 5376,                         // [4096/N, 5376] × 1 byte
+				"model.layers.0.self_attn.q_proj.weight_scale": 2 * q,                            // [4096/N, 1] bf16
+				"model.layers.0.self_attn.o_proj.weight":       5376 * q,                         // [5376, 4096/N]
+				"model.layers.0.self_attn.o_proj.weight_scale": 2 * 5376,                         // [5376, 1] on every chip
+				"model.layers.0.mlp.down_proj.weight_scale":    2 * 5376,                         //
+				"model.layers.0.input_layernorm.weight":        2 * 5376,                         // bf16, replicated
+				"model.embed_tokens.weight":                    2 * 262208 * 5376 / int64(tc.tp), // bf16, vocab-parallel
+			} {
+				if got := byName[name].BytesPerChip; got != want {
+					t.Errorf("%s: %d bytes per chip, want %d", name, got, want)
+				}
+			}
+			if got := byName["model.layers.0.self_attn.q_proj.weight_scale"]; got.Split != model.ColumnParallel || got.Axis != 0 {
+				t.Errorf("q_proj scale placed %s axis %d, want column axis 0", got.Split, got.Axis)
+			}
+			if got := byName["model.layers.0.mlp.down_proj.weight_scale"]; got.Split != model.Replicated {
+				t.Errorf("down_proj scale placed %s, want replicated", got.Split)
+			}
+			if p.KVPool.BytesPerChip*int64(tc.tp) != bf8.KVPool.BytesPerChip*8 {
+				t.Errorf("quantized weights changed the KV cache size")
+			}
+			t.Logf("27B %s TP=%d: %.3f GiB per chip (scales %.2f MiB), %.3f GiB in all", tc.format, tc.tp,
+				float64(chip)/(1<<30), float64(scales)/(1<<20), float64(total)/(1<<30))
+		})
 	}
-	bf, err := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
+	// A compressed checkpoint's config (quantization_config, here as at load) planned in bf16
+	// places the same tensors as the int8 format.
+	qc := cfg
+	qc.Quantization = quant.AtLoad(quant.Int8)
+	fromCfg, err := model.NewShardingPlan(&qc, 8, model.FormatBF16)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := float64(p.WeightBytesPerChip) / float64(bf.WeightBytesPerChip); r < 0.5 || r > 0.51 {
-		t.Errorf("int8/bf16 bytes per chip = %.4f, want just over 0.5", r)
+	int8Plan, err := model.NewShardingPlan(&cfg, 8, model.FormatInt8)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if p.KVPool.BytesPerChip != bf.KVPool.BytesPerChip {
-		t.Errorf("int8 weights changed the KV cache size: %d vs %d", p.KVPool.BytesPerChip, bf.KVPool.BytesPerChip)
+	if fromCfg.WeightBytesPerChip != int8Plan.WeightBytesPerChip {
+		t.Errorf("quantized config in bf16: %d bytes per chip, int8 format %d", fromCfg.WeightBytesPerChip, int8Plan.WeightBytesPerChip)
 	}
 }
 

@@ -76,6 +76,9 @@ func newShardedModel(backend backends.Backend, cfg Config, tp int, dtype dtypes.
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return nil, err
 	}
+	if cfg.KVCache.Quantized() {
+		return nil, fmt.Errorf("%w: Config.KVCache %s: the sharded pools hold K and V only (no quantized KV cache with TP=%d)", ErrConfig, cfg.KVCache, tp)
+	}
 	format, err := formatOf(dtype)
 	if err != nil {
 		return nil, err
@@ -176,8 +179,9 @@ func LoadShardedModel(backend backends.Backend, opts LoadOptions, tp int) (*Shar
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return nil, err
 	}
-	// The sharding plan does not place quantized weights and their scales yet: refuse
-	// rather than silently serve the bf16 weights.
+	// NewShardingPlan places quantized weights and their scales, but this loader slices and
+	// converts every tensor to the compute dtype and the sharded step has no quantized
+	// Linear: refuse rather than silently serve the bf16 weights.
 	if opts.Quantization != "" && opts.Quantization != "none" {
 		return nil, fmt.Errorf("%w: quantization %q with tensor parallelism (TP=%d) is not supported yet", ErrConfig, opts.Quantization, tp)
 	}
@@ -550,6 +554,9 @@ func buildShardedStep(g *graph.Graph, plan *ShardingPlan, mesh *distributed.Devi
 func CompileShardedStep(backend backends.Backend, cfg *Config, tp int, dtype dtypes.DType, layout KVLayout, s BatchShape) (err error) {
 	if err := CheckTPBackend(backend, tp); err != nil {
 		return err
+	}
+	if cfg.KVCache.Quantized() {
+		return fmt.Errorf("%w: Config.KVCache %s: the sharded pools hold K and V only (no quantized KV cache with TP=%d)", ErrConfig, cfg.KVCache, tp)
 	}
 	format, err := formatOf(dtype)
 	if err != nil {

@@ -19,9 +19,9 @@ func runCost(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	resultJSON := fs.String("result-json", "", "result JSON of tpuserve bench (or vllm bench serve)")
 	price := fs.String("hourly-price", "", "USD per hour per replica, or a range like 10-13")
-	catalogue := fs.Bool("catalogue", false, "print the migration report's price list (H100, v5e-4, v5e-8; on-demand and Spot)")
+	catalogue := fs.Bool("catalogue", false, "print the migration report's price list (H100, v5e-4, v5e-4 with 27B int8, v5e-8; on-demand and Spot)")
 	var results multiFlag
-	fs.Var(&results, "result", "KEY=FILE: a result measured on catalogue hardware KEY (h100, v5e-4, v5e-8); repeatable")
+	fs.Var(&results, "result", "KEY=FILE: a result measured on catalogue configuration KEY ("+strings.Join(cost.CatalogueKeys(), ", ")+"); repeatable")
 	load := fs.Float64("load-tps", 0, "average output tokens per second to serve (sizes replicas for the monthly cost; 0: one replica)")
 	hours := fs.Float64("hours-per-month", cost.HoursPerMonth, "billed hours per month")
 	if err := fs.Parse(args); err != nil {

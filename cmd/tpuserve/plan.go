@@ -12,6 +12,7 @@ import (
 
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 func init() {
@@ -37,7 +38,9 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	tp := fs.Int("tp", 1, "tensor-parallel size: chips the model is split across")
 	fs.IntVar(tp, "tensor-parallel-size", 1, "same as --tp")
 	deviceMem := fs.String("device-memory", "16GiB", "memory of one chip (16GiB: a TPU v5e chip); binary units GiB/MiB, decimal GB/MB")
-	dtype := fs.String("dtype", "bf16", "weight format: bf16, f32, or int8 (a what-if: int8 weights with per-row scales, bf16 KV and activations)")
+	dtype := fs.String("dtype", "bf16", "compute dtype: bf16 or f32 (int8 and fp8 are kept as spellings of --quantization int8/fp8)")
+	quantFlag := fs.String("quantization", "", "weights: none, int8 (int8-weight-only, w8a8) or fp8 (fp8-dynamic, fp8-weight-only): 1 byte per Linear parameter and bf16 per-row scales, embedding, norms, KV and activations bf16; the plan shows the KV capacity it frees (default: the checkpoint's quantization_config, else none)")
+	kvDType := fs.String("kv-cache-dtype", "auto", "KV cache storage: auto (the compute dtype), int8 or fp8 (1 byte per element and a scale per position and kv head: about twice the tokens of bf16)")
 	maxModelLen := fs.Int("max-model-len", 0, "longest sequence (default min(8192, the model's max positions))")
 	maxSeqs := fs.Int("max-num-seqs", 128, "most sequences running at once (the v5e-8 production setting)")
 	maxBatched := fs.Int("max-num-batched-tokens", 2048, "most tokens in one step (the v5e-8 production setting)")
@@ -62,6 +65,25 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--dtype: %w", err)
 	}
+	if *quantFlag != "" {
+		mode, err := quant.ParseMode(*quantFlag)
+		if err != nil {
+			return fmt.Errorf("--quantization: %w", err)
+		}
+		switch {
+		case !mode.Quantized():
+			cfg.Quantization = quant.Scheme{} // plan the checkpoint unquantized
+			if format.QuantMode().Quantized() {
+				return fmt.Errorf("--quantization none contradicts --dtype %s", *dtype)
+			}
+		case format == model.FormatF32:
+			return fmt.Errorf("--quantization %s: quantized weights are planned with bf16 compute (scales, embedding, KV), not --dtype %s", *quantFlag, *dtype)
+		case format.QuantMode().Quantized() && format != model.QuantizedFormat(mode):
+			return fmt.Errorf("--quantization %s contradicts --dtype %s", *quantFlag, *dtype)
+		default:
+			format = model.QuantizedFormat(mode)
+		}
+	}
 	mem, err := plan.ParseByteSize(*deviceMem)
 	if err != nil {
 		return fmt.Errorf("--device-memory: %w", err)
@@ -76,6 +98,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	opts := plan.MemoryOptions{
 		TP: *tp, DeviceMemoryBytes: mem, Format: format, MaxModelLen: *maxModelLen, MaxNumSeqs: *maxSeqs,
 		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen, MinTokens: *minTokens,
+		KVCacheDType: *kvDType,
 	}
 	var roofs []*plan.RooflineResult
 	if *roofline {
@@ -109,7 +132,16 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		}
 		return planErr
 	}
-	writePlan(stdout, *modelSpec, &cfg, mp, *tensors)
+	var base *plan.MemoryPlan
+	if format.QuantMode().Quantized() || cfg.Quantization.Mode.Quantized() {
+		// The same options with bf16 weights: what quantization frees for the KV cache.
+		bcfg := cfg
+		bcfg.Quantization = quant.Scheme{}
+		bo := opts
+		bo.Format = model.FormatBF16
+		base, _ = plan.PlanMemory(&bcfg, bo) // a bf16 model that does not fit still has its weight bytes
+	}
+	writePlan(stdout, *modelSpec, &cfg, mp, base, *tensors)
 	return planErr
 }
 
@@ -149,14 +181,23 @@ func planRooflines(cfg *model.Config, opts plan.MemoryOptions) ([]*plan.Roofline
 	return out, nil
 }
 
-func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, allTensors bool) {
+// writePlan writes plan p; base, when given, is the same plan with bf16 weights, to show
+// what quantized weights free.
+func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, base *plan.MemoryPlan, allTensors bool) {
 	o := p.Options
 	sp := p.Sharding
 	mesh := make([]string, len(sp.MeshAxisNames))
 	for i, a := range sp.MeshAxisNames {
 		mesh[i] = fmt.Sprintf("%s=%d", a, sp.MeshAxisSizes[i])
 	}
-	fmt.Fprintf(w, "plan: %s, %s weights, TP=%d (mesh %s), %s per chip\n", name, o.Format, o.TP, strings.Join(mesh, " × "), plan.FormatBytes(o.DeviceMemoryBytes))
+	weights := string(o.Format) + " weights"
+	if m := cfg.Quantization.Mode; m.Quantized() && !o.Format.QuantMode().Quantized() {
+		weights = fmt.Sprintf("%s weights (the checkpoint's %s Linears)", o.Format, m)
+	}
+	if m := sp.Config().KVCache; m.Quantized() {
+		weights += fmt.Sprintf(", %s KV cache", model.KVCacheDTypeName(m))
+	}
+	fmt.Fprintf(w, "plan: %s, %s, TP=%d (mesh %s), %s per chip\n", name, weights, o.TP, strings.Join(mesh, " × "), plan.FormatBytes(o.DeviceMemoryBytes))
 	fmt.Fprintf(w, "model: %.2f B parameters, %d layers (%d global, %d sliding, window %d), %d heads, %d kv heads, head dim %d, vocabulary %d\n",
 		float64(cfg.NumParams())/1e9, cfg.NumHiddenLayers, cfg.NumGlobalLayers(), cfg.NumSlidingLayers(), cfg.SlidingWindow,
 		cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, cfg.VocabSize)
@@ -232,9 +273,19 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, 
 	fmt.Fprintf(tw, "  blocks\t%d global + %d sliding of %d positions (null blocks included)\n", p.GlobalBlocks, p.SlidingBlocks, o.PageSize)
 	fmt.Fprintf(tw, "  tokens\t%d\n", p.KVTokens)
 	fmt.Fprintf(tw, "  KV of one sequence of %d\t%s per chip (%s in all)\n", p.SeqLen, plan.FormatBytes(p.SeqKVBytesPerChip),
-		plan.FormatBytes(plan.SeqKVBytes(cfg, p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeBytes())))
+		plan.FormatBytes(plan.SeqKVBytesFor(sp.Config(), p.SeqLen, cfg.NumKeyValueHeads, o.Format.ComputeDType())))
 	fmt.Fprintf(tw, "  sequences of %d\t%d at once in the engine's pools; %d if the budget were split for this length\n", p.SeqLen, p.SeqsAtLen, p.SeqsAtLenByBytes)
 	tw.Flush()
+	if base != nil {
+		fmt.Fprintf(w, "\nquantized weights free %s per chip for the KV cache (bf16 weights: %s per chip, ",
+			plan.FormatBytes(base.WeightBytesPerChip-p.WeightBytesPerChip), plan.FormatBytes(base.WeightBytesPerChip))
+		if base.GlobalBlocks == 0 {
+			fmt.Fprintf(w, "which leave no KV cache)\n")
+		} else {
+			fmt.Fprintf(w, "KV %s, %d tokens, %d sequences of %d): %+d tokens, %+d sequences\n", plan.FormatBytes(base.KVBytesPerChip),
+				base.KVTokens, base.SeqsAtLen, p.SeqLen, p.KVTokens-base.KVTokens, p.SeqsAtLen-base.SeqsAtLen)
+		}
+	}
 }
 
 // writeRoofline writes the rooflines as markdown tables.

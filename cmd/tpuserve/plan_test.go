@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/quant"
 )
 
 var updateDocs = flag.Bool("update-docs", false, "rewrite the `tpuserve plan` outputs quoted in docs/*.md")
@@ -70,8 +73,79 @@ func TestPlanJSON(t *testing.T) {
 		got.Memory.WeightBytesPerChip != want.WeightBytesPerChip {
 		t.Errorf("JSON memory plan %+v, want %+v", got.Memory, want)
 	}
-	if got.Sharding == nil || got.Sharding.TP != 4 || len(got.Sharding.Weights) != len(model.WeightSpecs(&cfg)) || got.Error != "" {
+	if got.Sharding == nil || got.Sharding.TP != 4 || len(got.Sharding.Weights) != len(model.QuantizedTensorSpecs(&cfg, quant.Int8, dtypes.BFloat16)) || got.Error != "" {
 		t.Errorf("JSON sharding plan: %+v (error %q)", got.Sharding, got.Error)
+	}
+}
+
+// TestPlanQuantization: 27B on a v5e-4 (TP 4, 16 GiB chips) does not fit in bf16 and does
+// with int8 weights; --quantization int8 and the older --dtype int8 plan the same, fp8
+// plans the same bytes, and the plan says what the quantized weights free.
+func TestPlanQuantization(t *testing.T) {
+	args := []string{"plan", "--model", "gemma3-27b", "--tp", "4", "--max-num-seqs", "64", "--max-model-len", "4096"}
+	if code, _, errs := runCLI(t, args...); code != 1 || !strings.Contains(errs, "does not fit") {
+		t.Fatalf("27B bf16 on TP 4: exit %d, %s (want: does not fit)", code, errs)
+	}
+	code, out, errs := runCLI(t, append(args, "--quantization", "int8")...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	_, old, _ := runCLI(t, append(args, "--dtype", "int8")...)
+	if old != out {
+		t.Errorf("--dtype int8 and --quantization int8 differ:\n%s\n---\n%s", old, out)
+	}
+	cfg, err := model.Preset("gemma3-27b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 4, DeviceMemoryBytes: 16 << 30, Format: model.FormatInt8, MaxModelLen: 4096,
+		MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bf, _ := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 4, DeviceMemoryBytes: 16 << 30, MaxModelLen: 4096, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048})
+	for _, line := range []string{
+		"plan: gemma3-27b, int8 weights, TP=4",
+		fmt.Sprintf("  tokens                      %d", want.KVTokens),
+		"model.layers.*.mlp.down_proj.weight_scale ×62",
+		fmt.Sprintf("quantized weights free %s per chip for the KV cache (bf16 weights: %s per chip, KV %s, %d tokens, 0 sequences of 4096): %+d tokens, %+d sequences",
+			plan.FormatBytes(bf.WeightBytesPerChip-want.WeightBytesPerChip), plan.FormatBytes(bf.WeightBytesPerChip), plan.FormatBytes(bf.KVBytesPerChip),
+			bf.KVTokens, want.KVTokens-bf.KVTokens, want.SeqsAtLen),
+	} {
+		if !strings.Contains(out, line) {
+			t.Errorf("output lacks %q:\n%s", line, out)
+		}
+	}
+	_, fp8, _ := runCLI(t, append(args, "--quantization", "fp8")...)
+	if !strings.Contains(fp8, "plan: gemma3-27b, fp8 weights") || !regexp.MustCompile(`\n  weights +`+regexp.QuoteMeta(plan.FormatBytes(want.WeightBytesPerChip))+" ").MatchString(fp8) {
+		t.Errorf("fp8 plan:\n%s", fp8)
+	}
+}
+
+// TestPlanKVCacheDType: --kv-cache-dtype int8 plans the 1-byte cache (the header says so,
+// the tokens are the memory plan's) and a bad value is refused naming the flag.
+func TestPlanKVCacheDType(t *testing.T) {
+	code, out, errs := runCLI(t, "plan", "--model", "gemma3-27b", "--tp", "8", "--max-num-seqs", "64", "--max-model-len", "4096", "--kv-cache-dtype", "int8")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	cfg, err := model.Preset("gemma3-27b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := plan.PlanMemory(&cfg, plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 << 30, MaxModelLen: 4096, MaxNumSeqs: 64,
+		MaxNumBatchedTokens: 2048, KVCacheDType: "int8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"plan: gemma3-27b, bf16 weights, int8 KV cache, TP=8", fmt.Sprintf("  tokens                      %d\n", want.KVTokens),
+		fmt.Sprintf("KV of one sequence of 4096  %s per chip", plan.FormatBytes(want.SeqKVBytesPerChip))} {
+		if !strings.Contains(out, line) {
+			t.Errorf("output lacks %q:\n%s", line, out)
+		}
+	}
+	if code, _, errs := runCLI(t, "plan", "--kv-cache-dtype", "int4"); code != 1 || !strings.Contains(errs, "--kv-cache-dtype") {
+		t.Errorf("--kv-cache-dtype int4: exit %d, %s", code, errs)
 	}
 }
 
@@ -106,7 +180,10 @@ func TestPlanErrors(t *testing.T) {
 	}{
 		{"tp", []string{"--tp", "3"}, "q_proj.weight [4096 5376]: 32 attention heads over 3 chips", ""},
 		{"one chip", []string{"--tp", "1"}, "does not fit in device memory: ", "weights"},
-		{"dtype", []string{"--dtype", "fp8"}, "--dtype", ""},
+		{"dtype", []string{"--dtype", "int4"}, "--dtype", ""},
+		{"quantization", []string{"--quantization", "int4"}, "--quantization", ""},
+		{"quantization f32", []string{"--quantization", "int8", "--dtype", "f32"}, "--quantization int8: quantized weights are planned with bf16 compute", ""},
+		{"quantization vs dtype", []string{"--quantization", "fp8", "--dtype", "int8"}, "--quantization fp8 contradicts --dtype int8", ""},
 		{"memory", []string{"--device-memory", "16XB"}, "--device-memory", ""},
 		{"model", []string{"--model", "no-such-model"}, "neither a checkpoint directory nor a preset", ""},
 		{"args", []string{"extra"}, "unexpected arguments", ""},

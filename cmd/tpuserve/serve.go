@@ -20,6 +20,7 @@ import (
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/quant"
 	"github.com/tpuserve/tpuserve/server"
 	"github.com/tpuserve/tpuserve/tokenizer"
 )
@@ -43,6 +44,7 @@ type serveOptions struct {
 	seed                                  uint64
 	precompile                            string
 	quantization                          string
+	kvCacheDType                          string
 	minTokenBucket                        int
 	disablePrefixCaching                  bool
 	logLevel                              string
@@ -76,6 +78,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of a preset's random weights")
 	fs.StringVar(&o.precompile, "precompile", engine.PrecompileAll, "compile the whole program set at start-up (all), or each program on first use (none: development only)")
 	fs.StringVar(&o.quantization, "quantization", "", "weights: int8 (W8A8), int8-weight-only, fp8, fp8-weight-only or none (default: the checkpoint's quantization_config, else none)")
+	fs.StringVar(&o.kvCacheDType, "kv-cache-dtype", "auto", "KV cache storage: auto (the compute dtype), int8 or fp8 (1 byte per element and a scale per position and kv head: about twice the tokens in the same memory; see docs/quantization.md); not with --tensor-parallel-size > 1")
 	fs.IntVar(&o.minTokenBucket, "min-token-bucket", 0, "smallest token bucket of the program set (default: 1 on the CPU, 16 on accelerators)")
 	fs.BoolVar(&o.disablePrefixCaching, "no-enable-prefix-caching", false, "turn the prefix cache off")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -169,6 +172,11 @@ func validateServeOptions(o *serveOptions) error {
 			errs = append(errs, fmt.Errorf("%s %s must be > 0", d.flag, d.v))
 		}
 	}
+	if m, err := model.ParseKVCacheDType(o.kvCacheDType); err != nil {
+		errs = append(errs, fmt.Errorf("--kv-cache-dtype: %w", err))
+	} else if m.Quantized() && o.tensorParallel > 1 {
+		errs = append(errs, fmt.Errorf("--kv-cache-dtype %s: a quantized KV cache is not supported with --tensor-parallel-size %d", o.kvCacheDType, o.tensorParallel))
+	}
 	if o.schedulingPolicy != "fcfs" && o.schedulingPolicy != "priority" {
 		errs = append(errs, fmt.Errorf("--scheduling-policy %q: want fcfs or priority", o.schedulingPolicy))
 	}
@@ -258,7 +266,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	log.Info("tpuserve starting", "version", version, "model", o.model, "tokenizer", o.tokenizerDir,
 		"backend", o.backend, "dtype", o.dtype, "host", o.host, "port", o.port, "grpc_port", o.grpcPort,
 		"max_model_len", o.maxModelLen, "max_num_seqs", o.maxNumSeqs, "max_num_batched_tokens", o.maxBatched,
-		"kv_cache_memory", o.kvCacheMemory, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
+		"kv_cache_memory", o.kvCacheMemory, "kv_cache_dtype", o.kvCacheDType, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
 		"max_queue_len", o.maxQueueLen, "shutdown_timeout", o.shutdownTimeout, "prefix_caching", !o.disablePrefixCaching,
 		"api_key_set", o.apiKey != "", "precompile", o.precompile, "scheduling_policy", o.schedulingPolicy,
 		"generation_config", o.generationConfig)
@@ -384,7 +392,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		Scheduler: engine.SchedulerConfig{
 			MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, MaxModelLen: o.maxModelLen, Policy: policy, Logger: log,
 		},
-		PageSize: o.pageSize, KVCacheBytes: kvBytes, DisablePrefixCaching: o.disablePrefixCaching,
+		PageSize: o.pageSize, KVCacheBytes: kvBytes, KVCacheDType: o.kvCacheDType, DisablePrefixCaching: o.disablePrefixCaching,
 		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
 	})
 	if err != nil {
@@ -425,13 +433,19 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if err != nil {
 		return 0, err
 	}
+	// The weights the loader will place: the checkpoint's quantization_config as
+	// --quantization resolves it (the plan then counts 1 byte per quantized parameter and
+	// the scales).
+	if cfg.Quantization, err = quant.Resolve(cfg.Quantization, o.quantization); err != nil {
+		return 0, fmt.Errorf("--quantization: %w", err)
+	}
 	format := model.FormatBF16
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
 	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
-		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize,
+		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)

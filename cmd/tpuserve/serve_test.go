@@ -25,6 +25,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 
 	"github.com/tpuserve/tpuserve/internal/deploy"
+	"github.com/tpuserve/tpuserve/model"
 	"github.com/tpuserve/tpuserve/server"
 	"github.com/tpuserve/tpuserve/server/proto/enginepb"
 )
@@ -358,6 +359,36 @@ func TestServeMemoryPlan(t *testing.T) {
 	kv, err := kvBudget(o, dtypesBF16, log)
 	if err != nil || kv < 6<<30 || kv > 10<<30 {
 		t.Errorf("27B TP=8 on 16 GiB: KV budget %d bytes per chip, %v (want 6–10 GiB: weights take 6.3)", kv, err)
+	}
+	// --quantization int8: the plan counts the int8 weights, and the bytes they free go to
+	// the KV cache.
+	o.quantization = "int8"
+	kv8, err := kvBudget(o, dtypesBF16, log)
+	cfg, _ := model.Preset("gemma3-27b")
+	bf, _ := model.NewShardingPlan(&cfg, 8, model.FormatBF16)
+	i8, _ := model.NewShardingPlan(&cfg, 8, model.FormatInt8)
+	if err != nil || kv8-kv != bf.WeightBytesPerChip-i8.WeightBytesPerChip {
+		t.Errorf("--quantization int8: KV budget %d (bf16 %d), %v; want %d more", kv8, kv, err, bf.WeightBytesPerChip-i8.WeightBytesPerChip)
+	}
+	o.quantization = "int4"
+	if _, err := kvBudget(o, dtypesBF16, log); err == nil || !strings.Contains(err.Error(), "--quantization") {
+		t.Errorf("--quantization int4: %v", err)
+	}
+	// --kv-cache-dtype int8: the same budget (the engine fits about twice the tokens in it).
+	o.quantization, o.kvCacheDType = "", "int8"
+	if kvq, err := kvBudget(o, dtypesBF16, log); err != nil || kvq != kv {
+		t.Errorf("--kv-cache-dtype int8: KV budget %d, %v; want bf16's %d", kvq, err, kv)
+	}
+	for _, tc := range []struct {
+		kv   string
+		tp   int
+		want string
+	}{{"int4", 1, `--kv-cache-dtype: invalid model config: kv-cache-dtype "int4"`}, {"fp8", 2, "--kv-cache-dtype fp8: a quantized KV cache is not supported with --tensor-parallel-size 2"}} {
+		_, o := serveFlags(io.Discard)
+		o.model, o.kvCacheDType, o.tensorParallel, o.deviceMemory = "tiny", tc.kv, tc.tp, "16GiB"
+		if err := validateServeOptions(o); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--kv-cache-dtype %s --tensor-parallel-size %d: %v, want %q", tc.kv, tc.tp, err, tc.want)
+		}
 	}
 }
 

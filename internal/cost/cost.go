@@ -58,24 +58,54 @@ func (p Price) String() string {
 	return fmt.Sprintf("$%.2f–%.2f", p.Low, p.High)
 }
 
-// Option is one way to run a replica: a GKE machine type and its price.
+// Option is one way to run a replica: a GKE machine type, what it serves, and its price.
 type Option struct {
-	// Key names the hardware in --result KEY=FILE (h100, v5e-4, v5e-8).
+	// Key names the configuration in --result KEY=FILE (h100, v5e-4, v5e-4-int8, v5e-8): a
+	// result is priced only on the configuration it was measured on.
 	Key         string
 	Machine     string // GKE machine type
 	Accelerator string
 	Pricing     string // on-demand, spot
 	Hourly      Price
+	// Serving is the model configuration the key stands for, when the hardware alone does not
+	// say it (the same machine priced once per weight format).
+	Serving string
 }
 
 // Catalogue is the migration report's price list (USD per hour per replica, list prices,
 // us-central1-like regions): the H100 baseline, and TPU v5e-4 and v5e-8, on demand and Spot.
+// v5e-4-int8 is the same ct5lp-hightpu-4t at the same prices serving Gemma 3 27B with int8
+// weights at TP 4 (serve --quantization int8 --tensor-parallel-size 4): with bf16 weights
+// 27B takes 12.6 GiB of each 16 GiB chip and leaves (almost) no KV cache, with int8 6.6 GiB
+// (tpuserve plan --model gemma3-27b --tp 4 --quantization int8). Its own key keeps a bf16
+// result on the v5e-4 from being priced as the int8 configuration, or the reverse.
 var Catalogue = []Option{
-	{"h100", "a3-highgpu-1g", "1x NVIDIA H100 80GB", "on-demand", Price{10, 13}},
-	{"v5e-4", "ct5lp-hightpu-4t", "4x TPU v5e (2x2)", "on-demand", Fixed(4.80)},
-	{"v5e-4", "ct5lp-hightpu-4t", "4x TPU v5e (2x2)", "spot", Fixed(1.00)},
-	{"v5e-8", "ct5lp-hightpu-8t", "8x TPU v5e (2x4)", "on-demand", Fixed(9.60)},
-	{"v5e-8", "ct5lp-hightpu-8t", "8x TPU v5e (2x4)", "spot", Fixed(2.00)},
+	{"h100", "a3-highgpu-1g", "1x NVIDIA H100 80GB", "on-demand", Price{10, 13}, ""},
+	{"v5e-4", "ct5lp-hightpu-4t", "4x TPU v5e (2x2)", "on-demand", Fixed(4.80), ""},
+	{"v5e-4", "ct5lp-hightpu-4t", "4x TPU v5e (2x2)", "spot", Fixed(1.00), ""},
+	{"v5e-4-int8", "ct5lp-hightpu-4t", "4x TPU v5e (2x2)", "on-demand", Fixed(4.80), "27B int8, TP 4"},
+	{"v5e-4-int8", "ct5lp-hightpu-4t", "4x TPU v5e (2x2)", "spot", Fixed(1.00), "27B int8, TP 4"},
+	{"v5e-8", "ct5lp-hightpu-8t", "8x TPU v5e (2x4)", "on-demand", Fixed(9.60), ""},
+	{"v5e-8", "ct5lp-hightpu-8t", "8x TPU v5e (2x4)", "spot", Fixed(2.00), ""},
+}
+
+// CatalogueKeys are the catalogue's keys, in catalogue order.
+func CatalogueKeys() []string {
+	var keys []string
+	for _, o := range Catalogue {
+		if len(keys) == 0 || keys[len(keys)-1] != o.Key {
+			keys = append(keys, o.Key)
+		}
+	}
+	return keys
+}
+
+// label is the hardware column: the accelerator and, when set, what it serves.
+func (o Option) label() string {
+	if o.Serving == "" {
+		return o.Accelerator
+	}
+	return o.Accelerator + ", " + o.Serving
 }
 
 // Throughput is what one replica sustains, in tokens per second.
@@ -146,7 +176,7 @@ func CatalogueReport(byKey map[string]Throughput, loadOutputTPS, hoursPerMonth f
 	}
 	for k := range byKey {
 		if !known[k] {
-			return nil, fmt.Errorf("%w: result: unknown hardware %q (want h100, v5e-4 or v5e-8)", ErrInput, k)
+			return nil, fmt.Errorf("%w: result: unknown hardware %q (want one of %s)", ErrInput, k, strings.Join(CatalogueKeys(), ", "))
 		}
 	}
 	var rows []Row
@@ -176,11 +206,11 @@ func WriteTable(w io.Writer, rows []Row, byKey map[string]Throughput, loadOutput
 	for _, r := range rows {
 		o := r.Option
 		if r.Estimate == nil {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\n", o.Accelerator, o.Machine, o.Pricing, o.Hourly)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\n", o.label(), o.Machine, o.Pricing, o.Hourly)
 			continue
 		}
 		e := r.Estimate
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%d\t%s\n", o.Accelerator, o.Machine, o.Pricing, o.Hourly,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%d\t%s\n", o.label(), o.Machine, o.Pricing, o.Hourly,
 			byKey[o.Key].Output, e.PerMillionOutput, e.PerMillionTotal, e.Replicas, e.Monthly)
 	}
 	return tw.Flush()

@@ -91,7 +91,7 @@ func TestCatalogueTable(t *testing.T) {
 		t.Fatalf("%d rows", len(rows))
 	}
 	for _, r := range rows {
-		if (r.Estimate != nil) != (r.Option.Key != "v5e-4") {
+		if (r.Estimate != nil) != (r.Option.Key != "v5e-4" && r.Option.Key != "v5e-4-int8") {
 			t.Errorf("%s %s: estimate %v", r.Option.Key, r.Option.Pricing, r.Estimate)
 		}
 	}
@@ -114,5 +114,54 @@ func TestCatalogueTable(t *testing.T) {
 		if strings.Contains(line, "ct5lp-hightpu-4t") && (strings.Count(line, " - ") < 3 || !strings.Contains(line, "$")) {
 			t.Errorf("v5e-4 has no result, yet: %q", line)
 		}
+	}
+}
+
+// TestCatalogue27BInt8OnV5e4: the catalogue prices 27B with int8 weights on a v5e-4 under
+// its own key (a bf16 v5e-4 result is not priced as it, nor the reverse), on demand and
+// Spot, and labels the rows with what they serve.
+func TestCatalogue27BInt8OnV5e4(t *testing.T) {
+	if got := strings.Join(CatalogueKeys(), ","); got != "h100,v5e-4,v5e-4-int8,v5e-8" {
+		t.Fatalf("catalogue keys %s", got)
+	}
+	byKey := map[string]Throughput{"v5e-4-int8": {480, 960}}
+	rows, err := CatalogueReport(byKey, 0, HoursPerMonth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priced := map[string]Estimate{}
+	for _, r := range rows {
+		if (r.Estimate != nil) != (r.Option.Key == "v5e-4-int8") {
+			t.Errorf("%s %s: estimate %v", r.Option.Key, r.Option.Pricing, r.Estimate)
+		}
+		if r.Estimate != nil {
+			priced[r.Option.Pricing] = *r.Estimate
+		}
+	}
+	// $4.80/h at 480 output tok/s: 4.80 / (480 · 3600) · 1e6 = $2.78 per 1M; Spot $1.00: $0.58.
+	if e := priced["on-demand"]; math.Abs(e.PerMillionOutput.Low-4.80/(480*3600)*1e6) > 1e-9 || e.Monthly.Low != 4.80*HoursPerMonth {
+		t.Errorf("on-demand estimate %+v", e)
+	}
+	if e := priced["spot"]; math.Abs(e.PerMillionOutput.Low-1.00/(480*3600)*1e6) > 1e-9 {
+		t.Errorf("spot estimate %+v", e)
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, rows, byKey, 0); err != nil {
+		t.Fatal(err)
+	}
+	var int8Lines int
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.Contains(line, "27B int8, TP 4") {
+			int8Lines++
+			if !strings.Contains(line, "ct5lp-hightpu-4t") || !strings.Contains(line, "480.0") {
+				t.Errorf("int8 row: %q", line)
+			}
+		}
+	}
+	if int8Lines != 2 {
+		t.Errorf("%d rows for 27B int8 on the v5e-4, want 2 (on-demand, Spot):\n%s", int8Lines, b.String())
+	}
+	if _, err := CatalogueReport(map[string]Throughput{"v5e-4-bf16": {1, 1}}, 0, HoursPerMonth); err == nil || !strings.Contains(err.Error(), "v5e-4-int8") {
+		t.Errorf("unknown key: %v (want an error listing the keys)", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
 )
@@ -44,7 +45,8 @@ type MemoryOptions struct {
 	TP int `json:"tp"`
 	// DeviceMemoryBytes is one chip's memory (required).
 	DeviceMemoryBytes int64 `json:"device_memory_bytes"`
-	// Format is the weight format (default bf16; int8 is a what-if).
+	// Format is the weight format (default bf16; int8 and fp8: quantized Linears). A cfg
+	// with a quantization_config planned in bf16 or f32 keeps its quantized Linears.
 	Format model.WeightFormat `json:"format"`
 	// MaxModelLen defaults to min(8192, max_position_embeddings).
 	MaxModelLen int `json:"max_model_len"`
@@ -59,6 +61,10 @@ type MemoryOptions struct {
 	// PromptLogprobRows its prompt-scoring rows (default 64), as StepOptions.
 	MinTokens         int `json:"min_tokens"`
 	PromptLogprobRows int `json:"prompt_logprob_rows"`
+	// KVCacheDType is the KV cache's storage (--kv-cache-dtype): "auto" or "" (the compute
+	// dtype), "int8" or "fp8" (1 byte per element plus a compute-dtype scale per position
+	// and kv head: for bf16 and head_dim 128, 1.98× the tokens of a bf16 cache).
+	KVCacheDType string `json:"kv_cache_dtype,omitempty"`
 	// WorkspaceBytes defaults to DefaultWorkspaceBytes; a negative value means none.
 	WorkspaceBytes int64 `json:"workspace_bytes"`
 	// SeqLen is the sequence length the "sequences" capacity is given for (default
@@ -122,7 +128,18 @@ type MemoryPlan struct {
 // for the last sliding_window positions of each sliding layer. For 27B in bf16 at TP=1
 // (16 kv heads) it is 80 KiB·L + 416 KiB·min(L, 1024).
 func SeqKVBytes(cfg *model.Config, L, kvHeads, elemBytes int) int64 {
-	perLayerToken := 2 * int64(kvHeads) * int64(cfg.HeadDim) * int64(elemBytes)
+	return seqKVBytes(cfg, L, kvHeads, int64(cfg.HeadDim)*int64(elemBytes))
+}
+
+// SeqKVBytesFor is SeqKVBytes for cfg's KV cache setting in compute dtype: with
+// cfg.KVCache (int8/fp8) 1 byte per element plus one scale per position and kv head.
+func SeqKVBytesFor(cfg *model.Config, L, kvHeads int, compute dtypes.DType) int64 {
+	elem, scale := model.KVElementBytes(cfg, compute)
+	return seqKVBytes(cfg, L, kvHeads, int64(cfg.HeadDim*elem+scale))
+}
+
+func seqKVBytes(cfg *model.Config, L, kvHeads int, headBytes int64) int64 {
+	perLayerToken := 2 * int64(kvHeads) * headBytes
 	return perLayerToken * (int64(cfg.NumGlobalLayers())*int64(L) + int64(cfg.NumSlidingLayers())*int64(min(L, cfg.SlidingWindow)))
 }
 
@@ -245,6 +262,12 @@ func StepActivations(cfg *model.Config, plan *model.ShardingPlan, s model.BatchS
 		{"row sums and output [B+1, heads, Q, D] f32 + [B*Q + T, heads*D]", (B+1)*heads*Q*D*4 + (B*Q+T)*heads*D*b},
 	}
 	mlp := []NamedBytes{{"mlp gate/up/product [T, I/N] x3", 3 * T * ic * b}}
+	if mode := plan.Format.QuantMode(); mode.IsFP8() || (!mode.Quantized() && cfg.Quantization.Mode.IsFP8()) {
+		// FP8 weights are decoded by a table gather, which XLA does not fuse into the dot:
+		// the largest Linear shard (gate or up) is materialised in the compute dtype. int8
+		// weights widen by a convert that fuses into the dot's operand: nothing to count.
+		mlp = append(mlp, NamedBytes{"fp8 gate/up shard decoded [I/N, H] (table gather, not fused)", ic * H * b})
+	}
 	logits := []NamedBytes{{"logits + sampler [N, V/N] f32 x3", 3 * N * vc * 4}}
 	sum := func(items []NamedBytes) int64 {
 		var n int64
@@ -277,6 +300,13 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 	if err := opts.setDefaults(cfg); err != nil {
 		return nil, err
 	}
+	kvMode, err := model.ParseKVCacheDType(opts.KVCacheDType)
+	if err != nil {
+		return nil, fmt.Errorf("MemoryOptions.KVCacheDType (--kv-cache-dtype): %w", err)
+	}
+	c := *cfg
+	c.KVCache = kvMode
+	cfg = &c
 	sp, err := model.NewShardingPlan(cfg, opts.TP, opts.Format)
 	if err != nil {
 		return nil, err
@@ -300,8 +330,9 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 			p.Activations = e
 		}
 	}
-	elem := opts.Format.ComputeBytes()
-	p.SeqKVBytesPerChip = SeqKVBytes(cfg, opts.SeqLen, sp.KVHeadsPerChip, elem)
+	compute := opts.Format.ComputeDType()
+	elem, scale := model.KVElementBytes(cfg, compute)
+	p.SeqKVBytesPerChip = SeqKVBytesFor(cfg, opts.SeqLen, sp.KVHeadsPerChip, compute)
 	fixed := p.WeightBytesPerChip + p.Activations.Peak + p.WorkspaceBytes
 	p.KVBytesPerChip = opts.DeviceMemoryBytes - fixed
 	if p.KVBytesPerChip <= 0 {
@@ -313,7 +344,7 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 	p.SeqsAtLenByBytes = p.KVBytesPerChip / p.SeqKVBytesPerChip
 	spec := kvcache.MemorySpec{
 		PageSize: opts.PageSize, NumGlobalLayers: cfg.NumGlobalLayers(), NumSlidingLayers: cfg.NumSlidingLayers(),
-		KVHeads: sp.KVHeadsPerChip, HeadDim: cfg.HeadDim, DTypeBytes: elem, SlidingWindow: cfg.SlidingWindow,
+		KVHeads: sp.KVHeadsPerChip, HeadDim: cfg.HeadDim, DTypeBytes: elem, ScaleBytes: scale, SlidingWindow: cfg.SlidingWindow,
 		MaxNumSeqs: opts.MaxNumSeqs, MaxNumBatchedTokens: opts.MaxNumBatchedTokens, MaxModelLen: opts.MaxModelLen,
 	}
 	kv, err := kvcache.ConfigForBudget(p.KVBytesPerChip, spec)
@@ -336,7 +367,7 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 		return p, fmt.Errorf("%w: KV budget %s per chip (device %s − weights %s − activations %s − workspace %s) holds %d tokens in %d global and %d sliding blocks; one sequence of max model length %d needs %s per chip",
 			ErrMemory, FormatBytes(p.KVBytesPerChip), FormatBytes(opts.DeviceMemoryBytes), FormatBytes(p.WeightBytesPerChip),
 			FormatBytes(p.Activations.Peak), FormatBytes(p.WorkspaceBytes), p.KVTokens, p.GlobalBlocks, p.SlidingBlocks,
-			opts.MaxModelLen, FormatBytes(SeqKVBytes(cfg, opts.MaxModelLen, sp.KVHeadsPerChip, elem)))
+			opts.MaxModelLen, FormatBytes(SeqKVBytesFor(cfg, opts.MaxModelLen, sp.KVHeadsPerChip, compute)))
 	}
 	return p, nil
 }

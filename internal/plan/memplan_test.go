@@ -263,3 +263,109 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanMemoryQuantized: 27B with int8 (and fp8) weights at TP 4 (a v5e-4) and 8. The
+// plan's weight bytes per chip are the tensors' bytes (model.QuantizedTensorSpecs: 1 byte
+// per quantized parameter, the bf16 scales — split with column-parallel weights, whole on
+// every chip for row-parallel ones — and the bf16 embedding and norms), summed here from
+// the spec list, and every byte the weights shrink by goes to the KV cache. At TP 4 bf16
+// weights leave no room at all; int8 leaves a KV cache.
+func TestPlanMemoryQuantized(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	for _, tc := range []struct {
+		format model.WeightFormat
+		tp     int
+	}{{model.FormatInt8, 4}, {model.FormatInt8, 8}, {model.FormatFP8, 8}} {
+		t.Run(fmt.Sprintf("%s/tp%d", tc.format, tc.tp), func(t *testing.T) {
+			opts := plan.MemoryOptions{TP: tc.tp, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048, MaxModelLen: 4096}
+			bf, bfErr := plan.PlanMemory(&cfg, opts)
+			opts.Format = tc.format
+			q, err := plan.PlanMemory(&cfg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want, scales int64
+			for _, s := range model.QuantizedTensorSpecs(&cfg, tc.format.QuantMode(), dtypes.BFloat16) {
+				b := s.Bytes()
+				switch {
+				case len(s.Shape) == 1:
+				case s.ScaleOf != "" && (strings.HasSuffix(s.ScaleOf, "o_proj.weight") || strings.HasSuffix(s.ScaleOf, "down_proj.weight")):
+					scales += b
+				default:
+					b /= int64(tc.tp)
+					if s.ScaleOf != "" {
+						scales += b
+					}
+				}
+				want += b
+			}
+			if q.WeightBytesPerChip != want {
+				t.Errorf("weights %d bytes per chip, the tensors sum to %d", q.WeightBytesPerChip, want)
+			}
+			if scales == 0 {
+				t.Errorf("no scale bytes counted")
+			}
+			freed := bf.WeightBytesPerChip - q.WeightBytesPerChip
+			if bfErr == nil {
+				if gained := q.KVBytesPerChip - bf.KVBytesPerChip; gained != freed-(q.Activations.Peak-bf.Activations.Peak) {
+					t.Errorf("KV gained %d, weights freed %d (activations %+d)", gained, freed, q.Activations.Peak-bf.Activations.Peak)
+				}
+			} else if !errors.Is(bfErr, plan.ErrMemory) {
+				t.Fatal(bfErr)
+			}
+			t.Logf("27B %s TP=%d: weights %.2f GiB/chip (scales %.2f MiB), bf16 %.2f GiB (fits: %v); KV %.2f GiB/chip, %d tokens, %d sequences of 4096",
+				tc.format, tc.tp, float64(q.WeightBytesPerChip)/float64(gib), float64(scales)/(1<<20), float64(bf.WeightBytesPerChip)/float64(gib),
+				bfErr == nil, float64(q.KVBytesPerChip)/float64(gib), q.KVTokens, q.SeqsAtLen)
+			if tc.tp == 4 && (bfErr == nil || q.SeqsAtLen < 1) {
+				t.Errorf("TP 4: bf16 error %v (want ErrMemory), int8 holds %d sequences of 4096", bfErr, q.SeqsAtLen)
+			}
+		})
+	}
+}
+
+// TestPlanMemoryKVCacheDType: an int8 or fp8 KV cache (1 byte per element plus a bf16 scale
+// per position and kv head) about doubles the capacity of the same budget: one sequence's
+// KV shrinks by exactly 2·128 / (128 + 2) for 27B (head_dim 128), the sequences the bytes
+// hold grow by as much, and the token capacity at least doubles (the engine's split gives
+// the global group every block past the sliding group's cap). Weights and activations do
+// not change.
+func TestPlanMemoryKVCacheDType(t *testing.T) {
+	cfg := preset(t, "gemma3-27b")
+	opts := plan.MemoryOptions{TP: 8, DeviceMemoryBytes: 16 * gib, MaxNumSeqs: 64, MaxNumBatchedTokens: 2048, MaxModelLen: 4096}
+	bf, err := plan.PlanMemory(&cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dt := range []string{"int8", "fp8"} {
+		t.Run(dt, func(t *testing.T) {
+			o := opts
+			o.KVCacheDType = dt
+			q, err := plan.PlanMemory(&cfg, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if q.KVBytesPerChip != bf.KVBytesPerChip || q.WeightBytesPerChip != bf.WeightBytesPerChip {
+				t.Errorf("budget %d vs %d, weights %d vs %d: the KV dtype moved them", q.KVBytesPerChip, bf.KVBytesPerChip, q.WeightBytesPerChip, bf.WeightBytesPerChip)
+			}
+			if q.SeqKVBytesPerChip*256 != bf.SeqKVBytesPerChip*130 {
+				t.Errorf("one sequence: %d bytes, bf16 %d: want ×130/256", q.SeqKVBytesPerChip, bf.SeqKVBytesPerChip)
+			}
+			if r := float64(q.SeqsAtLenByBytes) / float64(bf.SeqsAtLenByBytes); r < 1.9 || r > 2.0 {
+				t.Errorf("sequences by bytes %d vs %d (×%.2f), want ×1.97", q.SeqsAtLenByBytes, bf.SeqsAtLenByBytes, r)
+			}
+			if q.KVTokens < 2*bf.KVTokens || q.KVPoolBytesPerChip > q.KVBytesPerChip {
+				t.Errorf("tokens %d vs bf16 %d (want ≥ 2×), pools %d of a %d budget", q.KVTokens, bf.KVTokens, q.KVPoolBytesPerChip, q.KVBytesPerChip)
+			}
+			if q.Sharding.KVPool.BytesPerChip != 2*(128+2) || q.Sharding.KVPool.DType == "" {
+				t.Errorf("KV pool slot: %d bytes per chip (dtype %q), want 2 kv heads × (128 + 2)", q.Sharding.KVPool.BytesPerChip, q.Sharding.KVPool.DType)
+			}
+			t.Logf("27B TP=8, %s KV: %d tokens (bf16 %d), %d sequences of 4096 by bytes (bf16 %d), %s per sequence (bf16 %s)",
+				dt, q.KVTokens, bf.KVTokens, q.SeqsAtLenByBytes, bf.SeqsAtLenByBytes, plan.FormatBytes(q.SeqKVBytesPerChip), plan.FormatBytes(bf.SeqKVBytesPerChip))
+		})
+	}
+	o := opts
+	o.KVCacheDType = "int4"
+	if _, err := plan.PlanMemory(&cfg, o); err == nil || !strings.Contains(err.Error(), "--kv-cache-dtype") {
+		t.Errorf("int4: %v", err)
+	}
+}

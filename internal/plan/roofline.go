@@ -149,7 +149,7 @@ func Roofline(cfg *model.Config, plan *MemoryPlan, opts RooflineOptions) (*Roofl
 	}
 	// Matrix work per token: every layer's projections and the tied output projection.
 	matmul := 2 * float64(int64(cfg.NumHiddenLayers)*layerMatmulParams(cfg)+int64(cfg.VocabSize)*H)
-	seqKV := SeqKVBytes(cfg, opts.DecodeContext, plan.KVHeadsPerChip, int(b))
+	seqKV := SeqKVBytesFor(plan.Sharding.Config(), opts.DecodeContext, plan.KVHeadsPerChip, plan.Options.Format.ComputeDType())
 	fitSeqs := 0
 	if plan.GlobalBlocks > 0 {
 		fitSeqs = seqsAtLen(cfg, plan.GlobalBlocks, plan.SlidingBlocks, plan.Options.PageSize, opts.DecodeContext)

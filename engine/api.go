@@ -46,12 +46,17 @@ type SamplingParams struct {
 	LogitBias map[int32]float32
 }
 
-// wantsFullSampler reports whether a request needs the full sampler program (any feature
-// beyond greedy or temperature sampling).
-func (p *SamplingParams) wantsFullSampler(banned bool) bool {
+// wantsFilters reports whether a request samples with top-k, top-p or min-p (the full
+// sampler program).
+func (p *SamplingParams) wantsFilters() bool {
+	return p.Temperature >= samplingEps && (p.TopK > 0 || p.TopP < 1 || p.MinP > 0)
+}
+
+// wantsScoring reports whether a request needs penalties, banned tokens, logit bias or
+// logprobs (the scored sampler program, unless it also filters).
+func (p *SamplingParams) wantsScoring(banned bool) bool {
 	return banned || p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 ||
-		p.Logprobs != nil || len(p.LogitBias) > 0 ||
-		(p.Temperature >= samplingEps && (p.TopK > 0 || p.TopP < 1 || p.MinP > 0))
+		p.Logprobs != nil || len(p.LogitBias) > 0
 }
 
 // DefaultSamplingParams returns vLLM's defaults: temperature 1, no top-k/top-p/min-p, no

@@ -513,7 +513,7 @@ func (e *Engine) step() error {
 		return err
 	}
 	now := time.Now()
-	in := &stepInput{chunks: make([]model.SeqChunk, len(plan.Seqs)), base: &samplerRows{}, full: &samplerRows{}}
+	in := &stepInput{chunks: make([]model.SeqChunk, len(plan.Seqs)), base: &samplerRows{}, full: &samplerRows{}, scored: &samplerRows{}}
 	states := make([]*reqState, len(plan.Seqs))
 	promptFrom := make([]int, len(plan.Seqs)) // first prompt row of each chunk in in.prompt
 	for i := range plan.Seqs {
@@ -612,8 +612,9 @@ func (e *Engine) step() error {
 	return nil
 }
 
-// addSamplerRow adds chunk i's sampling row: to the full sampler when the request asks for
-// any feature beyond greedy or temperature, otherwise to the plain one.
+// addSamplerRow adds chunk i's sampling row: to the full sampler when the request filters
+// (top-k/top-p/min-p), to the scored one when it needs penalties, banned tokens, logit bias
+// or logprobs, otherwise to the plain one (greedy or temperature).
 func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledSeq) {
 	p := &r.req.Params
 	var banned []int32
@@ -627,9 +628,14 @@ func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledS
 		banned = append(banned, p.StopTokenIDs...)
 	}
 	counter := uint32(ps.NumOutputTokens)
-	if p.wantsFullSampler(len(banned) > 0) {
+	switch {
+	case p.wantsFilters():
 		in.fullChunk = append(in.fullChunk, i)
 		in.full.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias)
+		return
+	case p.wantsScoring(len(banned) > 0):
+		in.scoredChunk = append(in.scoredChunk, i)
+		in.scored.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias)
 		return
 	}
 	in.baseChunk = append(in.baseChunk, i)

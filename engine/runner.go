@@ -40,6 +40,7 @@ type runner struct {
 	forward     forwardProgram
 	sample      headProgram
 	full        headProgram
+	scored      headProgram
 	prompt      headProgram
 	compiled    map[plan.Program]bool
 	numCompiled atomic.Int64
@@ -54,10 +55,10 @@ type runner struct {
 type stepInput struct {
 	chunks []model.SeqChunk
 	// base rows sample with greedy or temperature only; full rows use sampler features.
-	base, full *samplerRows
-	baseChunk  []int // chunk index of each base row
-	fullChunk  []int
-	prompt     promptRows
+	base, full, scored     *samplerRows
+	baseChunk              []int // chunk index of each base row
+	fullChunk, scoredChunk []int
+	prompt                 promptRows
 }
 
 // promptRows are the prompt positions a step scores: the hidden state of position
@@ -99,7 +100,9 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 	if r.forward, err = dev.newForward(set.MaxTokens(), len(progs)); err == nil {
 		if r.sample, err = dev.newHead("gemma3_sample", headSampler(samplerFeatures{}, r.textVocab), len(progs)); err == nil {
 			if r.full, err = dev.newHead("gemma3_sample_full", headSampler(fullFeatures, r.textVocab), len(progs)); err == nil {
-				r.prompt, err = dev.newHead("gemma3_prompt_logprobs", headPromptLogprobs(r.textVocab), len(progs))
+				if r.scored, err = dev.newHead("gemma3_sample_scored", headSampler(scoredFeatures, r.textVocab), len(progs)); err == nil {
+					r.prompt, err = dev.newHead("gemma3_prompt_logprobs", headPromptLogprobs(r.textVocab), len(progs))
+				}
 			}
 		}
 	}
@@ -114,7 +117,7 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 func (r *runner) resetPools() error { return r.dev.allocPools(r.layout) }
 
 func (r *runner) close() {
-	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.prompt} {
+	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.scored, r.prompt} {
 		if p != nil {
 			p.finalize()
 		}
@@ -193,8 +196,17 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 		}
 		finalize(outs)
 	}
-	if len(in.fullChunk) > 0 {
-		outs, err := r.runSampler(r.full, plan.KindSampleFull, fullFeatures, hidden, in.full, in.fullChunk, lastToken)
+	for _, v := range []struct {
+		p      headProgram
+		kind   plan.ProgramKind
+		f      samplerFeatures
+		rows   *samplerRows
+		chunks []int
+	}{{r.full, plan.KindSampleFull, fullFeatures, in.full, in.fullChunk}, {r.scored, plan.KindSampleScored, scoredFeatures, in.scored, in.scoredChunk}} {
+		if len(v.chunks) == 0 {
+			continue
+		}
+		outs, err := r.runSampler(v.p, v.kind, v.f, hidden, v.rows, v.chunks, lastToken)
 		if err != nil {
 			return nil, err
 		}
@@ -202,7 +214,7 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 		chosen := tensors.MustCopyFlatData[float32](outs[1])
 		ids := tensors.MustCopyFlatData[int32](outs[2])
 		lps := tensors.MustCopyFlatData[float32](outs[3])
-		for j, c := range in.fullChunk {
+		for j, c := range v.chunks {
 			out.tokens[c], out.hasLP[c], out.chosenLP[c] = toks[j], true, chosen[j]
 			copy(out.topIDs[c*maxTopLogprobs:(c+1)*maxTopLogprobs], ids[j*maxTopLogprobs:])
 			copy(out.topLP[c*maxTopLogprobs:(c+1)*maxTopLogprobs], lps[j*maxTopLogprobs:])
@@ -273,10 +285,13 @@ func (r *runner) precompile() error {
 		switch p.Kind {
 		case plan.KindStep:
 			err = r.forward.precompile(model.ZeroBatch(p.Shape))
-		case plan.KindSample, plan.KindSampleFull:
+		case plan.KindSample, plan.KindSampleFull, plan.KindSampleScored:
 			f, prog := samplerFeatures{}, r.sample
-			if p.Kind == plan.KindSampleFull {
+			switch p.Kind {
+			case plan.KindSampleFull:
 				f, prog = fullFeatures, r.full
+			case plan.KindSampleScored:
+				f, prog = scoredFeatures, r.scored
 			}
 			rows := &samplerRows{}
 			r.padRows(rows, p.Rows, f)

@@ -20,8 +20,12 @@ type samplerFeatures struct {
 	Bias      bool // logit_bias: per-row (token id, bias) pairs added before everything else
 }
 
-// fullFeatures is the full sampler's feature set.
-var fullFeatures = samplerFeatures{Penalties: true, Filters: true, Logprobs: true, Bias: true}
+// fullFeatures is the full sampler's feature set; scoredFeatures the same without the
+// top-k/top-p/min-p threshold search (the costliest part), for rows that need no filter.
+var (
+	fullFeatures   = samplerFeatures{Penalties: true, Filters: true, Logprobs: true, Bias: true}
+	scoredFeatures = samplerFeatures{Penalties: true, Logprobs: true, Bias: true}
+)
 
 // maxTopLogprobs is the most alternatives a request may ask for (OpenAI's limit).
 const maxTopLogprobs = 20

@@ -22,6 +22,10 @@ const (
 	// logit bias, top-k/top-p/min-p, logprobs) for the Rows positions that ask for one, so
 	// only those requests pay for them.
 	KindSampleFull ProgramKind = "sample_full"
+	// KindSampleScored is the full sampler without the top-k/top-p/min-p search (penalties,
+	// banned tokens, logit bias, logprobs): the rows that need those but no filter do not
+	// pay for the threshold search.
+	KindSampleScored ProgramKind = "sample_scored"
 	// KindPromptLogprobs scores Rows prompt positions: the logprob of the next prompt token
 	// and the top alternatives (echo / prompt_logprobs).
 	KindPromptLogprobs ProgramKind = "prompt_logprobs"
@@ -133,15 +137,15 @@ func (o *StepOptions) setDefaults() error {
 // to every row at MaxModelLen, so a batch of short sequences pays for its own context, not
 // MaxModelLen's. The sliding layers' list is as long as the global one, or as the rows'
 // windows can need when that is less. Sampler programs come in row buckets of powers of two
-// (sample, from MinTokens) or of four (sample_full, from 1) up to MaxNumSeqs, and prompt
-// scoring in PromptLogprobRows rows.
+// (sample, from MinTokens) or of eight (sample_full and sample_scored, from 1) up to
+// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows.
 type StepSet struct {
 	opts         StepOptions
 	cfg          *model.Config
 	tokens       []int              // token buckets, ascending
 	steps        []model.BatchShape // by token bucket, then entry budget ascending
 	perToken     [][]model.BatchShape
-	sample, full []int
+	sample, full []int // sample_scored has sample_full's buckets
 	prompt       []int
 }
 
@@ -175,8 +179,8 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 		s.steps = append(s.steps, shapes...)
 	}
 	s.sample = powersUpTo(min(opts.MinTokens, opts.MaxNumSeqs), opts.MaxNumSeqs)
-	// The full sampler's rows are few (only requests that ask for a feature): ×4 buckets.
-	for r := 1; r < opts.MaxNumSeqs; r *= 4 {
+	// The feature samplers' rows are few (only requests that ask for a feature): ×8 buckets.
+	for r := 1; r < opts.MaxNumSeqs; r *= 8 {
 		s.full = append(s.full, r)
 	}
 	s.full = append(s.full, opts.MaxNumSeqs)
@@ -283,7 +287,7 @@ func (s *StepSet) RowsFor(kind ProgramKind, n int) (int, bool) {
 	switch kind {
 	case KindSample:
 		list = s.sample
-	case KindSampleFull:
+	case KindSampleFull, KindSampleScored:
 		list = s.full
 	case KindPromptLogprobs:
 		list = s.prompt
@@ -315,7 +319,7 @@ func (s *StepSet) Programs() []Program {
 	for _, k := range []struct {
 		kind ProgramKind
 		rows []int
-	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindPromptLogprobs, s.prompt}} {
+	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}} {
 		for _, r := range k.rows {
 			out = append(out, Program{Kind: k.kind, Rows: r})
 		}

@@ -40,178 +40,149 @@ type headProgram interface {
 	finalize()
 }
 
-// plainDevice is a model.Model on one device.
-type plainDevice struct {
-	m     *model.Model
-	pools *model.KVPools
+// forwardExec and headExec are what model.ForwardExec / model.HeadExec (pools P =
+// *model.KVPools, hidden states Hd = *tensors.Tensor) and their sharded versions (P =
+// *model.ShardedKVPools, Hd = []*tensors.Tensor) have in common.
+type forwardExec[P, Hd any] interface {
+	Precompile(pools P, b *model.Batch) error
+	Run(pools P, b *model.Batch) (Hd, error)
+	Finalize()
 }
 
-func newPlainDevice(m *model.Model) *plainDevice { return &plainDevice{m: m} }
+type headExec[Hd any] interface {
+	Precompile(hidden Hd, extra ...any) error
+	Run(hidden Hd, extra ...any) ([]*tensors.Tensor, error)
+	Finalize()
+}
 
-func (d *plainDevice) config() *model.Config { return &d.m.Config }
-func (d *plainDevice) dtype() dtypes.DType   { return d.m.DType }
-func (d *plainDevice) kvHeadsPerDevice() int { return d.m.Config.NumKeyValueHeads }
-func (d *plainDevice) allocPools(l model.KVLayout) error {
+// modelDevice is a deviceModel over either kind of model: the plain one on one device or
+// the tensor-parallel one; only the constructors differ (plainDevice, shardedDevice).
+type modelDevice[P interface{ Finalize() }, Hd any] struct {
+	cfg        *model.Config
+	dt         dtypes.DType
+	kvHeads    int
+	newPools   func(model.KVLayout) (P, error)
+	newFwd     func(rows, maxPrograms int) (forwardExec[P, Hd], error)
+	newHd      func(name string, fn model.HeadFn, maxPrograms int) (headExec[Hd], error)
+	zero       func(rows int) (Hd, error)
+	freeHidden func(Hd)
+	pools      P
+	hasPools   bool
+}
+
+func newPlainDevice(m *model.Model) deviceModel {
+	return &modelDevice[*model.KVPools, *tensors.Tensor]{
+		cfg: &m.Config, dt: m.DType, kvHeads: m.Config.NumKeyValueHeads, newPools: m.NewKVPools,
+		newFwd: func(rows, n int) (forwardExec[*model.KVPools, *tensors.Tensor], error) {
+			return m.NewForwardExec(rows, n)
+		},
+		newHd: func(name string, fn model.HeadFn, n int) (headExec[*tensors.Tensor], error) {
+			return m.NewHeadExec(name, fn, n)
+		},
+		zero: m.ZeroHidden, freeHidden: func(t *tensors.Tensor) { t.FinalizeAll() },
+	}
+}
+
+func newShardedDevice(m *model.ShardedModel) deviceModel {
+	return &modelDevice[*model.ShardedKVPools, []*tensors.Tensor]{
+		cfg: &m.Config, dt: m.DType, kvHeads: m.Plan.KVHeadsPerChip, newPools: m.NewKVPools,
+		newFwd: func(rows, n int) (forwardExec[*model.ShardedKVPools, []*tensors.Tensor], error) {
+			return m.NewForwardExec(rows, n)
+		},
+		newHd: func(name string, fn model.HeadFn, n int) (headExec[[]*tensors.Tensor], error) {
+			return m.NewHeadExec(name, fn, n)
+		},
+		zero: m.ZeroHidden, freeHidden: func(ts []*tensors.Tensor) {
+			for _, t := range ts {
+				t.FinalizeAll()
+			}
+		},
+	}
+}
+
+func (d *modelDevice[P, Hd]) config() *model.Config { return d.cfg }
+func (d *modelDevice[P, Hd]) dtype() dtypes.DType   { return d.dt }
+func (d *modelDevice[P, Hd]) kvHeadsPerDevice() int { return d.kvHeads }
+
+func (d *modelDevice[P, Hd]) allocPools(l model.KVLayout) error {
 	// Free first: the memory plan sizes the pools to the byte, so both cannot coexist.
 	d.freePools()
-	p, err := d.m.NewKVPools(l)
+	p, err := d.newPools(l)
 	if err != nil {
 		return err
 	}
-	d.pools = p
+	d.pools, d.hasPools = p, true
 	return nil
 }
 
-func (d *plainDevice) freePools() {
-	if d.pools != nil {
+func (d *modelDevice[P, Hd]) freePools() {
+	if d.hasPools {
 		d.pools.Finalize()
-		d.pools = nil
+		d.hasPools = false
 	}
 }
 
-func (d *plainDevice) newForward(rows, maxPrograms int) (forwardProgram, error) {
-	e, err := d.m.NewForwardExec(rows, maxPrograms)
+func (d *modelDevice[P, Hd]) newForward(rows, maxPrograms int) (forwardProgram, error) {
+	e, err := d.newFwd(rows, maxPrograms)
 	if err != nil {
 		return nil, err
 	}
-	return &plainForward{d: d, e: e}, nil
+	return &boundForward[P, Hd]{d: d, e: e}, nil
 }
 
-func (d *plainDevice) newHead(name string, fn model.HeadFn, maxPrograms int) (headProgram, error) {
-	e, err := d.m.NewHeadExec(name, fn, maxPrograms)
+func (d *modelDevice[P, Hd]) newHead(name string, fn model.HeadFn, maxPrograms int) (headProgram, error) {
+	e, err := d.newHd(name, fn, maxPrograms)
 	if err != nil {
 		return nil, err
 	}
-	return plainHead{e}, nil
+	return boundHead[Hd]{e}, nil
 }
 
-func (d *plainDevice) zeroHidden(rows int) (hiddenStates, error) {
-	t, err := d.m.ZeroHidden(rows)
+func (d *modelDevice[P, Hd]) zeroHidden(rows int) (hiddenStates, error) {
+	h, err := d.zero(rows)
 	if err != nil {
 		return nil, err
 	}
-	return plainHidden{t}, nil
+	return deviceHidden[Hd]{h: h, free: d.freeHidden}, nil
 }
 
-type plainHidden struct{ t *tensors.Tensor }
-
-func (h plainHidden) Finalize() { h.t.FinalizeAll() }
-
-type plainForward struct {
-	d *plainDevice
-	e *model.ForwardExec
+// deviceHidden is a step's hidden states with how to free them.
+type deviceHidden[Hd any] struct {
+	h    Hd
+	free func(Hd)
 }
 
-func (p *plainForward) precompile(b *model.Batch) error { return p.e.Precompile(p.d.pools, b) }
-func (p *plainForward) run(b *model.Batch) (hiddenStates, error) {
-	if p.d.pools == nil {
+func (h deviceHidden[Hd]) Finalize() { h.free(h.h) }
+
+// boundForward runs the step program on its device's current pools (replaced after a
+// failed step).
+type boundForward[P interface{ Finalize() }, Hd any] struct {
+	d *modelDevice[P, Hd]
+	e forwardExec[P, Hd]
+}
+
+func (p *boundForward[P, Hd]) precompile(b *model.Batch) error { return p.e.Precompile(p.d.pools, b) }
+func (p *boundForward[P, Hd]) run(b *model.Batch) (hiddenStates, error) {
+	if !p.d.hasPools {
 		return nil, errPoolsLost
 	}
-	t, err := p.e.Run(p.d.pools, b)
+	h, err := p.e.Run(p.d.pools, b)
 	if err != nil {
 		return nil, err
 	}
-	return plainHidden{t}, nil
+	return deviceHidden[Hd]{h: h, free: p.d.freeHidden}, nil
 }
-func (p *plainForward) finalize() { p.e.Finalize() }
+func (p *boundForward[P, Hd]) finalize() { p.e.Finalize() }
 
-type plainHead struct{ e *model.HeadExec }
+type boundHead[Hd any] struct{ e headExec[Hd] }
 
-func (p plainHead) precompile(h hiddenStates, extra []any) error {
-	return p.e.Precompile(h.(plainHidden).t, extra...)
+func (p boundHead[Hd]) precompile(h hiddenStates, extra []any) error {
+	return p.e.Precompile(h.(deviceHidden[Hd]).h, extra...)
 }
-func (p plainHead) run(h hiddenStates, extra []any) ([]*tensors.Tensor, error) {
-	return p.e.Run(h.(plainHidden).t, extra...)
+func (p boundHead[Hd]) run(h hiddenStates, extra []any) ([]*tensors.Tensor, error) {
+	return p.e.Run(h.(deviceHidden[Hd]).h, extra...)
 }
-func (p plainHead) finalize() { p.e.Finalize() }
-
-// shardedDevice is a model.ShardedModel split over the devices of an xla backend.
-type shardedDevice struct {
-	m     *model.ShardedModel
-	pools *model.ShardedKVPools
-}
-
-func newShardedDevice(m *model.ShardedModel) *shardedDevice { return &shardedDevice{m: m} }
-
-func (d *shardedDevice) config() *model.Config { return &d.m.Config }
-func (d *shardedDevice) dtype() dtypes.DType   { return d.m.DType }
-func (d *shardedDevice) kvHeadsPerDevice() int { return d.m.Plan.KVHeadsPerChip }
-func (d *shardedDevice) allocPools(l model.KVLayout) error {
-	d.freePools()
-	p, err := d.m.NewKVPools(l)
-	if err != nil {
-		return err
-	}
-	d.pools = p
-	return nil
-}
-
-func (d *shardedDevice) freePools() {
-	if d.pools != nil {
-		d.pools.Finalize()
-		d.pools = nil
-	}
-}
-
-func (d *shardedDevice) newForward(rows, maxPrograms int) (forwardProgram, error) {
-	e, err := d.m.NewForwardExec(rows, maxPrograms)
-	if err != nil {
-		return nil, err
-	}
-	return &shardedForward{d: d, e: e}, nil
-}
-
-func (d *shardedDevice) newHead(name string, fn model.HeadFn, maxPrograms int) (headProgram, error) {
-	e, err := d.m.NewHeadExec(name, fn, maxPrograms)
-	if err != nil {
-		return nil, err
-	}
-	return shardedHead{e}, nil
-}
-
-func (d *shardedDevice) zeroHidden(rows int) (hiddenStates, error) {
-	t, err := d.m.ZeroHidden(rows)
-	if err != nil {
-		return nil, err
-	}
-	return shardedHidden(t), nil
-}
-
-type shardedHidden []*tensors.Tensor
-
-func (h shardedHidden) Finalize() {
-	for _, t := range h {
-		t.FinalizeAll()
-	}
-}
-
-type shardedForward struct {
-	d *shardedDevice
-	e *model.ShardedForwardExec
-}
-
-func (p *shardedForward) precompile(b *model.Batch) error { return p.e.Precompile(p.d.pools, b) }
-func (p *shardedForward) run(b *model.Batch) (hiddenStates, error) {
-	if p.d.pools == nil {
-		return nil, errPoolsLost
-	}
-	t, err := p.e.Run(p.d.pools, b)
-	if err != nil {
-		return nil, err
-	}
-	return shardedHidden(t), nil
-}
-func (p *shardedForward) finalize() { p.e.Finalize() }
-
-type shardedHead struct{ e *model.ShardedHeadExec }
-
-func (p shardedHead) precompile(h hiddenStates, extra []any) error {
-	return p.e.Precompile(h.(shardedHidden), extra...)
-}
-func (p shardedHead) run(h hiddenStates, extra []any) ([]*tensors.Tensor, error) {
-	return p.e.Run(h.(shardedHidden), extra...)
-}
-func (p shardedHead) finalize() { p.e.Finalize() }
+func (p boundHead[Hd]) finalize() { p.e.Finalize() }
 
 // poolBytes is what the KV pools of layout take on each device.
 func poolBytes(cfg *model.Config, layout model.KVLayout, dev deviceModel) int64 {

@@ -387,54 +387,33 @@ func (m *ShardedModel) NewStepExec(numExtraInputs int, post PostFn) (*ShardedSte
 // the extra inputs (fresh host tensors per chip: a tensor lives on one device). The second
 // result lists the per-call tensors to free after the call.
 func (e *ShardedStepExec) args(pools *ShardedKVPools, b *Batch, donate bool, extra []any) ([]any, []*tensors.Tensor, error) {
-	m := e.m
 	if len(extra) != e.numExtra {
 		return nil, nil, fmt.Errorf("%w: %d extra inputs, the program takes %d", ErrInput, len(extra), e.numExtra)
 	}
-	if len(pools.Shards) != m.Plan.TP {
-		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
-	}
+	return e.m.stepArgs(pools, b, donate, func(d int) ([]any, []*tensors.Tensor, error) {
+		li := b.logitsIndexTensor()
+		rest, temps, err := perChip(extra)
+		return append([]any{li}, rest...), append(temps, li), err
+	})
+}
+
+// perChip makes one chip's copy of extra inputs: a tensor lives on one device, so each
+// chip gets a fresh clone (returned to be freed after the call); Go values pass as they are.
+func perChip(extra []any) ([]any, []*tensors.Tensor, error) {
 	var temps []*tensors.Tensor
-	args := make([]any, 0, m.Plan.TP*(len(m.Plan.Weights)+2*m.Config.NumHiddenLayers+numStepInputs+len(extra)))
-	for d := 0; d < m.Plan.TP; d++ {
-		for _, t := range m.Shards[d] {
-			args = append(args, t)
+	args := make([]any, 0, len(extra))
+	for i, x := range extra {
+		t, ok := x.(*tensors.Tensor)
+		if !ok {
+			args = append(args, x) // a Go value becomes a fresh tensor per chip
+			continue
 		}
-		if len(pools.Shards[d]) != 2*m.Config.NumHiddenLayers {
-			return nil, temps, fmt.Errorf("%w: chip %d has %d pool tensors, want %d", ErrInput, d, len(pools.Shards[d]), 2*m.Config.NumHiddenLayers)
+		c, err := t.LocalClone()
+		if err != nil {
+			return nil, temps, fmt.Errorf("%w: extra input %d: %w", ErrInput, i, err)
 		}
-		for _, t := range pools.Shards[d] {
-			if t == nil || !t.Ok() {
-				return nil, temps, fmt.Errorf("%w: KV pools were lost by an earlier failed step", ErrInput)
-			}
-			if donate {
-				buf, err := graph.DonateTensorBuffer(t, m.Backend, backends.DeviceNum(d))
-				if err != nil {
-					return nil, temps, fmt.Errorf("model: donating KV pool on chip %d: %w", d, err)
-				}
-				args = append(args, buf)
-			} else {
-				args = append(args, t)
-			}
-		}
-		step := append(b.stepTensors(), b.logitsIndexTensor())
-		temps = append(temps, step...)
-		for _, t := range step {
-			args = append(args, t)
-		}
-		for i, x := range extra {
-			t, ok := x.(*tensors.Tensor)
-			if !ok {
-				args = append(args, x) // a Go value becomes a fresh tensor per chip
-				continue
-			}
-			c, err := t.LocalClone()
-			if err != nil {
-				return nil, temps, fmt.Errorf("%w: extra input %d: %w", ErrInput, i, err)
-			}
-			temps = append(temps, c)
-			args = append(args, c)
-		}
+		temps = append(temps, c)
+		args = append(args, c)
 	}
 	return args, temps, nil
 }
@@ -621,9 +600,10 @@ func (m *ShardedModel) NewForwardExec(rows, maxPrograms int) (*ShardedForwardExe
 	return &ShardedForwardExec{m: m, exec: e.WithName(fmt.Sprintf("gemma3_forward_tp%d", m.Plan.TP)), rows: rows}, nil
 }
 
-// stepArgs lays out, chip by chip, the weight pieces, the pool pieces (donated when donate)
-// and the step inputs; the second result lists the per-call tensors to free.
-func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool) ([]any, []*tensors.Tensor, error) {
+// stepArgs lays out, chip by chip, the weight pieces, the pool pieces (donated when
+// donate), the step inputs and, when tail is not nil, tail(chip)'s inputs; the second result
+// lists the per-call tensors to free.
+func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, tail func(d int) ([]any, []*tensors.Tensor, error)) ([]any, []*tensors.Tensor, error) {
 	if len(pools.Shards) != m.Plan.TP {
 		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
 	}
@@ -632,6 +612,9 @@ func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool) ([
 	for d := 0; d < m.Plan.TP; d++ {
 		for _, t := range m.Shards[d] {
 			args = append(args, t)
+		}
+		if len(pools.Shards[d]) != 2*m.Config.NumHiddenLayers {
+			return nil, temps, fmt.Errorf("%w: chip %d has %d pool tensors, want %d", ErrInput, d, len(pools.Shards[d]), 2*m.Config.NumHiddenLayers)
 		}
 		for _, t := range pools.Shards[d] {
 			if t == nil || !t.Ok() {
@@ -652,13 +635,21 @@ func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool) ([
 		for _, t := range step {
 			args = append(args, t)
 		}
+		if tail != nil {
+			more, tt, err := tail(d)
+			temps = append(temps, tt...)
+			if err != nil {
+				return nil, temps, err
+			}
+			args = append(args, more...)
+		}
 	}
 	return args, temps, nil
 }
 
 // Precompile compiles the program for b's shape without running it.
 func (e *ShardedForwardExec) Precompile(pools *ShardedKVPools, b *Batch) error {
-	args, temps, err := e.m.stepArgs(pools, b, false)
+	args, temps, err := e.m.stepArgs(pools, b, false, nil)
 	defer finalizeAll(temps)
 	if err != nil {
 		return err
@@ -671,7 +662,7 @@ func (e *ShardedForwardExec) Precompile(pools *ShardedKVPools, b *Batch) error {
 
 // Run executes one step on every chip and returns each chip's copy of the hidden states.
 func (e *ShardedForwardExec) Run(pools *ShardedKVPools, b *Batch) ([]*tensors.Tensor, error) {
-	args, temps, err := e.m.stepArgs(pools, b, true)
+	args, temps, err := e.m.stepArgs(pools, b, true, nil)
 	defer finalizeAll(temps)
 	if err != nil {
 		return nil, err
@@ -735,19 +726,12 @@ func (e *ShardedHeadExec) args(hidden []*tensors.Tensor, extra []any) ([]any, []
 	last := len(m.Plan.Weights) - 1
 	for d := 0; d < m.Plan.TP; d++ {
 		args = append(args, m.Shards[d][0], m.Shards[d][last], hidden[d])
-		for i, x := range extra {
-			t, ok := x.(*tensors.Tensor)
-			if !ok {
-				args = append(args, x)
-				continue
-			}
-			c, err := t.LocalClone()
-			if err != nil {
-				return nil, temps, fmt.Errorf("%w: extra input %d: %w", ErrInput, i, err)
-			}
-			temps = append(temps, c)
-			args = append(args, c)
+		rest, tt, err := perChip(extra)
+		temps = append(temps, tt...)
+		if err != nil {
+			return nil, temps, err
 		}
+		args = append(args, rest...)
 	}
 	return args, temps, nil
 }

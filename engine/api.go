@@ -2,6 +2,8 @@ package engine
 
 import (
 	"time"
+
+	"github.com/tpuserve/tpuserve/engine/grammar"
 )
 
 // SamplingParams are a request's per-request sampling and stopping settings. The zero value
@@ -44,6 +46,9 @@ type SamplingParams struct {
 	// LogitBias adds a bias in [-100, 100] to a token's logit before sampling (OpenAI's
 	// logit_bias; at most MaxLogitBias entries).
 	LogitBias map[int32]float32
+	// Grammar constrains the output (structured outputs): each step samples only tokens its
+	// matcher allows, as a bitmask applied on the device; EOS only where it can end.
+	Grammar *grammar.Grammar
 }
 
 // wantsFilters reports whether a request samples with top-k, top-p or min-p (the full
@@ -56,7 +61,7 @@ func (p *SamplingParams) wantsFilters() bool {
 // logprobs (the scored sampler program, unless it also filters).
 func (p *SamplingParams) wantsScoring(banned bool) bool {
 	return banned || p.PresencePenalty != 0 || p.FrequencyPenalty != 0 || p.RepetitionPenalty != 1 ||
-		p.Logprobs != nil || len(p.LogitBias) > 0
+		p.Logprobs != nil || len(p.LogitBias) > 0 || p.Grammar != nil
 }
 
 // DefaultSamplingParams returns vLLM's defaults: temperature 1, no top-k/top-p/min-p, no

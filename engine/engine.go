@@ -333,6 +333,10 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 		decoder: e.cfg.NewDecoder(req.Params.SkipSpecialTokens), maxStop: maxStop, eos: e.eos,
 		metrics: RequestMetrics{ArrivalTime: req.ArrivalTime},
 	}
+	if g := req.Params.Grammar; g != nil {
+		r.matcher = g.NewMatcher()
+		r.mask = make([]uint32, maskWords(e.mcfg.VocabSize))
+	}
 	if len(req.Params.LogitBias) > 0 {
 		for id, b := range req.Params.LogitBias {
 			r.bias.ids = append(r.bias.ids, id)
@@ -602,6 +606,13 @@ func (e *Engine) step() error {
 			}
 		}
 		res := r.addToken(out.tokens[i], lp, cappedSet[ps.RequestID], end)
+		if r.matcher != nil && res.reason == "" {
+			if err := r.matcher.Advance(out.tokens[i]); err != nil {
+				res = tokenResult{reason: FinishAbort, err: fmt.Errorf("engine: grammar: %w", err)}
+			} else if r.matcher.IsTerminated() {
+				res.reason = FinishStop // the grammar took EOS
+			}
+		}
 		if res.reason != "" {
 			if !cappedSet[ps.RequestID] {
 				_ = e.sched.Finish(ps.RequestID)
@@ -628,16 +639,27 @@ func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledS
 		banned = append(banned, p.StopTokenIDs...)
 	}
 	counter := uint32(ps.NumOutputTokens)
+	var mask []uint32
+	if r.matcher != nil {
+		clear(r.mask)
+		if err := r.matcher.FillMask(r.mask); err == nil {
+			mask = r.mask
+		} else {
+			// Cannot happen for a live matcher; allow nothing but EOS rather than anything.
+			e.log.Error("grammar mask failed", "request", r.req.ID, "err", err)
+			mask = r.mask
+		}
+	}
 	switch {
 	case p.wantsFilters():
 		in.fullChunk = append(in.fullChunk, i)
-		in.full.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias)
+		in.full.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias, mask)
 		return
 	case p.wantsScoring(len(banned) > 0):
 		in.scoredChunk = append(in.scoredChunk, i)
-		in.scored.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias)
+		in.scored.addRow(p, r.key, counter, r.output(), r.req.PromptIDs, banned, r.bias, mask)
 		return
 	}
 	in.baseChunk = append(in.baseChunk, i)
-	in.base.addRow(p, r.key, counter, nil, nil, nil, logitBias{})
+	in.base.addRow(p, r.key, counter, nil, nil, nil, logitBias{}, nil)
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tpuserve/tpuserve/engine/grammar"
 )
 
 // StreamDecoder turns token ids into text incrementally, never splitting a UTF-8
@@ -43,6 +45,9 @@ type reqState struct {
 	// whether the request still runs).
 	finished bool
 	bias     logitBias
+	// matcher follows the request's grammar (nil without one); mask is its bitmask buffer.
+	matcher *grammar.Matcher
+	mask    []uint32
 	// promptLP are the scored prompt positions so far (prompt_logprobs); promptSent once
 	// they went out on an event.
 	promptLP   []PositionLogprobs

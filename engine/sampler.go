@@ -18,13 +18,14 @@ type samplerFeatures struct {
 	Filters   bool // top-k, top-p, min-p
 	Logprobs  bool // chosen-token logprob and the top maxTopLogprobs alternatives
 	Bias      bool // logit_bias: per-row (token id, bias) pairs added before everything else
+	Mask      bool // a per-row token bitmask (structured outputs): tokens outside it are never sampled
 }
 
 // fullFeatures is the full sampler's feature set; scoredFeatures the same without the
 // top-k/top-p/min-p threshold search (the costliest part), for rows that need no filter.
 var (
-	fullFeatures   = samplerFeatures{Penalties: true, Filters: true, Logprobs: true, Bias: true}
-	scoredFeatures = samplerFeatures{Penalties: true, Logprobs: true, Bias: true}
+	fullFeatures   = samplerFeatures{Penalties: true, Filters: true, Logprobs: true, Bias: true, Mask: true}
+	scoredFeatures = samplerFeatures{Penalties: true, Logprobs: true, Bias: true, Mask: true}
 )
 
 // maxTopLogprobs is the most alternatives a request may ask for (OpenAI's limit).
@@ -44,6 +45,9 @@ func (f samplerFeatures) numInputs() int {
 	}
 	if f.Bias {
 		n += 2
+	}
+	if f.Mask {
+		n++
 	}
 	return n
 }
@@ -71,9 +75,14 @@ type samplerRows struct {
 	BiasIDs    []int32
 	BiasValues []float32
 	Lg         int
+	// MaskWords [N·W] is each row's token bitmask (bit v%32 of word v/32 set: token v may be
+	// sampled); rows without a grammar allow everything.
+	MaskWords []uint32
+	W         int
 	// The unpadded per-row lists that pad lays out into the arrays above.
 	outLists, promptLists, bannedLists [][]int32
 	biasLists                          []logitBias
+	masks                              [][]uint32 // nil: no constraint
 }
 
 // logitBias is one row's logit_bias entries.
@@ -113,7 +122,29 @@ func (r *samplerRows) inputs(f samplerFeatures) []any {
 			tensors.FromFlatDataAndDimensions(r.BiasValues, n, r.Lg),
 		)
 	}
+	if f.Mask {
+		in = append(in, tensors.FromFlatDataAndDimensions(r.MaskWords, n, r.W))
+	}
 	return in
+}
+
+// maskWords is the number of bitmask words covering a vocabulary of v rows.
+func maskWords(v int) int { return (v + 31) / 32 }
+
+// allowedByMask expands bitmask words [N, W] uint32 into [N, V] booleans: token v is
+// allowed when bit v%32 of word v/32 is set.
+func allowedByMask(words *Node, V int) *Node {
+	g := words.Graph()
+	N, W := words.Shape().Dimensions[0], words.Shape().Dimensions[1]
+	pow := make([]uint32, 32)
+	for b := range pow {
+		pow[b] = 1 << b
+	}
+	bits := Div(BroadcastToDims(InsertAxes(words, -1), N, W, 32), BroadcastToDims(Reshape(Const(g, pow), 1, 1, 32), N, W, 32))
+	two := Scalar(g, dtypes.Uint32, uint32(2))
+	bits = Sub(bits, Mul(Div(bits, two), two)) // the bit: 0 or 1
+	bits = Slice(Reshape(bits, N, W*32), AxisRange(), AxisRange(0, V))
+	return Equal(bits, OnesLike(bits))
 }
 
 // buildSampler returns the program tail that turns logits [N, V] into sampled token ids
@@ -140,6 +171,12 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 			// processors do; logprobs stay the raw model's. Its inputs come last.
 			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
 			logits = Add(logits, tokenSums(extra[at], extra[at+1], N, V))
+		}
+		if f.Mask {
+			// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
+			// structured-output bitmasks); logprobs stay the raw model's.
+			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters) + 2*boolInt(f.Bias)
+			logits = Where(allowedByMask(extra[at], V), logits, BroadcastToDims(negInf, N, V))
 		}
 
 		if f.Penalties {
@@ -468,6 +505,21 @@ func (rows *samplerRows) padFixed(n, vocab int, w listWidths, f samplerFeatures)
 		copy(rows.BiasIDs[i*w.bias:(i+1)*w.bias], b.ids)
 		copy(rows.BiasValues[i*w.bias:(i+1)*w.bias], b.values)
 	}
+	rows.W = 1
+	if f.Mask {
+		rows.W = maskWords(vocab)
+	}
+	rows.MaskWords = make([]uint32, n*rows.W)
+	for i := 0; i < n; i++ {
+		row := rows.MaskWords[i*rows.W : (i+1)*rows.W]
+		if i < len(rows.masks) && rows.masks[i] != nil {
+			copy(row, rows.masks[i]) // words past the grammar's vocabulary stay 0: never sampled
+			continue
+		}
+		for j := range row {
+			row[j] = ^uint32(0)
+		}
+	}
 }
 
 // padLists lays out per-row token lists as [n, width] (each list at most width long).
@@ -483,7 +535,7 @@ func padLists(lists [][]int32, n, width, vocab int) ([]int32, int) {
 }
 
 // addRow appends one row's parameters (lists unpadded) to rows.
-func (rows *samplerRows) addRow(p *SamplingParams, key, counter uint32, out, prompt, banned []int32, bias logitBias) {
+func (rows *samplerRows) addRow(p *SamplingParams, key, counter uint32, out, prompt, banned []int32, bias logitBias, mask []uint32) {
 	rows.Temperature = append(rows.Temperature, p.Temperature)
 	rows.RNGKey = append(rows.RNGKey, key)
 	rows.RNGCounter = append(rows.RNGCounter, counter)
@@ -497,4 +549,5 @@ func (rows *samplerRows) addRow(p *SamplingParams, key, counter uint32, out, pro
 	rows.promptLists = append(rows.promptLists, prompt)
 	rows.bannedLists = append(rows.bannedLists, banned)
 	rows.biasLists = append(rows.biasLists, bias)
+	rows.masks = append(rows.masks, mask)
 }

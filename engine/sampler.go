@@ -229,6 +229,8 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 			keep = And(keep, Or(inRange, LogicalNot(Or(kOn, pOn))))
 		}
 		gumbel := gumbelNoise(key, counter, N, V)
+		// Tokens ruled out by their logit (banned, a grammar's mask) stay out whatever the noise.
+		keep = And(keep, GreaterThan(z, BroadcastToDims(negInf, N, V)))
 		perturbed := Where(keep, Add(z, gumbel), BroadcastToDims(negInf, N, V))
 		sampledTokens := ArgMax(perturbed, -1, dtypes.Int32)
 		tokens := Where(isGreedy, greedyTokens, sampledTokens)
@@ -435,8 +437,10 @@ func gumbelNoise(key, counter *Node, N, V int) *Node {
 	row := hash32(Add(hash32(key), MulScalar(counter, 0x9E3779B9)))             // [N]
 	col := MulScalar(Iota(g, shapes.Make(dtypes.Uint32, N, V), 1), 0x85EBCA6B)  // [N, V]
 	bits := hash32(BitwiseXor(col, BroadcastToDims(InsertAxes(row, -1), N, V))) // [N, V]
-	u := ConvertDType(Div(bits, Scalar(g, dtypes.Uint32, 256)), dtypes.Float32) // 24 random bits
-	u = MulScalar(AddScalar(u, 0.5), 1.0/(1<<24))                               // (0, 1)
+	// 23 random bits: (k+0.5)/2²³ stays below 1 in float32 (with 24 bits the largest value
+	// rounds to 1, whose Gumbel noise is +∞, and −∞ + ∞ is NaN for a masked token).
+	u := ConvertDType(Div(bits, Scalar(g, dtypes.Uint32, 512)), dtypes.Float32)
+	u = MulScalar(AddScalar(u, 0.5), 1.0/(1<<23)) // (0, 1)
 	return Neg(Log(Neg(Log(u))))
 }
 

@@ -12,6 +12,10 @@ import (
 // Config is the server's configuration. The integrator fills it from flags and the
 // environment; DefaultConfig gives the documented defaults.
 type Config struct {
+	// Grammars compiles structured outputs (response_format, structured_outputs, guided_*);
+	// nil refuses them with a 400.
+	Grammars GrammarCompiler
+
 	// Host and Port are where HTTP listens (default 0.0.0.0:8000). Port 0 picks a free port
 	// (see HTTPAddr).
 	Host string

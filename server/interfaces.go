@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 
 	"github.com/tpuserve/tpuserve/engine"
 )
@@ -71,4 +72,13 @@ type ChatMessage struct {
 type ContentPart struct {
 	Type string
 	Text string
+}
+
+// GrammarCompiler compiles structured-output constraints over the model's vocabulary
+// (the integrator passes a *grammar.Cache; nil: structured outputs are refused with 400).
+type GrammarCompiler interface {
+	JSONSchema(schema []byte, opts ...grammar.Option) (*grammar.Grammar, error)
+	Regex(pattern string, opts ...grammar.Option) (*grammar.Grammar, error)
+	Choice(choices []string, opts ...grammar.Option) (*grammar.Grammar, error)
+	GBNF(src string, opts ...grammar.Option) (*grammar.Grammar, error)
 }

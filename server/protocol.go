@@ -36,6 +36,21 @@ type samplingFields struct {
 	PromptLogprobs         *int     `json:"prompt_logprobs"`
 	TruncatePromptTokens   *int     `json:"truncate_prompt_tokens"`
 	BestOf                 *int     `json:"best_of"`
+
+	// Structured outputs: vLLM's structured_outputs and the older guided_* fields.
+	StructuredOutputs *structuredOutputs `json:"structured_outputs"`
+	GuidedJSON        json.RawMessage    `json:"guided_json"`
+	GuidedRegex       *string            `json:"guided_regex"`
+	GuidedChoice      []string           `json:"guided_choice"`
+	GuidedGrammar     *string            `json:"guided_grammar"`
+}
+
+// structuredOutputs is vLLM's structured_outputs object: exactly one of its constraints.
+type structuredOutputs struct {
+	JSON    json.RawMessage `json:"json"`
+	Regex   *string         `json:"regex"`
+	Choice  []string        `json:"choice"`
+	Grammar *string         `json:"grammar"`
 }
 
 type streamOptions struct {
@@ -44,7 +59,15 @@ type streamOptions struct {
 }
 
 type responseFormat struct {
-	Type string `json:"type"`
+	Type       string          `json:"type"`
+	JSONSchema *jsonSchemaSpec `json:"json_schema"`
+}
+
+// jsonSchemaSpec is response_format's json_schema: {name, schema, strict}.
+type jsonSchemaSpec struct {
+	Name   string          `json:"name"`
+	Schema json.RawMessage `json:"schema"`
+	Strict *bool           `json:"strict"`
 }
 
 type completionRequest struct {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 )
 
 // genPlan is a validated generation request, ready to become engine requests.
@@ -207,8 +208,10 @@ func (s *Server) samplingParams(f *samplingFields) (p engine.SamplingParams, n i
 			p.LogitBias[int32(id)] = float32(b)
 		}
 	}
-	if f.ResponseFormat != nil && f.ResponseFormat.Type != "" && f.ResponseFormat.Type != "text" {
-		return p, 0, unsupported("response_format", "response_format type %q is not supported; only \"text\" is", f.ResponseFormat.Type)
+	if g, e := s.structuredGrammar(f); e != nil {
+		return p, 0, e
+	} else if g != nil {
+		p.Grammar = g
 	}
 	if f.PromptLogprobs != nil {
 		k := *f.PromptLogprobs
@@ -746,4 +749,90 @@ func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
 		out[i] = msg
 	}
 	return out, nil
+}
+
+// structuredGrammar compiles the request's structured-output constraint, if any:
+// response_format json_object / json_schema, vLLM's structured_outputs {json, regex,
+// choice, grammar} or the older guided_json / guided_regex / guided_choice / guided_grammar.
+// At most one may be given; a schema, regex or grammar that does not compile, or uses a
+// keyword the engine cannot enforce, is a 400 naming the field (and the keyword).
+func (s *Server) structuredGrammar(f *samplingFields) (*grammar.Grammar, *APIError) {
+	type constraint struct {
+		param   string
+		compile func(GrammarCompiler) (*grammar.Grammar, error)
+	}
+	var cs []constraint
+	jsonSchema := func(param string, schema json.RawMessage) {
+		cs = append(cs, constraint{param, func(c GrammarCompiler) (*grammar.Grammar, error) { return c.JSONSchema(schema) }})
+	}
+	if rf := f.ResponseFormat; rf != nil {
+		switch rf.Type {
+		case "", "text":
+		case "json_object":
+			jsonSchema("response_format", json.RawMessage(`{}`))
+		case "json_schema":
+			if rf.JSONSchema == nil || len(rf.JSONSchema.Schema) == 0 {
+				return nil, badParam("response_format.json_schema", "response_format of type json_schema needs json_schema.schema")
+			}
+			jsonSchema("response_format.json_schema.schema", rf.JSONSchema.Schema)
+		default:
+			return nil, badParam("response_format", "response_format type %q is not one of text, json_object, json_schema", truncate(rf.Type, 40))
+		}
+	}
+	if so := f.StructuredOutputs; so != nil {
+		if len(so.JSON) > 0 {
+			jsonSchema("structured_outputs.json", so.JSON)
+		}
+		if so.Regex != nil {
+			re := *so.Regex
+			cs = append(cs, constraint{"structured_outputs.regex", func(c GrammarCompiler) (*grammar.Grammar, error) { return c.Regex(re) }})
+		}
+		if so.Choice != nil {
+			ch := so.Choice
+			cs = append(cs, constraint{"structured_outputs.choice", func(c GrammarCompiler) (*grammar.Grammar, error) { return c.Choice(ch) }})
+		}
+		if so.Grammar != nil {
+			gr := *so.Grammar
+			cs = append(cs, constraint{"structured_outputs.grammar", func(c GrammarCompiler) (*grammar.Grammar, error) { return c.GBNF(gr) }})
+		}
+	}
+	if len(f.GuidedJSON) > 0 {
+		schema := f.GuidedJSON
+		if schema[0] == '"' { // vLLM also takes the schema as a JSON string
+			var text string
+			if err := json.Unmarshal(schema, &text); err == nil {
+				schema = json.RawMessage(text)
+			}
+		}
+		jsonSchema("guided_json", schema)
+	}
+	if f.GuidedRegex != nil {
+		re := *f.GuidedRegex
+		cs = append(cs, constraint{"guided_regex", func(c GrammarCompiler) (*grammar.Grammar, error) { return c.Regex(re) }})
+	}
+	if f.GuidedChoice != nil {
+		ch := f.GuidedChoice
+		cs = append(cs, constraint{"guided_choice", func(c GrammarCompiler) (*grammar.Grammar, error) { return c.Choice(ch) }})
+	}
+	if f.GuidedGrammar != nil {
+		gr := *f.GuidedGrammar
+		cs = append(cs, constraint{"guided_grammar", func(c GrammarCompiler) (*grammar.Grammar, error) { return c.GBNF(gr) }})
+	}
+	switch {
+	case len(cs) == 0:
+		return nil, nil
+	case len(cs) > 1:
+		return nil, badParam(cs[1].param, "only one structured-output constraint may be given (%s and %s)", cs[0].param, cs[1].param)
+	case s.cfg.Grammars == nil:
+		return nil, unsupported(cs[0].param, "structured outputs are not available on this server")
+	}
+	g, err := cs[0].compile(s.cfg.Grammars)
+	if err != nil {
+		var ue *grammar.UnsupportedError
+		if errors.As(err, &ue) {
+			return nil, unsupported(cs[0].param, "%s: the keyword %q (at %q) cannot be enforced", cs[0].param, ue.Keyword, ue.Path)
+		}
+		return nil, badParam(cs[0].param, "%s: %v", cs[0].param, err)
+	}
+	return g, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
@@ -328,6 +329,16 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	}
 	cfg.PriorityScheduling = o.schedulingPolicy == "priority"
 	cfg.Defaults = defaults
+	// Structured outputs: grammars over the tokenizer's vocabulary, compiled once per
+	// schema text (an LRU of compiled grammars).
+	t0 = time.Now()
+	vocab, err := grammar.VocabularyFromTokenizer(tok)
+	if err != nil {
+		return fmt.Errorf("structured outputs: %w", err)
+	}
+	vocab.Warm()
+	cfg.Grammars = grammar.NewCache(vocab, 256)
+	log.Info("structured outputs ready", "vocab", vocab.Size(), "elapsed", time.Since(t0).Round(time.Millisecond))
 	srv, err := server.New(cfg, nil, tokenizerAdapter{tok})
 	if err != nil {
 		return err

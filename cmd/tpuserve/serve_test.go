@@ -69,7 +69,11 @@ func startServe(t *testing.T, mutate func(o *serveOptions)) *liveServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	ls := &liveServer{cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan *server.Server, 1)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var logw io.Writer = io.Discard
+	if os.Getenv("TPUSERVE_TEST_LOG") != "" {
+		logw = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(logw, nil))
 	go func() { ls.done <- serve(ctx, o, log, func(s *server.Server) { ready <- s }) }()
 	select {
 	case s := <-ready:

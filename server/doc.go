@@ -53,6 +53,13 @@
 // echo with max_tokens 0 scores the prompt without generating. logit_bias (token id →
 // bias in [-100, 100], at most engine.MaxLogitBias entries) is applied on the device.
 //
+// Structured outputs: response_format json_object / json_schema, vLLM's structured_outputs
+// {json, regex, choice, grammar} and the older guided_* fields compile through
+// Config.Grammars (a grammar.Cache over the tokenizer's vocabulary) into an
+// engine.SamplingParams.Grammar, which the engine enforces with a per-row bitmask on the
+// device. At most one constraint per request; one that does not compile, or uses a keyword
+// the grammar engine cannot enforce, is a 400 naming the field (and the keyword).
+//
 // # gRPC
 //
 // The TpuserveEngine service (proto/enginepb/engine.proto, modelled on vLLM's

@@ -140,11 +140,10 @@ func allowedByMask(words *Node, V int) *Node {
 	for b := range pow {
 		pow[b] = 1 << b
 	}
-	bits := Div(BroadcastToDims(InsertAxes(words, -1), N, W, 32), BroadcastToDims(Reshape(Const(g, pow), 1, 1, 32), N, W, 32))
-	two := Scalar(g, dtypes.Uint32, uint32(2))
-	bits = Sub(bits, Mul(Div(bits, two), two)) // the bit: 0 or 1
+	// A bitwise and with each bit's value (the pure-Go backend has no shifts).
+	bits := BitwiseAnd(BroadcastToDims(InsertAxes(words, -1), N, W, 32), BroadcastToDims(Reshape(Const(g, pow), 1, 1, 32), N, W, 32))
 	bits = Slice(Reshape(bits, N, W*32), AxisRange(), AxisRange(0, V))
-	return Equal(bits, OnesLike(bits))
+	return NotEqual(bits, ZerosLike(bits))
 }
 
 // buildSampler returns the program tail that turns logits [N, V] into sampled token ids
@@ -229,8 +228,8 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 			keep = And(keep, Or(inRange, LogicalNot(Or(kOn, pOn))))
 		}
 		gumbel := gumbelNoise(key, counter, N, V)
-		// Tokens ruled out by their logit (banned, a grammar's mask) stay out whatever the noise.
-		keep = And(keep, GreaterThan(z, BroadcastToDims(negInf, N, V)))
+		// Tokens ruled out by their logit (banned, a grammar's mask) stay at −∞: the noise is
+		// always finite (see gumbelNoise).
 		perturbed := Where(keep, Add(z, gumbel), BroadcastToDims(negInf, N, V))
 		sampledTokens := ArgMax(perturbed, -1, dtypes.Int32)
 		tokens := Where(isGreedy, greedyTokens, sampledTokens)

@@ -130,18 +130,7 @@ func BenchmarkHostOverheadPerStep(b *testing.B) {
 // BenchmarkGenerateTiny: end-to-end generated tokens/s of the built-in tiny model on the CPU
 // with `batch` concurrent requests (16-token prompts, 32 new tokens each).
 func BenchmarkGenerateTiny(b *testing.B) {
-	cfg, err := model.Preset("tiny")
-	if err != nil {
-		b.Fatal(err)
-	}
-	w, err := model.RandomWeights(&cfg, dtypes.Float32, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, err := model.New(backendtest.Backend(b), cfg, w)
-	if err != nil {
-		b.Fatal(err)
-	}
+	cfg, m := tinyPreset(b)
 	defer m.Close()
 	for _, batch := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
@@ -193,18 +182,7 @@ func BenchmarkGenerateTiny(b *testing.B) {
 // others' time per token (ms/token of the greedy requests) must not follow the feature —
 // only the row that asks runs the full sampler. Compare the sub-benchmarks' ms/token.
 func BenchmarkSamplerIsolation(b *testing.B) {
-	cfg, err := model.Preset("tiny")
-	if err != nil {
-		b.Fatal(err)
-	}
-	w, err := model.RandomWeights(&cfg, dtypes.Float32, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, err := model.New(backendtest.Backend(b), cfg, w)
-	if err != nil {
-		b.Fatal(err)
-	}
+	cfg, m := tinyPreset(b)
 	defer m.Close()
 	e, err := New(Config{Model: m, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip, vocab: int32(cfg.VocabSize)} },
 		Scheduler:  SchedulerConfig{MaxNumSeqs: 16, MaxNumBatchedTokens: 256, MaxModelLen: 128},
@@ -270,18 +248,7 @@ func BenchmarkSamplerIsolation(b *testing.B) {
 // serving, for the built-in tiny model at serve's CPU defaults (32 sequences, 512-token
 // steps, 2048 max model length); reports the programs and the seconds it took.
 func BenchmarkStartupCompile(b *testing.B) {
-	cfg, err := model.Preset("tiny")
-	if err != nil {
-		b.Fatal(err)
-	}
-	w, err := model.RandomWeights(&cfg, dtypes.Float32, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, err := model.New(backendtest.Backend(b), cfg, w)
-	if err != nil {
-		b.Fatal(err)
-	}
+	cfg, m := tinyPreset(b)
 	defer m.Close()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
@@ -297,4 +264,21 @@ func BenchmarkStartupCompile(b *testing.B) {
 		b.ReportMetric(float64(st.StepPrograms), "programs")
 		b.ReportMetric(el.Seconds(), "s/startup")
 	}
+}
+
+// tinyPreset is the built-in tiny model (random weights, the real 262k vocabulary) in f32.
+func tinyPreset(b *testing.B) (model.Config, *model.Model) {
+	cfg, err := model.Preset("tiny")
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := model.RandomWeights(&cfg, dtypes.Float32, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := model.New(backendtest.Backend(b), cfg, w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cfg, m
 }

@@ -448,7 +448,21 @@ func (e *ShardedStepExec) Run(pools *ShardedKVPools, b *Batch, extra ...any) ([]
 	if err != nil {
 		return nil, err
 	}
-	outs, err := e.exec.Exec(args...)
+	rest, err := runShardedDonated(e.exec, pools, b, args, e.m.Plan.TP)
+	if err != nil {
+		return nil, err
+	}
+	for d := 1; d < len(rest); d++ {
+		finalizeAll(rest[d])
+	}
+	return rest[0], nil
+}
+
+// runShardedDonated executes a sharded step program whose first outputs on every chip are
+// its pools: on success each chip's pools are replaced and the rest of each chip's outputs
+// returned; on failure the pools are lost (donated) and set to nil.
+func runShardedDonated(exec *graph.Exec, pools *ShardedKVPools, b *Batch, args []any, tp int) ([][]*tensors.Tensor, error) {
+	outs, err := exec.Exec(args...)
 	if err != nil {
 		for _, dev := range pools.Shards {
 			for i := range dev {
@@ -457,16 +471,14 @@ func (e *ShardedStepExec) Run(pools *ShardedKVPools, b *Batch, extra ...any) ([]
 		}
 		return nil, fmt.Errorf("model: running sharded step %+v: %w", b.Shape, err)
 	}
-	tp := e.m.Plan.TP
 	perChip := len(outs) / tp
-	numP := 2 * e.m.Config.NumHiddenLayers
+	rest := make([][]*tensors.Tensor, tp)
 	for d := 0; d < tp; d++ {
+		numP := len(pools.Shards[d])
 		copy(pools.Shards[d], outs[d*perChip:d*perChip+numP])
-		if d > 0 {
-			finalizeAll(outs[d*perChip+numP : (d+1)*perChip])
-		}
+		rest[d] = outs[d*perChip+numP : (d+1)*perChip]
 	}
-	return outs[numP:perChip], nil
+	return rest, nil
 }
 
 // Finalize frees the compiled programs.
@@ -667,22 +679,13 @@ func (e *ShardedForwardExec) Run(pools *ShardedKVPools, b *Batch) ([]*tensors.Te
 	if err != nil {
 		return nil, err
 	}
-	outs, err := e.exec.Exec(args...)
+	rest, err := runShardedDonated(e.exec, pools, b, args, e.m.Plan.TP)
 	if err != nil {
-		for _, dev := range pools.Shards {
-			for i := range dev {
-				dev[i] = nil
-			}
-		}
-		return nil, fmt.Errorf("model: running sharded step %+v: %w", b.Shape, err)
+		return nil, err
 	}
-	tp := e.m.Plan.TP
-	perChip := len(outs) / tp
-	numP := 2 * e.m.Config.NumHiddenLayers
-	hidden := make([]*tensors.Tensor, tp)
-	for d := 0; d < tp; d++ {
-		copy(pools.Shards[d], outs[d*perChip:d*perChip+numP])
-		hidden[d] = outs[d*perChip+numP]
+	hidden := make([]*tensors.Tensor, len(rest))
+	for d, r := range rest {
+		hidden[d] = r[0]
 	}
 	return hidden, nil
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/bits"
 	"sync/atomic"
 	"time"
 
@@ -142,12 +141,6 @@ func (r *runner) use(p plan.Program) {
 	} else {
 		r.log.Info("compiling a program on first use", "program", p.String())
 	}
-}
-
-// pow2 rounds n up to a power of two (at least lo).
-func pow2(n, lo int) int {
-	n = max(n, lo, 1)
-	return 1 << bits.Len(uint(n-1))
 }
 
 // shapeOf maps a step's chunks to their member of the step set.

@@ -160,16 +160,14 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 	minEntries := ceilDiv(opts.MinContext, opts.PageSize*model.PagesPerEntry)            // one row at MinContext
 	for _, t := range s.tokens {
 		var shapes []model.BatchShape
-		if t <= max(opts.MaxNumSeqs, oneQueryTokens) {
+		if q, b := s.rows(t); q == 1 {
 			// One query per row: entry budgets from MinContext per token to MaxModelLen
 			// per token.
-			shapes = s.ladder(t, 1, t, t*minEntries, t*maxEntries, opts.EntryLevels)
+			shapes = s.ladder(t, 1, b, t*minEntries, t*maxEntries, opts.EntryLevels)
 		} else {
 			// Rows of one query while the step's tokens read no more pages than the rows of
 			// SegmentLen would at MaxModelLen (typical contexts: every slot is a real
 			// query), then rows of SegmentLen queries for deep contexts.
-			q := opts.SegmentLen
-			b := ceilDiv(t, q) + opts.MaxNumSeqs
 			top := b * maxEntries
 			one := max(1, opts.EntryLevels-2)
 			shapes = s.ladder(t, 1, t, min(t*minEntries, top), top, one)
@@ -227,7 +225,7 @@ func (s *StepSet) ladder(t, q, b, bottom, top, levels int) []model.BatchShape {
 	return shapes
 }
 
-// rows is the query-row layout of token bucket t: one query per row up to
+// rows is the deepest query-row layout of token bucket t: one query per row up to
 // max(MaxNumSeqs, oneQueryTokens) tokens (decodes, small chunks token by token), else rows
 // of SegmentLen queries with room for every running sequence's partial row.
 func (s *StepSet) rows(t int) (q, b int) {

@@ -18,7 +18,7 @@ type deviceModel interface {
 	allocPools(layout model.KVLayout) error
 	freePools()
 	newForward(rows, maxPrograms int) (forwardProgram, error)
-	newHead(name string, fn model.HeadFn, maxPrograms int) (headProgram, error)
+	newHead(name string, fn model.VocabHeadFn, maxPrograms int) (headProgram, error)
 	// zeroHidden is a hidden-state value of rows rows to compile head programs on.
 	zeroHidden(rows int) (hiddenStates, error)
 }
@@ -63,7 +63,7 @@ type modelDevice[P interface{ Finalize() }, Hd any] struct {
 	kvHeads    int
 	newPools   func(model.KVLayout) (P, error)
 	newFwd     func(rows, maxPrograms int) (forwardExec[P, Hd], error)
-	newHd      func(name string, fn model.HeadFn, maxPrograms int) (headExec[Hd], error)
+	newHd      func(name string, fn model.VocabHeadFn, maxPrograms int) (headExec[Hd], error)
 	zero       func(rows int) (Hd, error)
 	freeHidden func(Hd)
 	pools      P
@@ -76,8 +76,8 @@ func newPlainDevice(m *model.Model) deviceModel {
 		newFwd: func(rows, n int) (forwardExec[*model.KVPools, *tensors.Tensor], error) {
 			return m.NewForwardExec(rows, n)
 		},
-		newHd: func(name string, fn model.HeadFn, n int) (headExec[*tensors.Tensor], error) {
-			return m.NewHeadExec(name, fn, n)
+		newHd: func(name string, fn model.VocabHeadFn, n int) (headExec[*tensors.Tensor], error) {
+			return m.NewVocabHeadExec(name, fn, n)
 		},
 		zero: m.ZeroHidden, freeHidden: func(t *tensors.Tensor) { t.FinalizeAll() },
 	}
@@ -89,7 +89,7 @@ func newShardedDevice(m *model.ShardedModel) deviceModel {
 		newFwd: func(rows, n int) (forwardExec[*model.ShardedKVPools, []*tensors.Tensor], error) {
 			return m.NewForwardExec(rows, n)
 		},
-		newHd: func(name string, fn model.HeadFn, n int) (headExec[[]*tensors.Tensor], error) {
+		newHd: func(name string, fn model.VocabHeadFn, n int) (headExec[[]*tensors.Tensor], error) {
 			return m.NewHeadExec(name, fn, n)
 		},
 		zero: m.ZeroHidden, freeHidden: func(ts []*tensors.Tensor) {
@@ -130,7 +130,7 @@ func (d *modelDevice[P, Hd]) newForward(rows, maxPrograms int) (forwardProgram, 
 	return &boundForward[P, Hd]{d: d, e: e}, nil
 }
 
-func (d *modelDevice[P, Hd]) newHead(name string, fn model.HeadFn, maxPrograms int) (headProgram, error) {
+func (d *modelDevice[P, Hd]) newHead(name string, fn model.VocabHeadFn, maxPrograms int) (headProgram, error) {
 	e, err := d.newHd(name, fn, maxPrograms)
 	if err != nil {
 		return nil, err

@@ -314,9 +314,9 @@ func (r *runner) precompile() error {
 
 // headSampler is the sampler as a head program: its first extra input is the hidden-state
 // row of each sampling row, the rest are buildSampler's.
-func headSampler(f samplerFeatures, textVocab int) model.HeadFn {
+func headSampler(f samplerFeatures, textVocab int) model.VocabHeadFn {
 	sampler := buildSampler(f, textVocab)
-	return func(logits func(idx *graph.Node) *graph.Node, extra []*graph.Node) []*graph.Node {
+	return func(logits func(idx *graph.Node) *model.VocabShards, extra []*graph.Node) []*graph.Node {
 		return sampler(logits(extra[0]), extra[1:])
 	}
 }
@@ -324,8 +324,8 @@ func headSampler(f samplerFeatures, textVocab int) model.HeadFn {
 // headPromptLogprobs scores prompt positions: inputs rows [P] and the next prompt token
 // [P]; outputs that token's logprob [P] and the top maxTopLogprobs ids [P, 20] and
 // logprobs [P, 20], over the text vocabulary, from the raw logits (as vLLM reports them).
-func headPromptLogprobs(textVocab int) model.HeadFn {
-	return func(logits func(idx *graph.Node) *graph.Node, extra []*graph.Node) []*graph.Node {
+func headPromptLogprobs(textVocab int) model.VocabHeadFn {
+	return func(logits func(idx *graph.Node) *model.VocabShards, extra []*graph.Node) []*graph.Node {
 		return logprobOutputs(logits(extra[0]), extra[1], textVocab)
 	}
 }

@@ -2,11 +2,14 @@ package engine
 
 import (
 	"math/bits"
+	"slices"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // the graph DSL reads best unqualified
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/tpuserve/tpuserve/model"
 )
 
 // samplerFeatures selects the parts of the on-device sampler a program holds. The engine
@@ -131,107 +134,137 @@ func (r *samplerRows) inputs(f samplerFeatures) []any {
 // maskWords is the number of bitmask words covering a vocabulary of v rows.
 func maskWords(v int) int { return (v + 31) / 32 }
 
-// allowedByMask expands bitmask words [N, W] uint32 into [N, V] booleans: token v is
-// allowed when bit v%32 of word v/32 is set.
-func allowedByMask(words *Node, V int) *Node {
+// allowedByMask expands bitmask words [N, W] uint32 into chip c's [N, Width] booleans:
+// token v is allowed when bit v%32 of word v/32 is set.
+func allowedByMask(words *Node, lg *model.VocabShards, c int) *Node {
 	g := words.Graph()
 	N, W := words.Shape().Dimensions[0], words.Shape().Dimensions[1]
 	pow := make([]uint32, 32)
 	for b := range pow {
 		pow[b] = 1 << b
 	}
-	// A bitwise and with each bit's value (the pure-Go backend has no shifts).
-	bits := BitwiseAnd(BroadcastToDims(InsertAxes(words, -1), N, W, 32), BroadcastToDims(Reshape(Const(g, pow), 1, 1, 32), N, W, 32))
-	bits = Slice(Reshape(bits, N, W*32), AxisRange(), AxisRange(0, V))
+	if lg.Mesh.Chips() == 1 {
+		// A bitwise and with each bit's value (the pure-Go backend has no shifts).
+		bits := BitwiseAnd(BroadcastToDims(InsertAxes(words, -1), N, W, 32), BroadcastToDims(Reshape(Const(g, pow), 1, 1, 32), N, W, 32))
+		bits = Slice(Reshape(bits, N, W*32), AxisRange(), AxisRange(0, lg.Width))
+		return NotEqual(bits, ZerosLike(bits))
+	}
+	// A vocabulary slice need not start on a word: gather each column's word and bit value
+	// (as rows: gathering scalars from a rank-1 operand fails on SimpleGo).
+	ids := Add(Iota(g, shapes.Make(dtypes.Int32, lg.Width), 0), lg.Offsets[c])
+	word := Div(ids, Scalar(g, dtypes.Int32, 32))
+	bit := Sub(ids, MulScalar(word, 32))
+	colWords := Transpose(Gather(Transpose(words, 0, 1), InsertAxes(word, -1)), 0, 1) // [N, Width]
+	powCol := make([][]uint32, 32)
+	for b := range powCol {
+		powCol[b] = []uint32{pow[b]}
+	}
+	colBit := Reshape(Gather(Const(g, powCol), InsertAxes(bit, -1)), 1, lg.Width)
+	bits := BitwiseAnd(colWords, BroadcastToDims(colBit, N, lg.Width))
 	return NotEqual(bits, ZerosLike(bits))
 }
 
-// buildSampler returns the program tail that turns logits [N, V] into sampled token ids
-// [N] int32 (and, with Logprobs, the chosen token's logprob [N], and the top
-// maxTopLogprobs ids [N, 20] int32 and logprobs [N, 20]). logits rows must already be the
-// sampling rows; vocabulary rows at or beyond textVocab are never sampled nor reported. Order as vLLM: penalties, temperature, min-p, top-k, top-p, then a
-// Gumbel-max draw from a counter-based RNG keyed per request, so a request's draws do not
-// depend on what else is in the batch.
-func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*Node) []*Node {
-	return func(logits *Node, extra []*Node) []*Node {
-		g := logits.Graph()
-		N, V := logits.Shape().Dimensions[0], logits.Shape().Dimensions[1]
+// buildSampler returns the program tail that turns the logits [N, V] — split on the
+// vocabulary across the chips of lg's mesh — into sampled token ids [N] int32 (and, with
+// Logprobs, the chosen token's logprob [N], and the top maxTopLogprobs ids [N, 20] int32
+// and logprobs [N, 20]). logits rows must already be the sampling rows; vocabulary rows at
+// or beyond textVocab are never sampled nor reported. Order as vLLM: penalties,
+// temperature, min-p, top-k, top-p, then a Gumbel-max draw from a counter-based RNG keyed
+// per request and by the global vocabulary id, so a request's draws depend neither on what
+// else is in the batch nor on how many chips share the vocabulary. Every chip works on its
+// columns; what crosses chips are per-row scalars (maxima, argmaxes, sums), the top-k/top-p
+// histograms and the top-20 logprob candidates, never the [N, V] logits.
+func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, extra []*Node) []*Node {
+	return func(lg *model.VocabShards, extra []*Node) []*Node {
+		g := lg.Parts[0].Graph()
+		N, W, V := lg.Parts[0].Shape().Dimensions[0], lg.Width, lg.Vocab
 		temperature, key, counter := extra[0], extra[1], extra[2]
 		next := 3
-		vocabIota := Iota(g, shapes.Make(dtypes.Int32, N, V), 1)
-		negInf := Infinity(g, dtypes.Float32, -1)
+		negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, W)
+		ids := lg.Each(lg.GlobalIDs)
 
 		// Padding rows of the vocabulary are never sampled, nor reported.
-		valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
-		logits = Where(valid, logits, BroadcastToDims(negInf, N, V))
-		raw := logits
+		valid := lg.Each(func(c int) *Node { return LessThan(ids[c], Scalar(g, dtypes.Int32, textVocab)) })
+		logits := lg.Each(func(c int) *Node { return Where(valid[c], lg.Parts[c], negInf) })
+		raw := &model.VocabShards{Mesh: lg.Mesh, Parts: slices.Clone(logits), Offsets: lg.Offsets, Index: lg.Index, Width: W, Vocab: V}
 		if f.Bias {
 			// logit_bias is added before penalties and sampling, as vLLM's logits
 			// processors do; logprobs stay the raw model's. Its inputs come last.
 			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
-			logits = Add(logits, tokenSums(extra[at], extra[at+1], N, V))
+			logits = lg.Each(func(c int) *Node { return Add(logits[c], tokenSums(extra[at], extra[at+1], lg.Offsets[c], N, W)) })
 		}
 		if f.Mask {
 			// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
 			// structured-output bitmasks); logprobs stay the raw model's.
 			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters) + 2*boolInt(f.Bias)
-			logits = Where(allowedByMask(extra[at], V), logits, BroadcastToDims(negInf, N, V))
+			logits = lg.Each(func(c int) *Node { return Where(allowedByMask(extra[at], lg, c), logits[c], negInf) })
 		}
 
 		if f.Penalties {
 			presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
 			outTok, promptTok, banned := extra[next+3], extra[next+4], extra[next+5]
 			next += 6
-			outCounts := tokenCounts(outTok, N, V)
-			promptCounts := tokenCounts(promptTok, N, V)
-			seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
 			rp := InsertAxes(repetition, -1)
-			penalized := Where(GreaterThan(logits, ZerosLike(logits)), Div(logits, rp), Mul(logits, rp))
-			logits = Where(seen, penalized, logits)
-			logits = Sub(logits, Mul(InsertAxes(frequency, -1), outCounts))
-			logits = Sub(logits, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
-			isBanned := GreaterThan(tokenCounts(banned, N, V), ZerosLike(outCounts))
-			logits = Where(isBanned, BroadcastToDims(negInf, N, V), logits)
+			logits = lg.Each(func(c int) *Node {
+				x := logits[c]
+				outCounts := tokenCounts(outTok, lg.Offsets[c], N, W)
+				promptCounts := tokenCounts(promptTok, lg.Offsets[c], N, W)
+				seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
+				penalized := Where(GreaterThan(x, ZerosLike(x)), Div(x, rp), Mul(x, rp))
+				x = Where(seen, penalized, x)
+				x = Sub(x, Mul(InsertAxes(frequency, -1), outCounts))
+				x = Sub(x, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
+				isBanned := GreaterThan(tokenCounts(banned, lg.Offsets[c], N, W), ZerosLike(outCounts))
+				return Where(isBanned, negInf, x)
+			})
 		}
-		greedyTokens := ArgMax(logits, -1, dtypes.Int32)
+		greedyTokens := lg.ArgMax(logits)[0]
 
 		isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
-		safeT := Where(isGreedy, OnesLike(temperature), temperature)
-		z := Div(logits, InsertAxes(safeT, -1)) // [N, V]
-		zmax := ReduceAndKeep(z, ReduceMax, -1) // [N, 1]
+		safeT := InsertAxes(Where(isGreedy, OnesLike(temperature), temperature), -1)
+		z := lg.Each(func(c int) *Node { return Div(logits[c], safeT) }) // [N, W] per chip
+		zmax := lg.Reduce(z, backends.ReduceOpMax)[0]                   // [N, 1]
 		keep := valid
 		if f.Filters {
 			topK, topP, minP := extra[next], extra[next+1], extra[next+2]
 			// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
 			tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
-			tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(negInf, N, 1))
-			minPKeep := GreaterOrEqual(z, tau)
+			tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, 1))
+			minPKeep := lg.Each(func(c int) *Node { return GreaterOrEqual(z[c], tau) })
 			// Top-k and top-p select on a 30-bit key of z's distance below the row's maximum
 			// (bins of 80/2³⁰ in log-probability, far below float32 rounding of real logits),
 			// found by a few histograms over its digits instead of a 32-step bisection: about a
-			// third of the passes over the vocabulary.
-			key, inRange := selectionKey(z, zmax, valid)
-			digits := newKeyDigits(key)
+			// third of the passes over the vocabulary. The histograms are summed across chips.
+			keys, inRange := make([]*Node, len(z)), make([]*Node, len(z))
+			for c := range z {
+				keys[c], inRange[c] = selectionKey(z[c], zmax, valid[c])
+			}
+			digits := newKeyDigits(lg, keys)
 			// top-k: the smallest key whose tokens at or above it number at least k.
 			k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
-			kKey := digits.selectKey(ConvertDType(inRange, dtypes.Float32), k)
+			kKey := digits.selectKey(lg.Each(func(c int) *Node { return ConvertDType(inRange[c], dtypes.Float32) }), k)
 			kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
-			kKeep := Or(LogicalNot(kOn), LessOrEqual(key, kKey))
+			kKeep := lg.Each(func(c int) *Node { return Or(LogicalNot(kOn), LessOrEqual(keys[c], kKey)) })
 			// top-p over the distribution renormalised after min-p and top-k.
-			survive := And(And(inRange, minPKeep), kKeep)
-			mass := Where(survive, Exp(Sub(z, zmax)), ZerosLike(z))
-			target := Mul(ReduceAndKeep(mass, ReduceSum, -1), InsertAxes(topP, -1))
+			mass := lg.Each(func(c int) *Node {
+				survive := And(And(inRange[c], minPKeep[c]), kKeep[c])
+				return Where(survive, Exp(Sub(z[c], zmax)), ZerosLike(z[c]))
+			})
+			target := Mul(lg.Reduce(mass, backends.ReduceOpSum)[0], InsertAxes(topP, -1))
 			pKey := digits.selectKey(mass, target)
 			pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
-			pKeep := Or(LogicalNot(pOn), LessOrEqual(key, pKey))
-			keep = And(keep, And(And(minPKeep, kKeep), pKeep))
-			keep = And(keep, Or(inRange, LogicalNot(Or(kOn, pOn))))
+			keep = lg.Each(func(c int) *Node {
+				pKeep := Or(LogicalNot(pOn), LessOrEqual(keys[c], pKey))
+				kept := And(valid[c], And(And(minPKeep[c], kKeep[c]), pKeep))
+				return And(kept, Or(inRange[c], LogicalNot(Or(kOn, pOn))))
+			})
 		}
-		gumbel := gumbelNoise(key, counter, N, V)
 		// Tokens ruled out by their logit (banned, a grammar's mask) stay at −∞: the noise is
 		// always finite (see gumbelNoise).
-		perturbed := Where(keep, Add(z, gumbel), BroadcastToDims(negInf, N, V))
-		sampledTokens := ArgMax(perturbed, -1, dtypes.Int32)
+		perturbed := lg.Each(func(c int) *Node {
+			return Where(keep[c], Add(z[c], gumbelNoise(key, counter, ids[c])), negInf)
+		})
+		sampledTokens := lg.ArgMax(perturbed)[0]
 		tokens := Where(isGreedy, greedyTokens, sampledTokens)
 		if !f.Logprobs {
 			return []*Node{tokens}
@@ -240,19 +273,53 @@ func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*
 	}
 }
 
-// logprobOutputs are, for raw logits [N, V] and chosen ids [N], the chosen ids' logprobs
-// [N] and the top maxTopLogprobs ids [N, 20] int32 and logprobs [N, 20], over the text
-// vocabulary (rows at or beyond textVocab are never reported).
-func logprobOutputs(raw, chosenIDs *Node, textVocab int) []*Node {
-	g := raw.Graph()
-	N, V := raw.Shape().Dimensions[0], raw.Shape().Dimensions[1]
-	vocabIota := Iota(g, shapes.Make(dtypes.Int32, N, V), 1)
-	negInf := Infinity(g, dtypes.Float32, -1)
-	valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
-	lp := LogSoftmax(Where(valid, raw, BroadcastToDims(negInf, N, V)), -1)
-	chosen := ReduceSum(Where(Equal(vocabIota, InsertAxes(chosenIDs, -1)), lp, ZerosLike(lp)), -1)
-	ids, vals := topK(lp, maxTopLogprobs)
-	return []*Node{chosen, ids, vals}
+// logprobOutputs are, for raw logits [N, V] (split on the vocabulary) and chosen ids [N],
+// the chosen ids' logprobs [N] and the top maxTopLogprobs ids [N, 20] int32 and logprobs
+// [N, 20], over the text vocabulary (rows at or beyond textVocab are never reported): the
+// softmax normaliser from the chips' maxima and sums, each chip's top 20, then the best 20
+// of the chips' candidates.
+func logprobOutputs(raw *model.VocabShards, chosenIDs *Node, textVocab int) []*Node {
+	g := raw.Parts[0].Graph()
+	N, W := raw.Parts[0].Shape().Dimensions[0], raw.Width
+	negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, W)
+	ids := raw.Each(raw.GlobalIDs)
+	x := raw.Each(func(c int) *Node {
+		return Where(LessThan(ids[c], Scalar(g, dtypes.Int32, textVocab)), raw.Parts[c], negInf)
+	})
+	xmax := raw.Reduce(x, backends.ReduceOpMax)
+	shifted := raw.Each(func(c int) *Node { return Sub(x[c], xmax[c]) })
+	sums := raw.Reduce(raw.Each(func(c int) *Node { return Exp(shifted[c]) }), backends.ReduceOpSum)
+	lp := raw.Each(func(c int) *Node { return Sub(shifted[c], Log(sums[c])) })
+	chosen := raw.Mesh.AllReduce(raw.Each(func(c int) *Node {
+		return ReduceSum(Where(Equal(ids[c], InsertAxes(chosenIDs, -1)), lp[c], ZerosLike(lp[c])), -1)
+	}), backends.ReduceOpSum)[0]
+	topIDs, topVals := make([]*Node, len(lp)), make([]*Node, len(lp))
+	for c := range lp {
+		local, vals := topK(lp[c], maxTopLogprobs)
+		topIDs[c], topVals[c] = Add(local, raw.Offsets[c]), vals
+	}
+	if raw.Mesh.Chips() == 1 {
+		return []*Node{chosen, topIDs[0], topVals[0]}
+	}
+	candIDs, candVals := raw.Gather(topIDs)[0], raw.Gather(topVals)[0] // [N, chips·20]
+	return append([]*Node{chosen}, bestOf(candIDs, candVals, maxTopLogprobs)...)
+}
+
+// bestOf picks the k largest of candidates vals [N, C] with their ids [N, C], largest
+// first (k argmax passes over the few candidates).
+func bestOf(ids, vals *Node, k int) []*Node {
+	g := vals.Graph()
+	N, C := vals.Shape().Dimensions[0], vals.Shape().Dimensions[1]
+	negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, C)
+	candIota := Iota(g, shapes.Make(dtypes.Int32, N, C), 1)
+	outIDs, outVals := make([]*Node, k), make([]*Node, k)
+	for i := 0; i < k; i++ {
+		at := Equal(candIota, InsertAxes(ArgMax(vals, -1, dtypes.Int32), -1))
+		outIDs[i] = ReduceAndKeep(Where(at, ids, ZerosLike(ids)), ReduceSum, -1)
+		outVals[i] = ReduceAndKeep(vals, ReduceMax, -1)
+		vals = Where(at, negInf, vals)
+	}
+	return []*Node{Concatenate(outIDs, -1), Concatenate(outVals, -1)}
 }
 
 // topBlock is the block size of topK's first pass.
@@ -286,17 +353,13 @@ func topK(x *Node, k int) (ids, vals *Node) {
 	idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(chosenBlocks, -1)}, -1) // [N, kb, 2]
 	cand := Reshape(Gather(blocks, idx), N, kb*bs)
 	candID := Reshape(Add(MulScalar(InsertAxes(chosenBlocks, -1), bs), Iota(g, shapes.Make(dtypes.Int32, N, kb, bs), 2)), N, kb*bs)
-	candIota := Iota(g, shapes.Make(dtypes.Int32, N, kb*bs), 1)
-	outIDs := make([]*Node, k)
-	outVals := make([]*Node, k)
-	for i := 0; i < k; i++ {
-		pos := InsertAxes(ArgMax(cand, -1, dtypes.Int32), -1)
-		at := Equal(candIota, pos)
-		outIDs[i] = ReduceAndKeep(Where(at, candID, ZerosLike(candID)), ReduceSum, -1)
-		outVals[i] = ReduceAndKeep(cand, ReduceMax, -1)
-		cand = Where(at, BroadcastToDims(negInf, N, kb*bs), cand)
-	}
-	return Concatenate(outIDs, -1), Concatenate(outVals, -1)
+	return bestOfIDs(candID, cand, k)
+}
+
+// bestOfIDs is bestOf returning (ids, vals).
+func bestOfIDs(ids, vals *Node, k int) (*Node, *Node) {
+	r := bestOf(ids, vals, k)
+	return r[0], r[1]
 }
 
 // Selection keys: z within selectionRange of the row's maximum maps to
@@ -325,10 +388,12 @@ func histogramDigits(v int) int {
 }
 
 // keyDigits are a selection key's b-bit digits, most significant first, with the scatter
-// indices of each digit's histogram, computed once for every selection over the same keys.
+// indices of each digit's histogram, computed once for every selection over the same keys:
+// digits[level][c] and idx[level][c] are chip c's.
 type keyDigits struct {
-	digits []*Node // [N, V] int32 each
-	idx    []*Node // [N, V, 2]: (row, digit)
+	lg     *model.VocabShards
+	digits [][]*Node // [N, Width] int32 each
+	idx    [][]*Node // [N, Width, 2]: (row, digit)
 	bins   int
 	// Prefix sums over the bins as two small products: within blocks of lo bins, then over
 	// the blocks' totals (a [bins, bins] product costs more than the histograms).
@@ -359,36 +424,45 @@ func (d *keyDigits) prefix(hist *Node) *Node {
 	return Reshape(Add(inner, InsertAxes(before, -1)), N, d.bins)
 }
 
-func newKeyDigits(key *Node) *keyDigits {
-	g := key.Graph()
-	N, V := key.Shape().Dimensions[0], key.Shape().Dimensions[1]
-	b := histogramDigits(V)
-	d := &keyDigits{bins: 1 << b, lo: 1 << (b - b/2), hi: 1 << (b / 2)}
+// newKeyDigits splits every chip's keys [N, Width] into digits sized for the whole
+// vocabulary (so the histograms, summed across chips, are those of one chip).
+func newKeyDigits(lg *model.VocabShards, keys []*Node) *keyDigits {
+	g := keys[0].Graph()
+	N, W := keys[0].Shape().Dimensions[0], keys[0].Shape().Dimensions[1]
+	b := histogramDigits(lg.Vocab)
+	d := &keyDigits{lg: lg, bins: 1 << b, lo: 1 << (b - b/2), hi: 1 << (b / 2)}
 	d.triLo, d.triHiStrict = triangle(g, d.lo, false), triangle(g, d.hi, true)
-	rows := InsertAxes(Iota(g, shapes.Make(dtypes.Int32, N, V), 0), -1)
+	rows := InsertAxes(Iota(g, shapes.Make(dtypes.Int32, N, W), 0), -1)
 	binsN := Scalar(g, dtypes.Int32, int32(d.bins))
 	for level := (selectionBits+b-1)/b - 1; level >= 0; level-- {
-		digit := Div(key, Scalar(g, dtypes.Int32, int32(1)<<(b*level)))
-		digit = Sub(digit, Mul(Div(digit, binsN), binsN)) // out-of-range keys land in some bin with weight 0
-		d.digits = append(d.digits, digit)
-		d.idx = append(d.idx, Concatenate([]*Node{rows, InsertAxes(digit, -1)}, -1))
+		digits, idx := make([]*Node, len(keys)), make([]*Node, len(keys))
+		for c, key := range keys {
+			digit := Div(key, Scalar(g, dtypes.Int32, int32(1)<<(b*level)))
+			digits[c] = Sub(digit, Mul(Div(digit, binsN), binsN)) // out-of-range keys land in some bin with weight 0
+			idx[c] = Concatenate([]*Node{rows, InsertAxes(digits[c], -1)}, -1)
+		}
+		d.digits = append(d.digits, digits)
+		d.idx = append(d.idx, idx)
 	}
 	return d
 }
 
-// selectKey returns, per row, the smallest key K [N, 1] such that the weights [N, V] of
-// the tokens with key ≤ K sum to at least target [N, 1] (the largest key reached when none
-// does): one histogram per digit, each restricted to the bin the previous digit chose.
-func (d *keyDigits) selectKey(weight, target *Node) *Node {
-	g := weight.Graph()
-	N := weight.Shape().Dimensions[0]
+// selectKey returns, per row, the smallest key K [N, 1] such that the weights (one
+// [N, Width] per chip) of the tokens with key ≤ K sum to at least target [N, 1] (the
+// largest key reached when none does): one histogram per digit, each chip's summed across
+// the chips and restricted to the bin the previous digit chose.
+func (d *keyDigits) selectKey(weight []*Node, target *Node) *Node {
+	g := target.Graph()
+	N := target.Shape().Dimensions[0]
 	binIota := Iota(g, shapes.Make(dtypes.Int32, N, d.bins), 1)
 	binsN := Scalar(g, dtypes.Int32, int32(d.bins))
 	prefix := ZerosLike(target)                         // weight of the bins before the chosen ones
 	chosen := Zeros(g, shapes.Make(dtypes.Int32, N, 1)) // the key's digits so far
-	w := weight                                         // the weights of the tokens still in the chosen bins
-	for i, digit := range d.digits {
-		hist := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, d.bins)), d.idx[i], w, false, false)
+	w := slices.Clone(weight)                           // the weights of the tokens still in the chosen bins
+	for i, digits := range d.digits {
+		hist := d.lg.Mesh.AllReduce(d.lg.Each(func(c int) *Node {
+			return ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, d.bins)), d.idx[i][c], w[c], false, false)
+		}), backends.ReduceOpSum)[0]
 		cum := Add(d.prefix(hist), prefix) // weight up to and including each bin
 		first := ReduceAndKeep(ConvertDType(LessThan(cum, target), dtypes.Int32), ReduceSum, -1)
 		first = Min(first, Scalar(g, dtypes.Int32, int32(d.bins-1)))
@@ -396,20 +470,33 @@ func (d *keyDigits) selectKey(weight, target *Node) *Node {
 		prefix = Sub(ReduceAndKeep(Where(atFirst, cum, ZerosLike(cum)), ReduceSum, -1), ReduceAndKeep(Where(atFirst, hist, ZerosLike(hist)), ReduceSum, -1))
 		chosen = Add(Mul(chosen, binsN), first)
 		if i < len(d.digits)-1 {
-			w = Where(Equal(digit, first), w, ZerosLike(w))
+			for c := range w {
+				w[c] = Where(Equal(digits[c], first), w[c], ZerosLike(w[c]))
+			}
 		}
 	}
 	return chosen
 }
 
-// tokenSums adds values [N, L] at token ids [N, L] (padding = V) into [N, V] float32.
-func tokenSums(ids, values *Node, N, V int) *Node {
+// localTokens maps token ids [N, L] (padding = V) to a chip's columns: id − offset where
+// it falls in [0, width), else width (a column that is dropped), with their scatter
+// indices [N, L, 2] (row, column).
+func localTokens(ids, offset *Node, width int) *Node {
 	g := ids.Graph()
-	L := ids.Shape().Dimensions[1]
+	N, L := ids.Shape().Dimensions[0], ids.Shape().Dimensions[1]
+	local := Sub(ids, offset)
+	mine := And(GreaterOrEqual(local, ZerosLike(local)), LessThan(local, Scalar(g, dtypes.Int32, width)))
+	local = Where(mine, local, BroadcastToDims(Scalar(g, dtypes.Int32, width), N, L))
 	rows := Iota(g, shapes.Make(dtypes.Int32, N, L), 0)
-	idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(ids, -1)}, -1) // [N, L, 2]
-	sums := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, V+1)), idx, values, false, false)
-	return Slice(sums, AxisRange(), AxisRange(0, V))
+	return Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(local, -1)}, -1)
+}
+
+// tokenSums adds values [N, L] at token ids [N, L] (padding = V) into a chip's columns
+// [N, width] float32 (columns offset… offset+width−1).
+func tokenSums(ids, values, offset *Node, N, width int) *Node {
+	g := ids.Graph()
+	sums := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, width+1)), localTokens(ids, offset, width), values, false, false)
+	return Slice(sums, AxisRange(), AxisRange(0, width))
 }
 
 func boolInt(b bool) int {
@@ -419,22 +506,21 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// tokenCounts counts token ids [N, L] (padding = V) into [N, V] float32.
-func tokenCounts(ids *Node, N, V int) *Node {
+// tokenCounts counts token ids [N, L] (padding = V) into a chip's columns [N, width] float32.
+func tokenCounts(ids, offset *Node, N, width int) *Node {
 	g := ids.Graph()
 	L := ids.Shape().Dimensions[1]
-	rows := Iota(g, shapes.Make(dtypes.Int32, N, L), 0)
-	idx := Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(ids, -1)}, -1) // [N, L, 2]
-	counts := ScatterSum(Zeros(g, shapes.Make(dtypes.Float32, N, V+1)), idx, Ones(g, shapes.Make(dtypes.Float32, N, L)), false, false)
-	return Slice(counts, AxisRange(), AxisRange(0, V))
+	return tokenSums(ids, Ones(g, shapes.Make(dtypes.Float32, N, L)), offset, N, width)
 }
 
 // gumbelNoise is −log(−log(U)) with U uniform in (0, 1) from a counter-based hash of
-// (request key, step counter, vocabulary index): reproducible per request and position.
-func gumbelNoise(key, counter *Node, N, V int) *Node {
+// (request key, step counter, vocabulary id) for the ids [N, W] int32 of a chip's columns:
+// reproducible per request and position, whichever chip holds the column.
+func gumbelNoise(key, counter, ids *Node) *Node {
 	g := key.Graph()
+	N, V := ids.Shape().Dimensions[0], ids.Shape().Dimensions[1]
 	row := hash32(Add(hash32(key), MulScalar(counter, 0x9E3779B9)))             // [N]
-	col := MulScalar(Iota(g, shapes.Make(dtypes.Uint32, N, V), 1), 0x85EBCA6B)  // [N, V]
+	col := MulScalar(ConvertDType(ids, dtypes.Uint32), 0x85EBCA6B)              // [N, V]
 	bits := hash32(BitwiseXor(col, BroadcastToDims(InsertAxes(row, -1), N, V))) // [N, V]
 	// 23 random bits: (k+0.5)/2²³ stays below 1 in float32 (with 24 bits the largest value
 	// rounds to 1, whose Gumbel noise is +∞, and −∞ + ∞ is NaN for a masked token).

@@ -3,20 +3,37 @@ package engine
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"testing"
 
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/tpuserve/tpuserve/internal/backendtest"
+	"github.com/tpuserve/tpuserve/model"
 )
 
 // runSampler runs the sampler alone on logits [N, V] (row-major) with rows' parameters.
 func runSampler(t *testing.T, f samplerFeatures, textVocab int, logits []float32, N, V int, rows *samplerRows) []*tensors.Tensor {
 	t.Helper()
+	return runShardedSampler(t, f, textVocab, logits, N, V, rows, 1)
+}
+
+// runShardedSampler runs the sampler with the logits split on the vocabulary over a
+// virtual mesh of tp chips, as the tensor-parallel head programs hold them.
+func runShardedSampler(t *testing.T, f samplerFeatures, textVocab int, logits []float32, N, V int, rows *samplerRows, tp int) []*tensors.Tensor {
+	t.Helper()
 	sampler := buildSampler(f, textVocab)
 	exec, err := graph.NewExec(backendtest.Backend(t), func(in []*graph.Node) []*graph.Node {
-		return sampler(in[0], in[1:])
+		g := in[0].Graph()
+		w := V / tp
+		lg := &model.VocabShards{Mesh: model.VirtualMesh(tp), Width: w, Vocab: V}
+		for c := 0; c < tp; c++ {
+			lg.Parts = append(lg.Parts, graph.Slice(in[0], graph.AxisRange(), graph.AxisRange(c*w, (c+1)*w)))
+			lg.Offsets = append(lg.Offsets, graph.Const(g, int32(c*w)))
+			lg.Index = append(lg.Index, graph.Const(g, int32(c)))
+		}
+		return sampler(lg, in[1:])
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -28,6 +45,66 @@ func runSampler(t *testing.T, f samplerFeatures, textVocab int, logits []float32
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestShardedSamplerMatchesTP1 runs the full sampler (penalties, bias, a grammar mask,
+// top-k/top-p/min-p, seeded draws, logprobs) on the same logits with the vocabulary split
+// over 2, 4 and 8 chips: the tokens and the top-logprob ids must be exactly the one-chip
+// ones, the logprobs equal within float32 rounding of the reductions.
+func TestShardedSamplerMatchesTP1(t *testing.T) {
+	const V, textVocab, N = 256, 250, 48
+	rng := rand.New(rand.NewPCG(21, 22))
+	logits := make([]float32, N*V)
+	for i := range logits {
+		logits[i] = float32(rng.NormFloat64() * 2)
+	}
+	rows := &samplerRows{}
+	for i := 0; i < N; i++ {
+		p := &SamplingParams{Temperature: []float32{0, 0.7, 1, 1.5}[i%4], TopK: []int{0, 5, 40}[i%3], TopP: []float32{1, 0.9, 0.5}[i%3],
+			MinP: []float32{0, 0.05}[i%2], PresencePenalty: 0.3 * float32(i%2), FrequencyPenalty: 0.2, RepetitionPenalty: []float32{1, 1.3}[i%2]}
+		out := []int32{int32(rng.IntN(V)), int32(rng.IntN(V)), int32(i % V)}
+		prompt := []int32{int32(rng.IntN(V)), int32(rng.IntN(V))}
+		banned := []int32{int32((i * 7) % V)}
+		bias := logitBias{ids: []int32{int32(rng.IntN(V)), int32(rng.IntN(V))}, values: []float32{3, -2}}
+		var mask []uint32
+		if i%5 == 0 { // a grammar allowing every third token
+			mask = make([]uint32, maskWords(V))
+			for v := 0; v < V; v += 3 {
+				mask[v/32] |= 1 << (v % 32)
+			}
+		}
+		rows.addRow(p, uint32(1000+i), uint32(i*3), out, prompt, banned, bias, mask)
+	}
+	rows.padFixed(N, V, listWidths{out: 4, prompt: 4, banned: 2, bias: 3}, fullFeatures)
+	want := runShardedSampler(t, fullFeatures, textVocab, logits, N, V, rows, 1)
+	wantTok, wantIDs := tensors.MustCopyFlatData[int32](want[0]), tensors.MustCopyFlatData[int32](want[2])
+	wantLP, wantTop := tensors.MustCopyFlatData[float32](want[1]), tensors.MustCopyFlatData[float32](want[3])
+	sampled := 0
+	for i, tok := range wantTok {
+		if rows.Temperature[i] > 0 && tok != wantTok[(i+1)%N] {
+			sampled++
+		}
+	}
+	if sampled == 0 {
+		t.Fatal("no row sampled a token: the test would not see the draws")
+	}
+	for _, tp := range []int{2, 4, 8} {
+		got := runShardedSampler(t, fullFeatures, textVocab, logits, N, V, rows, tp)
+		if tok := tensors.MustCopyFlatData[int32](got[0]); !slices.Equal(tok, wantTok) {
+			t.Errorf("TP=%d tokens %v,\nTP=1 tokens %v", tp, tok, wantTok)
+		}
+		if ids := tensors.MustCopyFlatData[int32](got[2]); !slices.Equal(ids, wantIDs) {
+			t.Errorf("TP=%d top-logprob ids differ from TP=1's", tp)
+		}
+		for _, pair := range [][2][]float32{{tensors.MustCopyFlatData[float32](got[1]), wantLP}, {tensors.MustCopyFlatData[float32](got[3]), wantTop}} {
+			for i := range pair[1] {
+				if d := math.Abs(float64(pair[0][i] - pair[1][i])); d > 1e-5 {
+					t.Errorf("TP=%d logprob %d: %v, TP=1 %v", tp, i, pair[0][i], pair[1][i])
+					break
+				}
+			}
+		}
+	}
 }
 
 func uniformRows(N int, temp float32, key uint32) *samplerRows {

@@ -3,6 +3,7 @@ package model
 import (
 	"math"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph" //nolint:revive // the graph DSL reads best unqualified
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -43,19 +44,42 @@ const maskedScore = -1e30
 // and V for each layer ([pages, pageSize, kvHeads, headDim], in the compute dtype, or 1
 // byte per element followed by the scale pools when cfg.KVCache is set: kvquant.go). It
 // returns the hidden states after the last layer [T, H] (before the final norm: Logits
-// applies it to the rows it projects) and the updated pools.
+// applies it to the rows it projects) and the updated pools. It is forwardChips on a
+// one-chip mesh: the tensor-parallel program runs the same layer code.
 func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden *Node, newPools []*Node) {
+	h, p := forwardChips(cfg, VirtualMesh(1), []chipState{{weights: weights, pools: pools}}, in)
+	return h[0], p[0]
+}
+
+// chipState is one chip's share of the forward pass's inputs.
+type chipState struct {
+	// index is the chip's number on the mesh, a scalar int32 (nil on a one-chip mesh): it
+	// places the chip's slice of the vocabulary.
+	index *Node
+	// weights are the chip's pieces in WeightSpecs order (ShardingPlan); pools its KV pools
+	// (its kv heads), in KVPools order.
+	weights, pools []*Node
+}
+
+// forwardChips is Forward split Megatron-style over the chips of mesh, one chipState per
+// chip this graph computes (mesh.Local()): each chip runs its q heads against its kv heads'
+// pools and its columns of gate/up; the partial outputs of o_proj and down_proj, and the
+// vocabulary-split embedding lookup, are summed by mesh.AllReduce. Each chip's q/k/v head
+// counts come from its weights' shapes. It returns each chip's (replicated) hidden states
+// and updated pools.
+func forwardChips(cfg *Config, mesh Collectives, chips []chipState, in StepNodes) (hidden []*Node, newPools [][]*Node) {
 	g := in.Tokens.Graph()
-	dtype := weights[0].DType()
+	dtype := chips[0].weights[0].DType()
 	H, D := cfg.HiddenSize, cfg.HeadDim
-	NH, KV := cfg.NumAttentionHeads, cfg.NumKeyValueHeads
 	T := in.Tokens.Shape().Dimensions[0]
 	B, Q := in.GridIndex.Shape().Dimensions[0], in.GridIndex.Shape().Dimensions[1]
 
-	embed := weights[0]
-	x := Gather(embed, InsertAxes(in.Tokens, -1)) // [T, H]
+	x := embedTokens(mesh, chips, in.Tokens) // [T, H] per chip
 	// The scale is cast to the weights' dtype first, as HF does (sqrt(1152) → 34.0 in bf16).
-	x = Mul(x, Scalar(g, dtype, roundToDType(math.Sqrt(float64(H)), dtype)))
+	embedScale := Scalar(g, dtype, roundToDType(math.Sqrt(float64(H)), dtype))
+	for c := range x {
+		x[c] = Mul(x[c], embedScale)
+	}
 
 	ropeGlobal := newRope(in.Positions, D, cfg.RopeTheta, cfg.RopeScalingFactor, dtype)
 	ropeLocal := newRope(in.Positions, D, cfg.RopeLocalBaseFreq, 1, dtype)
@@ -63,40 +87,95 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 	// Query positions on the grid. Gathered as [T, 1] rows: gathering scalars from a rank-1
 	// operand fails on SimpleGo.
 	qpos := Reshape(Gather(InsertAxes(in.Positions, -1), InsertAxes(in.GridIndex, -1)), B, Q)
-	global := newEntryAttention(qpos, in.Global, pools[0].Shape().Dimensions[1], 0)
-	sliding := newEntryAttention(qpos, in.Sliding, pools[0].Shape().Dimensions[1], cfg.SlidingWindow)
+	pageSize := chips[0].pools[0].Shape().Dimensions[1]
+	global := newEntryAttention(qpos, in.Global, pageSize, 0)
+	sliding := newEntryAttention(qpos, in.Sliding, pageSize, cfg.SlidingWindow)
 	scale := 1 / math.Sqrt(cfg.QueryPreAttnScalar)
 
-	newPools = make([]*Node, len(pools))
+	newPools = make([][]*Node, len(chips))
+	for c, ch := range chips {
+		newPools[c] = make([]*Node, len(ch.pools))
+	}
 	layers := layerIndices(cfg) // where each layer's tensors (and quantization scales) sit
+	partial := make([]*Node, len(chips))
+	residual := make([]*Node, len(chips))
 	for l := 0; l < cfg.NumHiddenLayers; l++ {
-		w := weights[layers[l].start : layers[l].start+numLayerWeights]
-		lin := func(x *Node, k int) *Node { return layerLinear(cfg, x, weights, layers[l], k) }
-		isGlobal := cfg.IsGlobal(l)
+		li := layers[l]
 		rope, slots, att := ropeLocal, in.SlotsSliding, sliding
-		if isGlobal {
+		if cfg.IsGlobal(l) {
 			rope, slots, att = ropeGlobal, in.SlotsGlobal, global
 		}
-
-		residual := x
-		hn := rmsNorm(x, w[wInputNorm], cfg.RMSNormEps)
-		q := Reshape(lin(hn, wQ), T, NH, D)
-		k := Reshape(lin(hn, wK), T, KV, D)
-		v := Reshape(lin(hn, wV), T, KV, D)
-		q = rope.apply(rmsNorm(q, w[wQNorm], cfg.RMSNormEps))
-		k = rope.apply(rmsNorm(k, w[wKNorm], cfg.RMSNormEps))
-
-		kPool, vPool, kScale, vScale := writeKV(cfg, pools, newPools, l, slots, k, v)
-		attn := att.attend(q, kPool, vPool, kScale, vScale, in.GridIndex, in.TokenCell, NH, KV, D, B, Q, scale)
-		attn = lin(attn, wO)
-		x = Add(residual, rmsNorm(attn, w[wPostAttnNorm], cfg.RMSNormEps))
-
-		residual = x
-		hn = rmsNorm(x, w[wPreFFNorm], cfg.RMSNormEps)
-		mlp := lin(Mul(geluTanh(lin(hn, wGate)), lin(hn, wUp)), wDown)
-		x = Add(residual, rmsNorm(mlp, w[wPostFFNorm], cfg.RMSNormEps))
+		// Attention: every chip its own heads, o_proj's partial sums all-reduced.
+		for c, ch := range chips {
+			w := ch.weights[li.start : li.start+numLayerWeights]
+			NH, KV := w[wQ].Shape().Dimensions[0]/D, w[wK].Shape().Dimensions[0]/D
+			residual[c] = x[c]
+			hn := rmsNorm(x[c], w[wInputNorm], cfg.RMSNormEps)
+			q := Reshape(layerLinear(cfg, hn, ch.weights, li, wQ), T, NH, D)
+			k := Reshape(layerLinear(cfg, hn, ch.weights, li, wK), T, KV, D)
+			v := Reshape(layerLinear(cfg, hn, ch.weights, li, wV), T, KV, D)
+			q = rope.apply(rmsNorm(q, w[wQNorm], cfg.RMSNormEps))
+			k = rope.apply(rmsNorm(k, w[wKNorm], cfg.RMSNormEps))
+			kPool, vPool, kScale, vScale := writeKV(cfg, ch.pools, newPools[c], l, slots, k, v)
+			attn := att.attend(q, kPool, vPool, kScale, vScale, in.GridIndex, in.TokenCell, NH, KV, D, B, Q, scale)
+			partial[c] = layerLinear(cfg, headColumns(attn, w[wO], ch.index), ch.weights, li, wO)
+		}
+		sum := mesh.AllReduce(partial, backends.ReduceOpSum)
+		// MLP: every chip its columns of gate/up and rows of down, down's partial sums all-reduced.
+		for c, ch := range chips {
+			w := ch.weights[li.start : li.start+numLayerWeights]
+			x[c] = Add(residual[c], rmsNorm(sum[c], w[wPostAttnNorm], cfg.RMSNormEps))
+			residual[c] = x[c]
+			hn := rmsNorm(x[c], w[wPreFFNorm], cfg.RMSNormEps)
+			gate := layerLinear(cfg, hn, ch.weights, li, wGate)
+			up := layerLinear(cfg, hn, ch.weights, li, wUp)
+			partial[c] = layerLinear(cfg, Mul(geluTanh(gate), up), ch.weights, li, wDown)
+		}
+		sum = mesh.AllReduce(partial, backends.ReduceOpSum)
+		for c, ch := range chips {
+			w := ch.weights[li.start : li.start+numLayerWeights]
+			x[c] = Add(residual[c], rmsNorm(sum[c], w[wPostFFNorm], cfg.RMSNormEps))
+		}
 	}
 	return x, newPools
+}
+
+// headColumns is the part of attn [T, heads·D] that the chip's o_proj piece woProj
+// [H, cols] multiplies: all of it, unless the chip's one q head is replicated over r chips
+// (fewer heads than chips, see ShardingPlan): then the chip's (index mod r)-th 1/r of its
+// columns, so the all-reduce sums each column of o_proj once.
+func headColumns(attn, woProj, index *Node) *Node {
+	T, width := attn.Shape().Dimensions[0], attn.Shape().Dimensions[1]
+	cols := woProj.Shape().Dimensions[1]
+	if cols == width {
+		return attn
+	}
+	g := attn.Graph()
+	r := Scalar(g, dtypes.Int32, width/cols)
+	part := Sub(index, Mul(Div(index, r), r)) // index mod r
+	idx := Add(Iota(g, shapes.Make(dtypes.Int32, cols), 0), MulScalar(part, cols))
+	// Gathered as rows of the transpose (gathering scalars from a rank-1 operand fails on SimpleGo).
+	return Reshape(Transpose(Gather(Transpose(attn, 0, 1), InsertAxes(idx, -1)), 0, 1), T, cols)
+}
+
+// embedTokens looks tokens [T] up in each chip's rows of the embedding: on one chip a
+// plain gather; split on the vocabulary, each chip gathers the tokens in its slice (zeros
+// for the others) and the rows are summed across the chips (exact: one term is non-zero).
+func embedTokens(mesh Collectives, chips []chipState, tokens *Node) []*Node {
+	if mesh.Chips() == 1 {
+		return []*Node{Gather(chips[0].weights[0], InsertAxes(tokens, -1))}
+	}
+	T := tokens.Shape().Dimensions[0]
+	parts := make([]*Node, len(chips))
+	for c, ch := range chips {
+		embed := ch.weights[0]
+		V, H := embed.Shape().Dimensions[0], embed.Shape().Dimensions[1]
+		local := Sub(tokens, MulScalar(ch.index, V))
+		mine := And(GreaterOrEqual(local, ZerosLike(local)), LessThan(local, Scalar(tokens.Graph(), dtypes.Int32, V)))
+		rows := Gather(embed, InsertAxes(Where(mine, local, ZerosLike(local)), -1))
+		parts[c] = Where(BroadcastToDims(InsertAxes(mine, -1), T, H), rows, ZerosLike(rows))
+	}
+	return mesh.AllReduce(parts, backends.ReduceOpSum)
 }
 
 // Logits are the float32 logits [N, V] of hidden-state rows h [N, H] from Forward: the

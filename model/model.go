@@ -347,6 +347,21 @@ func (m *Model) NewHeadExec(name string, fn HeadFn, maxPrograms int) (*HeadExec,
 	return &HeadExec{m: m, exec: e.WithName(name)}, nil
 }
 
+// NewVocabHeadExec builds a VocabHeadFn program on the model's one device: the logits are
+// one vocabulary shard on a one-chip mesh, so the sampler code is the tensor-parallel one.
+func (m *Model) NewVocabHeadExec(name string, fn VocabHeadFn, maxPrograms int) (*HeadExec, error) {
+	cfg := m.Config
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
+		chips := []chipState{{weights: in[0:2]}} // the embedding, the final norm
+		return fn(func(idx *graph.Node) *VocabShards { return vocabLogits(&cfg, VirtualMesh(1), chips, in[2:3], idx) }, in[3:])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("model: building the %s program: %w", name, err)
+	}
+	e.SetMaxCache(max(maxPrograms, 1))
+	return &HeadExec{m: m, exec: e.WithName(name)}, nil
+}
+
 func (e *HeadExec) args(hidden *tensors.Tensor, extra []any) []any {
 	w := e.m.Weights.Tensors
 	return append([]any{w[0], w[len(w)-1], hidden}, extra...)

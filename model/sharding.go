@@ -29,8 +29,14 @@ package model
 // count, kv heads are replicated, as vLLM does: the mesh becomes 2-D, "tp" (one entry per kv
 // head) × "tp_rep" (N / kvHeads); q heads and every other split use both axes, k/v weights
 // and pools only "tp". Chip d = a·rep + b holds q-head block d and kv head a, which is
-// exactly the kv head its q heads use (q head j uses kv head j / (NH/KV)). Any other N is
-// refused with an error naming the tensor and the sizes.
+// exactly the kv head its q heads use (q head j uses kv head j / (NH/KV)).
+//
+// Fewer q heads than chips (the 4-head test models at TP=8): when N is a multiple of the
+// head count, q heads are replicated as well: the mesh is "tp" (kv heads) × "tp_q" (q heads
+// per kv head) × "tp_rep" (N / heads); chip d computes q head d / (N/NH) whole, and o_proj,
+// still split N ways on its input axis, gives it 1/(N/NH) of that head's columns, so the
+// all-reduce still sums each column once. Any other N is refused with an error naming the
+// tensor and the sizes.
 //
 // Errors wrap ErrSharding. A plan is immutable once built and safe to share between
 // goroutines.
@@ -54,8 +60,12 @@ const (
 	// MeshAxisTP is the mesh's first axis: all N chips when kv heads divide by N, else one
 	// entry per kv head.
 	MeshAxisTP = "tp"
-	// MeshAxisKVReplica is the second axis of a mesh that replicates kv heads (N / kvHeads).
+	// MeshAxisKVReplica is the last axis of a mesh that replicates kv heads: N / kvHeads, or
+	// N / heads when q heads are replicated too.
 	MeshAxisKVReplica = "tp_rep"
+	// MeshAxisQHead is the middle axis of a mesh that replicates q heads (fewer heads than
+	// chips): the q heads of one kv head (heads / kvHeads).
+	MeshAxisQHead = "tp_q"
 )
 
 // SplitKind is how a tensor is laid out across the chips.
@@ -232,6 +242,9 @@ type ShardingPlan struct {
 	HeadsPerChip   int `json:"heads_per_chip"`
 	KVHeadsPerChip int `json:"kv_heads_per_chip"`
 	KVReplicas     int `json:"kv_replicas"`
+	// QReplicas is how many chips compute each q head (1 unless the heads are fewer than
+	// the chips); each of them then takes 1/QReplicas of the head's o_proj columns.
+	QReplicas int `json:"q_replicas,omitempty"`
 	// Weights are in WeightSpecs order.
 	Weights []TensorPlan `json:"weights"`
 	// KVPool is the placement of every layer's K and V pool; its Shape has 0 pages and 0
@@ -256,13 +269,17 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 		return nil, err
 	}
 	nh, kv := cfg.NumAttentionHeads, cfg.NumKeyValueHeads
-	if nh%tp != 0 {
-		return nil, fmt.Errorf("%w: tensor-parallel size %d does not divide model.layers.*.self_attn.q_proj.weight %v: %d attention heads over %d chips",
-			ErrSharding, tp, []int{nh * cfg.HeadDim, cfg.HiddenSize}, nh, tp)
+	if nh%tp != 0 && tp%nh != 0 {
+		return nil, fmt.Errorf("%w: tensor-parallel size %d neither divides nor is a multiple of the %d attention heads of model.layers.*.self_attn.q_proj.weight %v",
+			ErrSharding, tp, nh, []int{nh * cfg.HeadDim, cfg.HiddenSize})
 	}
 	if kv%tp != 0 && tp%kv != 0 {
 		return nil, fmt.Errorf("%w: tensor-parallel size %d neither divides nor is a multiple of the %d kv heads of model.layers.*.self_attn.k_proj.weight %v (and v_proj, and the KV pools)",
 			ErrSharding, tp, kv, []int{kv * cfg.HeadDim, cfg.HiddenSize})
+	}
+	if nh > tp && (nh*cfg.HeadDim)%tp != 0 || nh <= tp && cfg.HeadDim%(tp/nh) != 0 {
+		return nil, fmt.Errorf("%w: tensor-parallel size %d does not divide model.layers.*.self_attn.o_proj.weight %v: %d attention heads × head_dim %d over %d chips",
+			ErrSharding, tp, []int{cfg.HiddenSize, nh * cfg.HeadDim}, nh, cfg.HeadDim, tp)
 	}
 	if cfg.IntermediateSize%tp != 0 {
 		return nil, fmt.Errorf("%w: tensor-parallel size %d does not divide model.layers.*.mlp.gate_proj.weight %v: intermediate_size %d over %d chips",
@@ -272,21 +289,29 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 		return nil, fmt.Errorf("%w: tensor-parallel size %d does not divide model.embed_tokens.weight %v: vocab_size %d over %d chips",
 			ErrSharding, tp, []int{cfg.VocabSize, cfg.HiddenSize}, cfg.VocabSize, tp)
 	}
-	p := &ShardingPlan{TP: tp, Format: format, cfg: *cfg, HeadsPerChip: nh / tp}
+	p := &ShardingPlan{TP: tp, Format: format, cfg: *cfg, HeadsPerChip: max(nh/tp, 1), QReplicas: max(tp/nh, 1)}
 	all := []string{MeshAxisTP}
-	kvAxes := []string{MeshAxisTP}
-	kvShards := tp
-	if kv%tp == 0 {
+	qAxes, kvAxes := all, all
+	qShards, kvShards := tp, tp
+	switch {
+	case kv%tp == 0:
 		p.MeshAxisNames, p.MeshAxisSizes = []string{MeshAxisTP}, []int{tp}
 		p.KVHeadsPerChip, p.KVReplicas = kv/tp, 1
-	} else {
+	case nh%tp == 0:
 		p.MeshAxisNames, p.MeshAxisSizes = []string{MeshAxisTP, MeshAxisKVReplica}, []int{kv, tp / kv}
 		all = []string{MeshAxisTP, MeshAxisKVReplica}
+		qAxes, kvAxes = all, []string{MeshAxisTP}
 		kvShards = kv
+		p.KVHeadsPerChip, p.KVReplicas = 1, tp/kv
+	default: // fewer q heads than chips: each q head on QReplicas chips too
+		p.MeshAxisNames, p.MeshAxisSizes = []string{MeshAxisTP, MeshAxisQHead, MeshAxisKVReplica}, []int{kv, nh / kv, tp / nh}
+		all = []string{MeshAxisTP, MeshAxisQHead, MeshAxisKVReplica}
+		qAxes, kvAxes = []string{MeshAxisTP, MeshAxisQHead}, []string{MeshAxisTP}
+		qShards, kvShards = nh, kv
 		p.KVHeadsPerChip, p.KVReplicas = 1, tp/kv
 	}
 	if tp == 1 {
-		all, kvAxes = nil, nil
+		all, qAxes, kvAxes = nil, nil, nil
 	}
 	placed := map[string]TensorPlan{}
 	for _, s := range PlanTensorSpecs(cfg, format) {
@@ -308,8 +333,9 @@ func NewShardingPlan(cfg *Config, tp int, format WeightFormat) (*ShardingPlan, e
 			split, axis, axes, shards = VocabParallel, 0, all, tp
 		case strings.HasSuffix(s.Name, "self_attn.k_proj.weight"), strings.HasSuffix(s.Name, "self_attn.v_proj.weight"):
 			split, axis, axes, shards = ColumnParallel, 0, kvAxes, kvShards
-		case strings.HasSuffix(s.Name, "self_attn.q_proj.weight"), strings.HasSuffix(s.Name, "mlp.gate_proj.weight"),
-			strings.HasSuffix(s.Name, "mlp.up_proj.weight"):
+		case strings.HasSuffix(s.Name, "self_attn.q_proj.weight"):
+			split, axis, axes, shards = ColumnParallel, 0, qAxes, qShards
+		case strings.HasSuffix(s.Name, "mlp.gate_proj.weight"), strings.HasSuffix(s.Name, "mlp.up_proj.weight"):
 			split, axis, axes, shards = ColumnParallel, 0, all, tp
 		case strings.HasSuffix(s.Name, "self_attn.o_proj.weight"), strings.HasSuffix(s.Name, "mlp.down_proj.weight"):
 			split, axis, axes, shards = RowParallel, 1, all, tp

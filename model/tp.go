@@ -1,21 +1,25 @@
 package model
 
-// Tensor parallelism, part 3: the sharded program.
+// Tensor parallelism, part 3: the per-chip programs.
 //
-// A ShardedModel holds each chip's piece of every weight (ShardingPlan) on that chip; its
-// step program is model.Forward unchanged, built once as a single logical program with
-// gomlx's AutoSharding strategy: every weight and KV pool parameter carries the sharding
-// spec of its plan, step inputs and extra inputs are replicated, the pools come back with
-// their input sharding (so donation updates them in place on every chip) and the other
-// outputs replicated. XLA's Shardy partitioner propagates the shardings through the graph
-// and inserts the collectives (the all-reduces after o_proj and down_proj, the vocabulary
-// reductions of the sampler). Only the xla backend (PJRT) supports it; TP=1 keeps the plain
-// Model/StepExec path, which is what the pure-Go backend runs.
+// A ShardedModel holds each chip's piece of every weight (ShardingPlan). Its programs are
+// written for one chip (forwardChips, VocabShards head programs) and run over the
+// collectives seam (mesh.go): on the xla backend as one SPMD program per chip over the
+// backend's first TP devices, with explicit all-reduces; on any other backend (the pure-Go
+// one) over a virtual mesh that computes every chip side by side in one graph on device 0.
+// Each chip gets its number as an input (chip.index: it places the chip's vocabulary
+// slice), its weight pieces and its KV pools; the step inputs and the head programs' extra
+// inputs are the same on every chip. TP=1 keeps the plain Model path.
+//
+// Parameters of a step program: per chip [chip.index, weights…, pools…], then the step
+// inputs and the tail's; per device on xla (SPMD: one chip each), all chips in a row on a
+// virtual mesh. Outputs: per chip its pools, then the tail's outputs, once per device
+// (SPMD) or once in all (virtual).
 //
 // Lifecycle: LoadShardedModel (or NewShardedModel over host weights) → NewKVPools →
-// NewStepExec → Precompile/Run per step → Finalize the exec, the pools, Close the model.
-// Concurrency: like StepExec, a ShardedStepExec runs one step at a time (the pools are
-// donated and replaced by Run); the model's weights are read-only and may be shared.
+// NewForwardExec / NewHeadExec → Precompile/Run per step → Finalize the execs, the pools,
+// Close the model. Concurrency: an exec runs one step at a time (the pools are donated and
+// replaced by Run); the model's weights are read-only and may be shared.
 
 import (
 	"fmt"
@@ -40,9 +44,37 @@ type ShardedModel struct {
 	DType   dtypes.DType
 	Backend backends.Backend
 	Plan    *ShardingPlan
-	Mesh    *distributed.DeviceMesh
-	// Shards[d][i] is chip d's piece of weight i (WeightSpecs order), on device d.
+	// Virtual: the chips run side by side on device 0 (a virtual mesh), not one per device.
+	Virtual bool
+	// Shards[d][i] is chip d's piece of weight i (WeightSpecs order), on device d (device 0
+	// on a virtual mesh).
 	Shards [][]*tensors.Tensor
+	spmd   *distributed.DeviceMesh // the devices' mesh on xla
+}
+
+// device is the device chip d's tensors live on.
+func (m *ShardedModel) device(d int) backends.DeviceNum {
+	if m.Virtual {
+		return 0
+	}
+	return backends.DeviceNum(d)
+}
+
+// collectives is the mesh the model's programs are built over.
+func (m *ShardedModel) collectives() Collectives {
+	if m.Virtual {
+		return VirtualMesh(m.Plan.TP)
+	}
+	return spmdMesh(m.Plan.TP)
+}
+
+// instances is the number of program instances a call runs: one per device (SPMD) or one
+// for all chips (virtual mesh).
+func (m *ShardedModel) instances() int {
+	if m.Virtual {
+		return 1
+	}
+	return m.Plan.TP
 }
 
 // formatOf is the weight format of a compute dtype.
@@ -56,21 +88,27 @@ func formatOf(dtype dtypes.DType) (WeightFormat, error) {
 	return "", fmt.Errorf("%w: compute dtype %s not supported (want float32 or bfloat16)", ErrConfig, dtype)
 }
 
-// CheckTPBackend says whether backend can run a plan of tp chips: it must be the xla
-// backend (SPMD partitioning is XLA's) with at least tp devices.
+// CheckTPBackend says whether backend can run a plan of tp chips: the xla backend runs one
+// SPMD program per device and needs at least tp devices; any other backend runs the chips
+// side by side on a virtual mesh (slow: for tests and demos).
 func CheckTPBackend(backend backends.Backend, tp int) error {
 	if backend == nil {
 		return fmt.Errorf("%w: no backend", ErrBackend)
 	}
-	if name := backend.Name(); name != "xla" {
-		return fmt.Errorf("%w: tensor parallelism (TP=%d) needs the xla backend (a PJRT plugin: xla:tpu, xla:cuda, xla:cpu), backend is %q",
-			ErrBackend, tp, name)
+	if tp < 1 {
+		return fmt.Errorf("%w: tensor-parallel size must be >= 1, got %d", ErrBackend, tp)
+	}
+	if backend.Name() != "xla" {
+		return nil
 	}
 	if n := backend.NumDevices(); n < tp {
-		return fmt.Errorf("%w: tensor parallelism needs %d devices, backend %s has %d", ErrBackend, tp, backend.Description(), n)
+		return fmt.Errorf("%w: tensor parallelism (TP=%d) needs %d devices, backend %s has %d", ErrBackend, tp, tp, backend.Description(), n)
 	}
 	return nil
 }
+
+// virtualMeshOn reports whether backend runs tensor parallelism on a virtual mesh.
+func virtualMeshOn(backend backends.Backend) bool { return backend.Name() != "xla" }
 
 func newShardedModel(backend backends.Backend, cfg Config, tp int, dtype dtypes.DType) (*ShardedModel, error) {
 	if err := CheckTPBackend(backend, tp); err != nil {
@@ -87,11 +125,12 @@ func newShardedModel(backend backends.Backend, cfg Config, tp int, dtype dtypes.
 	if err != nil {
 		return nil, err
 	}
-	mesh, err := plan.Mesh()
-	if err != nil {
-		return nil, err
+	m := &ShardedModel{Config: cfg, DType: dtype, Backend: backend, Plan: plan, Virtual: virtualMeshOn(backend), Shards: make([][]*tensors.Tensor, tp)}
+	if !m.Virtual {
+		if m.spmd, err = distributed.NewDeviceMesh([]int{tp}, []string{MeshAxisTP}); err != nil {
+			return nil, fmt.Errorf("%w: SPMD mesh of %d devices: %w", ErrBackend, tp, err)
+		}
 	}
-	m := &ShardedModel{Config: cfg, DType: dtype, Backend: backend, Plan: plan, Mesh: mesh, Shards: make([][]*tensors.Tensor, tp)}
 	for d := range m.Shards {
 		m.Shards[d] = make([]*tensors.Tensor, len(plan.Weights))
 	}
@@ -120,7 +159,7 @@ func (m *ShardedModel) placeShard(i, d int, src []byte, srcType string) error {
 		err = sliceErr
 	}
 	if err == nil {
-		err = shard.MaterializeOnDevice(m.Backend, false, backends.DeviceNum(d))
+		err = shard.MaterializeOnDevice(m.Backend, false, m.device(d))
 	}
 	if err != nil {
 		shard.FinalizeAll()
@@ -264,7 +303,7 @@ func LoadShardedModel(backend backends.Backend, opts LoadOptions, tp int) (*Shar
 			progress(LoadProgress{Bytes: done, TotalBytes: total, Elapsed: time.Since(start)})
 		}
 	}
-	slog.Info("sharded weights", "tp", tp, "mesh", m.Mesh.String(), "bytes_per_chip", m.Plan.WeightBytesPerChip)
+	slog.Info("sharded weights", "tp", tp, "virtual_mesh", m.Virtual, "bytes_per_chip", m.Plan.WeightBytesPerChip)
 	return m, nil
 }
 
@@ -304,7 +343,7 @@ func (m *ShardedModel) NewKVPools(layout KVLayout) (*ShardedKVPools, error) {
 		pools.Shards[d] = make([]*tensors.Tensor, len(plans))
 		for i, p := range plans {
 			t := tensors.FromShape(shapes.Make(m.DType, p.ShardShape...)) // zeroed
-			if err := t.MaterializeOnDevice(m.Backend, false, backends.DeviceNum(d)); err != nil {
+			if err := t.MaterializeOnDevice(m.Backend, false, m.device(d)); err != nil {
 				t.FinalizeAll()
 				pools.Finalize()
 				return nil, fmt.Errorf("model: allocating KV pool %s on chip %d (%d bytes per chip in all): %w",
@@ -328,77 +367,163 @@ func (p *ShardedKVPools) Finalize() {
 	}
 }
 
-// stepOutputs wires the step program's parameters (weights, pools, StepNodes fields,
-// LogitsIndex, extra inputs, in that order) through Forward, the logits and post, as
-// StepExec does.
-func stepOutputs(cfg *Config, numW int, post PostFn, in []*graph.Node) []*graph.Node {
-	return stepProgram(cfg, numW, in, logitsTail(cfg, post))
-}
+// chipInputs is the number of per-chip parameters of a step program: chip.index, the
+// weights, the pools.
+func (m *ShardedModel) chipInputs() int { return 1 + len(m.Plan.Weights) + numPoolTensors(&m.Config) }
 
-// inputSpecs are the sharding specs of the step program's inputs: the weights', the pools',
-// then replicated for the step and extra inputs (gomlx reuses the last spec for the tail).
-func (p *ShardingPlan) inputSpecs(mesh *distributed.DeviceMesh) []*distributed.ShardingSpec {
-	specs := make([]*distributed.ShardingSpec, 0, len(p.Weights)+2*p.cfg.NumHiddenLayers+1)
-	for _, w := range p.Weights {
-		specs = append(specs, w.Spec(mesh))
+// meshStep wires a step program's parameters (per local chip [chip.index, weights, pools],
+// then the step inputs, then the tail's) through forwardChips; tail returns the outputs
+// after the pools from each chip's hidden states and inputs and the tail inputs.
+func meshStep(cfg *Config, mesh Collectives, numW int, in []*graph.Node, tail func(hidden []*graph.Node, chips []chipState, rest []*graph.Node) []*graph.Node) []*graph.Node {
+	numP := numPoolTensors(cfg)
+	per := 1 + numW + numP
+	chips := make([]chipState, mesh.Local())
+	for c := range chips {
+		at := c * per
+		chips[c] = chipState{index: in[at], weights: in[at+1 : at+1+numW], pools: in[at+1+numW : at+per]}
 	}
-	for range 2 * p.cfg.NumHiddenLayers {
-		specs = append(specs, p.KVPool.Spec(mesh))
+	at := per * len(chips)
+	hidden, newPools := forwardChips(cfg, mesh, chips, stepNodesFromSlice(in[at:at+numStepInputs]))
+	var outs []*graph.Node
+	for _, p := range newPools {
+		outs = append(outs, p...)
 	}
-	return append(specs, distributed.NewReplicatedShardingSpec(mesh))
+	return append(outs, tail(hidden, chips, in[at+numStepInputs:])...)
 }
 
-// outputSpecs: the pools keep their input sharding (in-place donation on every chip), the
-// logits or sampler outputs are replicated.
-func (p *ShardingPlan) outputSpecs(mesh *distributed.DeviceMesh) []*distributed.ShardingSpec {
-	specs := make([]*distributed.ShardingSpec, 0, 2*p.cfg.NumHiddenLayers+1)
-	for range 2 * p.cfg.NumHiddenLayers {
-		specs = append(specs, p.KVPool.Spec(mesh))
+// vocabLogits are the logits of hidden-state rows idx [N] int32, split on the vocabulary
+// as the chips hold the embedding (the tied output projection).
+func vocabLogits(cfg *Config, mesh Collectives, chips []chipState, hidden []*graph.Node, idx *graph.Node) *VocabShards {
+	v := &VocabShards{Mesh: mesh, Vocab: cfg.VocabSize}
+	for c, ch := range chips {
+		embed := ch.weights[0]
+		v.Width = embed.Shape().Dimensions[0]
+		v.Parts = append(v.Parts, Logits(cfg, embed, ch.weights[len(ch.weights)-1], GatherRows(hidden[c], idx)))
+		index := ch.index
+		if index == nil {
+			index = graph.Scalar(idx.Graph(), dtypes.Int32, 0)
+		}
+		v.Index = append(v.Index, index)
+		v.Offsets = append(v.Offsets, graph.MulScalar(index, v.Width))
 	}
-	return append(specs, distributed.NewReplicatedShardingSpec(mesh))
+	return v
 }
 
-// ShardedStepExec runs the sharded forward program (plus an optional PostFn) for batches
-// of any bucket; each bucket compiles once and is cached.
-type ShardedStepExec struct {
-	m        *ShardedModel
-	exec     *graph.Exec
-	numExtra int
-}
-
-// NewStepExec builds the sharded executor. With post == nil the outputs are the logits.
-// Extra inputs are replicated on every chip.
-func (m *ShardedModel) NewStepExec(numExtraInputs int, post PostFn) (*ShardedStepExec, error) {
-	cfg := m.Config
-	numW := len(m.Plan.Weights)
-	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node { return stepOutputs(&cfg, numW, post, in) })
+// newExec makes an exec of build over the model's mesh: SPMD over the devices on xla.
+func (m *ShardedModel) newExec(name string, maxPrograms int, build func(mesh Collectives, in []*graph.Node) []*graph.Node) (*graph.Exec, error) {
+	mesh := m.collectives()
+	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node { return build(mesh, in) })
 	if err != nil {
-		return nil, fmt.Errorf("model: building the sharded step program: %w", err)
+		return nil, fmt.Errorf("model: building the %s program: %w", name, err)
 	}
-	e = e.AutoSharding(m.Mesh).
-		WithInputShardingSpecs(m.Plan.inputSpecs(m.Mesh)...).
-		WithOutputShardingSpecs(m.Plan.outputSpecs(m.Mesh)...)
-	e.SetMaxCache(MaxBuckets)
-	return &ShardedStepExec{m: m, exec: e.WithName(fmt.Sprintf("gemma3_step_tp%d", m.Plan.TP)), numExtra: numExtraInputs}, nil
+	if !m.Virtual {
+		e = e.SPMD(m.spmd)
+	}
+	e.SetMaxCache(max(maxPrograms, 1))
+	return e.WithName(fmt.Sprintf("%s_tp%d", name, m.Plan.TP)), nil
 }
 
-// args lays out the arguments device-major, as gomlx's distributed Exec wants them: for
-// each chip, its weight pieces, its pool pieces (donated when donate), the step inputs and
-// the extra inputs (fresh host tensors per chip: a tensor lives on one device). The second
-// result lists the per-call tensors to free after the call.
-func (e *ShardedStepExec) args(pools *ShardedKVPools, b *Batch, donate bool, extra []any) ([]any, []*tensors.Tensor, error) {
-	if len(extra) != e.numExtra {
-		return nil, nil, fmt.Errorf("%w: %d extra inputs, the program takes %d", ErrInput, len(extra), e.numExtra)
+// layoutArgs lays the arguments out: per device its chip's inputs then the shared ones
+// (SPMD), or every chip's inputs then the shared ones once (virtual mesh). shared(d) must
+// give fresh tensors per call on xla (a tensor lives on one device); temps collects the
+// per-call tensors to free.
+func (m *ShardedModel) layoutArgs(chip func(d int) ([]any, error), shared func(d int) ([]any, []*tensors.Tensor, error)) ([]any, []*tensors.Tensor, error) {
+	var args []any
+	var temps []*tensors.Tensor
+	for d := 0; d < m.Plan.TP; d++ {
+		c, err := chip(d)
+		if err != nil {
+			return nil, temps, err
+		}
+		args = append(args, c...)
+		if !m.Virtual || d == m.Plan.TP-1 {
+			s, tt, err := shared(d)
+			temps = append(temps, tt...)
+			if err != nil {
+				return nil, temps, err
+			}
+			args = append(args, s...)
+		}
 	}
-	return e.m.stepArgs(pools, b, donate, func(d int) ([]any, []*tensors.Tensor, error) {
-		li := b.logitsIndexTensor()
-		rest, temps, err := perChip(extra)
-		return append([]any{li}, rest...), append(temps, li), err
-	})
+	return args, temps, nil
 }
 
-// perChip makes one chip's copy of extra inputs: a tensor lives on one device, so each
-// chip gets a fresh clone (returned to be freed after the call); Go values pass as they are.
+// stepArgs lays out a step program's arguments: chip.index, weight pieces, pool pieces
+// (donated when donate), then the step inputs and, when tail is not nil, tail(d)'s.
+func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, tail func(d int) ([]any, []*tensors.Tensor, error)) ([]any, []*tensors.Tensor, error) {
+	if len(pools.Shards) != m.Plan.TP {
+		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
+	}
+	numP := numPoolTensors(&m.Config)
+	chip := func(d int) ([]any, error) {
+		args := []any{int32(d)}
+		for _, t := range m.Shards[d] {
+			args = append(args, t)
+		}
+		if len(pools.Shards[d]) != numP {
+			return nil, fmt.Errorf("%w: chip %d has %d pool tensors, want %d", ErrInput, d, len(pools.Shards[d]), numP)
+		}
+		for _, t := range pools.Shards[d] {
+			if t == nil || !t.Ok() {
+				return nil, fmt.Errorf("%w: KV pools were lost by an earlier failed step", ErrInput)
+			}
+			if !donate {
+				args = append(args, t)
+				continue
+			}
+			buf, err := graph.DonateTensorBuffer(t, m.Backend, m.device(d))
+			if err != nil {
+				return nil, fmt.Errorf("model: donating KV pool on chip %d: %w", d, err)
+			}
+			args = append(args, buf)
+		}
+		return args, nil
+	}
+	shared := func(d int) ([]any, []*tensors.Tensor, error) {
+		step := b.stepTensors()
+		args := make([]any, 0, len(step)+4)
+		for _, t := range step {
+			args = append(args, t)
+		}
+		if tail == nil {
+			return args, step, nil
+		}
+		more, tt, err := tail(d)
+		return append(args, more...), append(step, tt...), err
+	}
+	return m.layoutArgs(chip, shared)
+}
+
+// runStep executes a step program: on success each chip's pools are replaced and the
+// outputs after the pools of each program instance returned (one per device, or one on a
+// virtual mesh); on failure the pools are lost (donated) and set to nil.
+func (m *ShardedModel) runStep(exec *graph.Exec, pools *ShardedKVPools, b *Batch, args []any) ([][]*tensors.Tensor, error) {
+	outs, err := exec.Exec(args...)
+	if err != nil {
+		for _, dev := range pools.Shards {
+			for i := range dev {
+				dev[i] = nil
+			}
+		}
+		return nil, fmt.Errorf("model: running sharded step %+v: %w", b.Shape, err)
+	}
+	numP := numPoolTensors(&m.Config)
+	n := m.instances()
+	perInstance := len(outs) / n
+	chipsPer := m.Plan.TP / n
+	rest := make([][]*tensors.Tensor, n)
+	for i := 0; i < n; i++ {
+		o := outs[i*perInstance : (i+1)*perInstance]
+		for c := 0; c < chipsPer; c++ {
+			copy(pools.Shards[i*chipsPer+c], o[c*numP:(c+1)*numP])
+		}
+		rest[i] = o[chipsPer*numP:]
+	}
+	return rest, nil
+}
+
+// perChip makes one device's copy of extra inputs: a tensor lives on one device, so each
+// gets a fresh clone (returned to be freed after the call); Go values pass as they are.
 func perChip(extra []any) ([]any, []*tensors.Tensor, error) {
 	var temps []*tensors.Tensor
 	args := make([]any, 0, len(extra))
@@ -418,6 +543,15 @@ func perChip(extra []any) ([]any, []*tensors.Tensor, error) {
 	return args, temps, nil
 }
 
+// sharedExtra is shared(d) for extra inputs: as they are on a virtual mesh, cloned per
+// device on xla.
+func (m *ShardedModel) sharedExtra(extra []any) ([]any, []*tensors.Tensor, error) {
+	if m.Virtual {
+		return extra, nil, nil
+	}
+	return perChip(extra)
+}
+
 func finalizeAll(ts []*tensors.Tensor) {
 	for _, t := range ts {
 		if t != nil {
@@ -426,63 +560,74 @@ func finalizeAll(ts []*tensors.Tensor) {
 	}
 }
 
-// Precompile compiles the program for b's bucket (with extra inputs of the shapes given)
-// without running it.
-func (e *ShardedStepExec) Precompile(pools *ShardedKVPools, b *Batch, extra ...any) error {
-	args, temps, err := e.args(pools, b, false, extra)
-	defer finalizeAll(temps)
-	if err != nil {
-		return err
-	}
-	if err := e.exec.PreCompile(args...); err != nil {
-		return fmt.Errorf("model: compiling sharded bucket %+v: %w", b.Shape, err)
-	}
-	return nil
+// ShardedLogitsExec runs the step program with the logits inside (the one-off path:
+// ForwardLogits, tests): each chip's vocabulary slice of the logits comes back and the
+// host joins them.
+type ShardedLogitsExec struct {
+	m    *ShardedModel
+	exec *graph.Exec
 }
 
-// Run executes one step on every chip: each chip's pools are donated and replaced by their
-// updated versions; the outputs after the pools (replicated) are returned from chip 0.
-func (e *ShardedStepExec) Run(pools *ShardedKVPools, b *Batch, extra ...any) ([]*tensors.Tensor, error) {
-	args, temps, err := e.args(pools, b, true, extra)
+// NewLogitsExec builds the step program that returns the logits of the batch's
+// LogitsIndex rows.
+func (m *ShardedModel) NewLogitsExec() (*ShardedLogitsExec, error) {
+	cfg := m.Config
+	numW := len(m.Plan.Weights)
+	e, err := m.newExec("gemma3_step", MaxBuckets, func(mesh Collectives, in []*graph.Node) []*graph.Node {
+		return meshStep(&cfg, mesh, numW, in, func(hidden []*graph.Node, chips []chipState, rest []*graph.Node) []*graph.Node {
+			return vocabLogits(&cfg, mesh, chips, hidden, rest[0]).Parts
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &ShardedLogitsExec{m: m, exec: e}, nil
+}
+
+// Run executes one step on every chip (pools donated and replaced) and returns the float32
+// logits [N, V].
+func (e *ShardedLogitsExec) Run(pools *ShardedKVPools, b *Batch) (*tensors.Tensor, error) {
+	args, temps, err := e.m.stepArgs(pools, b, true, func(int) ([]any, []*tensors.Tensor, error) {
+		li := b.logitsIndexTensor()
+		return []any{li}, []*tensors.Tensor{li}, nil
+	})
 	defer finalizeAll(temps)
 	if err != nil {
 		return nil, err
 	}
-	rest, err := runShardedDonated(e.exec, pools, b, args, e.m.Plan.TP)
+	rest, err := e.m.runStep(e.exec, pools, b, args)
 	if err != nil {
 		return nil, err
 	}
-	for d := 1; d < len(rest); d++ {
-		finalizeAll(rest[d])
+	var parts []*tensors.Tensor
+	for _, r := range rest {
+		parts = append(parts, r...)
 	}
-	return rest[0], nil
+	defer finalizeAll(parts)
+	return joinVocab(parts, b.Shape.N, e.m.Config.VocabSize)
 }
 
-// runShardedDonated executes a sharded step program whose first outputs on every chip are
-// its pools: on success each chip's pools are replaced and the rest of each chip's outputs
-// returned; on failure the pools are lost (donated) and set to nil.
-func runShardedDonated(exec *graph.Exec, pools *ShardedKVPools, b *Batch, args []any, tp int) ([][]*tensors.Tensor, error) {
-	outs, err := exec.Exec(args...)
-	if err != nil {
-		for _, dev := range pools.Shards {
-			for i := range dev {
-				dev[i] = nil
-			}
+// joinVocab concatenates the chips' [N, V/TP] float32 logits on the host.
+func joinVocab(parts []*tensors.Tensor, n, vocab int) (*tensors.Tensor, error) {
+	width := vocab / len(parts)
+	out := make([]float32, n*vocab)
+	for c, p := range parts {
+		data, err := tensors.CopyFlatData[float32](p)
+		if err != nil {
+			return nil, fmt.Errorf("model: logits of chip %d: %w", c, err)
 		}
-		return nil, fmt.Errorf("model: running sharded step %+v: %w", b.Shape, err)
+		if len(data) != n*width {
+			return nil, fmt.Errorf("model: logits of chip %d hold %d values, want %d×%d", c, len(data), n, width)
+		}
+		for r := 0; r < n; r++ {
+			copy(out[r*vocab+c*width:r*vocab+(c+1)*width], data[r*width:(r+1)*width])
+		}
 	}
-	perChip := len(outs) / tp
-	rest := make([][]*tensors.Tensor, tp)
-	for d := 0; d < tp; d++ {
-		numP := len(pools.Shards[d])
-		copy(pools.Shards[d], outs[d*perChip:d*perChip+numP])
-		rest[d] = outs[d*perChip+numP : (d+1)*perChip]
-	}
-	return rest, nil
+	return tensors.FromFlatDataAndDimensions(out, n, vocab), nil
 }
 
 // Finalize frees the compiled programs.
-func (e *ShardedStepExec) Finalize() { e.exec.Finalize() }
+func (e *ShardedLogitsExec) Finalize() { e.exec.Finalize() }
 
 // ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
 // the float32 logits of every position, [T, V] (as Model.ForwardLogits).
@@ -496,97 +641,17 @@ func (m *ShardedModel) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
 		return nil, err
 	}
 	defer pools.Finalize()
-	exec, err := m.NewStepExec(0, nil)
+	exec, err := m.NewLogitsExec()
 	if err != nil {
 		return nil, err
 	}
 	defer exec.Finalize()
-	outs, err := exec.Run(pools, batch)
-	if err != nil {
-		return nil, err
-	}
-	return outs[0], nil
-}
-
-// buildShardedStep declares the sharded step program's parameters in g (which must have
-// AutoSharding set with mesh) from shapes alone, for weights in dtype, pools of layout and
-// a batch of shape s, and returns its outputs (pools, logits) and their sharding specs.
-// Parameters are named after the tensors so the program reads well.
-func buildShardedStep(g *graph.Graph, plan *ShardingPlan, mesh *distributed.DeviceMesh, dtype dtypes.DType, layout KVLayout, s BatchShape) ([]*graph.Node, []*distributed.ShardingSpec) {
-	cfg := plan.Config()
-	specs := plan.inputSpecs(mesh)
-	var in []*graph.Node
-	for i, w := range plan.Weights {
-		in = append(in, graph.ShardedParameter(g, w.Name, shapes.Make(dtype, w.Shape...), specs[i]))
-	}
-	for i, p := range plan.PoolPlans(layout) {
-		in = append(in, graph.ShardedParameter(g, p.Name, shapes.Make(dtype, p.Shape...), specs[len(plan.Weights)+i]))
-	}
-	rep := specs[len(specs)-1]
-	for _, st := range []struct {
-		name string
-		dims []int
-	}{
-		{"step.tokens", []int{s.T}}, {"step.positions", []int{s.T}}, {"step.slots_global", []int{s.T}},
-		{"step.slots_sliding", []int{s.T}}, {"step.token_cell", []int{s.T}}, {"step.grid_index", []int{s.B, s.Q}},
-		{"step.global_page", []int{s.EG, PagesPerEntry}}, {"step.global_row", []int{s.EG}}, {"step.global_base", []int{s.EG}},
-		{"step.sliding_page", []int{s.ES, PagesPerEntry}}, {"step.sliding_row", []int{s.ES}}, {"step.sliding_base", []int{s.ES}},
-		{"step.logits_index", []int{s.N}},
-	} {
-		in = append(in, graph.ShardedParameter(g, st.name, shapes.Make(dtypes.Int32, st.dims...), rep))
-	}
-	outs := stepOutputs(cfg, len(plan.Weights), nil, in)
-	return outs, shardedOutputSpecs(plan, mesh, len(outs))
-}
-
-// CompileShardedStep builds and compiles the sharded step program for one bucket from
-// shapes alone (no weights or pools are allocated): the check that a plan's program
-// partitions and compiles on backend, e.g. 27B at TP=8 on a v5e-8, before loading 54 GB.
-func CompileShardedStep(backend backends.Backend, cfg *Config, tp int, dtype dtypes.DType, layout KVLayout, s BatchShape) (err error) {
-	if err := CheckTPBackend(backend, tp); err != nil {
-		return err
-	}
-	if cfg.KVCache.Quantized() {
-		return fmt.Errorf("%w: Config.KVCache %s: the sharded pools hold K and V only (no quantized KV cache with TP=%d)", ErrConfig, cfg.KVCache, tp)
-	}
-	format, err := formatOf(dtype)
-	if err != nil {
-		return err
-	}
-	plan, err := NewShardingPlan(cfg, tp, format)
-	if err != nil {
-		return err
-	}
-	mesh, err := plan.Mesh()
-	if err != nil {
-		return err
-	}
-	g := graph.NewGraph(backend, fmt.Sprintf("gemma3_step_tp%d", tp))
-	if err := g.SetAutoSharding(mesh); err != nil {
-		return fmt.Errorf("model: sharded step program: %w", err)
-	}
-	defer g.Finalize()
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("model: compiling the sharded step program (TP=%d, bucket %+v): %v", tp, s, r)
-		}
-	}()
-	outs, specs := buildShardedStep(g, plan, mesh, dtype, layout, s)
-	g.CompileWithSharding(outs, specs)
-	return nil
-}
-
-// shardedOutputSpecs expands outputSpecs to n outputs (gomlx's Graph API wants one each).
-func shardedOutputSpecs(plan *ShardingPlan, mesh *distributed.DeviceMesh, n int) []*distributed.ShardingSpec {
-	specs := plan.outputSpecs(mesh)
-	for len(specs) < n {
-		specs = append(specs, specs[len(specs)-1])
-	}
-	return specs[:n]
+	return exec.Run(pools, batch)
 }
 
 // ShardedForwardExec is ForwardExec split across the chips: each chip's pools are donated
-// and replaced, and the hidden states come back replicated, one copy per chip.
+// and replaced, and the hidden states come back replicated, one copy per device (one in
+// all on a virtual mesh).
 type ShardedForwardExec struct {
 	m    *ShardedModel
 	exec *graph.Exec
@@ -597,70 +662,22 @@ type ShardedForwardExec struct {
 func (m *ShardedModel) NewForwardExec(rows, maxPrograms int) (*ShardedForwardExec, error) {
 	cfg := m.Config
 	numW := len(m.Plan.Weights)
-	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
-		return stepProgram(&cfg, numW, in, func(hidden *graph.Node, _, _ []*graph.Node) []*graph.Node {
-			return []*graph.Node{PadRows(hidden, rows)}
+	e, err := m.newExec("gemma3_forward", maxPrograms, func(mesh Collectives, in []*graph.Node) []*graph.Node {
+		return meshStep(&cfg, mesh, numW, in, func(hidden []*graph.Node, _ []chipState, _ []*graph.Node) []*graph.Node {
+			return []*graph.Node{PadRows(hidden[0], rows)} // every chip's copy is the same
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("model: building the sharded step program: %w", err)
+		return nil, err
 	}
-	e = e.AutoSharding(m.Mesh).
-		WithInputShardingSpecs(m.Plan.inputSpecs(m.Mesh)...).
-		WithOutputShardingSpecs(m.Plan.outputSpecs(m.Mesh)...)
-	e.SetMaxCache(max(maxPrograms, 1))
-	return &ShardedForwardExec{m: m, exec: e.WithName(fmt.Sprintf("gemma3_forward_tp%d", m.Plan.TP)), rows: rows}, nil
-}
-
-// stepArgs lays out, chip by chip, the weight pieces, the pool pieces (donated when
-// donate), the step inputs and, when tail is not nil, tail(chip)'s inputs; the second result
-// lists the per-call tensors to free.
-func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, tail func(d int) ([]any, []*tensors.Tensor, error)) ([]any, []*tensors.Tensor, error) {
-	if len(pools.Shards) != m.Plan.TP {
-		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
-	}
-	var temps []*tensors.Tensor
-	var args []any
-	for d := 0; d < m.Plan.TP; d++ {
-		for _, t := range m.Shards[d] {
-			args = append(args, t)
-		}
-		if len(pools.Shards[d]) != 2*m.Config.NumHiddenLayers {
-			return nil, temps, fmt.Errorf("%w: chip %d has %d pool tensors, want %d", ErrInput, d, len(pools.Shards[d]), 2*m.Config.NumHiddenLayers)
-		}
-		for _, t := range pools.Shards[d] {
-			if t == nil || !t.Ok() {
-				return nil, temps, fmt.Errorf("%w: KV pools were lost by an earlier failed step", ErrInput)
-			}
-			if donate {
-				buf, err := graph.DonateTensorBuffer(t, m.Backend, backends.DeviceNum(d))
-				if err != nil {
-					return nil, temps, fmt.Errorf("model: donating KV pool on chip %d: %w", d, err)
-				}
-				args = append(args, buf)
-			} else {
-				args = append(args, t)
-			}
-		}
-		step := b.stepTensors()
-		temps = append(temps, step...)
-		for _, t := range step {
-			args = append(args, t)
-		}
-		if tail != nil {
-			more, tt, err := tail(d)
-			temps = append(temps, tt...)
-			if err != nil {
-				return nil, temps, err
-			}
-			args = append(args, more...)
-		}
-	}
-	return args, temps, nil
+	return &ShardedForwardExec{m: m, exec: e, rows: rows}, nil
 }
 
 // Precompile compiles the program for b's shape without running it.
 func (e *ShardedForwardExec) Precompile(pools *ShardedKVPools, b *Batch) error {
+	if b.Shape.T > e.rows {
+		return fmt.Errorf("%w: batch of %d tokens, the program keeps %d rows", ErrInput, b.Shape.T, e.rows)
+	}
 	args, temps, err := e.m.stepArgs(pools, b, false, nil)
 	defer finalizeAll(temps)
 	if err != nil {
@@ -672,14 +689,18 @@ func (e *ShardedForwardExec) Precompile(pools *ShardedKVPools, b *Batch) error {
 	return nil
 }
 
-// Run executes one step on every chip and returns each chip's copy of the hidden states.
+// Run executes one step on every chip and returns the hidden states, one copy per device
+// (one on a virtual mesh).
 func (e *ShardedForwardExec) Run(pools *ShardedKVPools, b *Batch) ([]*tensors.Tensor, error) {
+	if b.Shape.T > e.rows {
+		return nil, fmt.Errorf("%w: batch of %d tokens, the program keeps %d rows", ErrInput, b.Shape.T, e.rows)
+	}
 	args, temps, err := e.m.stepArgs(pools, b, true, nil)
 	defer finalizeAll(temps)
 	if err != nil {
 		return nil, err
 	}
-	rest, err := runShardedDonated(e.exec, pools, b, args, e.m.Plan.TP)
+	rest, err := e.m.runStep(e.exec, pools, b, args)
 	if err != nil {
 		return nil, err
 	}
@@ -693,50 +714,47 @@ func (e *ShardedForwardExec) Run(pools *ShardedKVPools, b *Batch) ([]*tensors.Te
 // Finalize frees the compiled programs.
 func (e *ShardedForwardExec) Finalize() { e.exec.Finalize() }
 
-// ShardedHeadExec is HeadExec over the chips: the embedding stays split as the plan says,
-// the final norm, hidden states and extra inputs are replicated, the outputs replicated.
+// VocabHeadFn builds a sampler-side program from the step's hidden states: logits(idx)
+// gives the float32 logits of rows idx [N] int32 (final norm and output projection
+// included), split on the vocabulary across the chips; extra are the program's own inputs
+// (the same on every chip). Its outputs must be replicated (reduced across the chips).
+type VocabHeadFn func(logits func(idx *graph.Node) *VocabShards, extra []*graph.Node) []*graph.Node
+
+// ShardedHeadExec runs a VocabHeadFn program on every chip: per chip its parameters are
+// chip.index, its embedding rows, the final norm and the hidden states, then the extra
+// inputs; the outputs come back from chip 0.
 type ShardedHeadExec struct {
 	m    *ShardedModel
 	exec *graph.Exec
 }
 
-// NewHeadExec builds a sharded head program (see Model.NewHeadExec).
-func (m *ShardedModel) NewHeadExec(name string, fn HeadFn, maxPrograms int) (*ShardedHeadExec, error) {
+// NewHeadExec builds a sharded head program; maxPrograms bounds the shapes it may compile.
+func (m *ShardedModel) NewHeadExec(name string, fn VocabHeadFn, maxPrograms int) (*ShardedHeadExec, error) {
 	cfg := m.Config
-	e, err := graph.NewExec(m.Backend, func(in []*graph.Node) []*graph.Node {
-		embed, norm, hidden := in[0], in[1], in[2]
-		return fn(func(idx *graph.Node) *graph.Node { return Logits(&cfg, embed, norm, GatherRows(hidden, idx)) }, in[3:])
+	e, err := m.newExec(name, maxPrograms, func(mesh Collectives, in []*graph.Node) []*graph.Node {
+		chips := make([]chipState, mesh.Local())
+		hidden := make([]*graph.Node, len(chips))
+		for c := range chips {
+			chips[c] = chipState{index: in[4*c], weights: in[4*c+1 : 4*c+3]}
+			hidden[c] = in[4*c+3]
+		}
+		return fn(func(idx *graph.Node) *VocabShards { return vocabLogits(&cfg, mesh, chips, hidden, idx) }, in[4*len(chips):])
 	})
 	if err != nil {
-		return nil, fmt.Errorf("model: building the sharded %s program: %w", name, err)
+		return nil, err
 	}
-	rep := distributed.NewReplicatedShardingSpec(m.Mesh)
-	last := len(m.Plan.Weights) - 1
-	e = e.AutoSharding(m.Mesh).
-		WithInputShardingSpecs(m.Plan.Weights[0].Spec(m.Mesh), m.Plan.Weights[last].Spec(m.Mesh), rep).
-		WithOutputShardingSpecs(rep)
-	e.SetMaxCache(max(maxPrograms, 1))
-	return &ShardedHeadExec{m: m, exec: e.WithName(fmt.Sprintf("%s_tp%d", name, m.Plan.TP))}, nil
+	return &ShardedHeadExec{m: m, exec: e}, nil
 }
 
 func (e *ShardedHeadExec) args(hidden []*tensors.Tensor, extra []any) ([]any, []*tensors.Tensor, error) {
 	m := e.m
-	if len(hidden) != m.Plan.TP {
-		return nil, nil, fmt.Errorf("%w: hidden states on %d chips, the model has %d", ErrInput, len(hidden), m.Plan.TP)
+	if len(hidden) != m.instances() {
+		return nil, nil, fmt.Errorf("%w: hidden states of %d program instances, the model runs %d", ErrInput, len(hidden), m.instances())
 	}
-	var temps []*tensors.Tensor
-	var args []any
 	last := len(m.Plan.Weights) - 1
-	for d := 0; d < m.Plan.TP; d++ {
-		args = append(args, m.Shards[d][0], m.Shards[d][last], hidden[d])
-		rest, tt, err := perChip(extra)
-		temps = append(temps, tt...)
-		if err != nil {
-			return nil, temps, err
-		}
-		args = append(args, rest...)
-	}
-	return args, temps, nil
+	return m.layoutArgs(func(d int) ([]any, error) {
+		return []any{int32(d), m.Shards[d][0], m.Shards[d][last], hidden[min(d, len(hidden)-1)]}, nil
+	}, func(int) ([]any, []*tensors.Tensor, error) { return m.sharedExtra(extra) })
 }
 
 // Precompile compiles the program for these input shapes without running it.
@@ -763,22 +781,24 @@ func (e *ShardedHeadExec) Run(hidden []*tensors.Tensor, extra ...any) ([]*tensor
 	if err != nil {
 		return nil, fmt.Errorf("model: running a sharded head program: %w", err)
 	}
-	perChip := len(outs) / e.m.Plan.TP
-	for d := 1; d < e.m.Plan.TP; d++ {
-		finalizeAll(outs[d*perChip : (d+1)*perChip])
+	n := e.m.instances()
+	per := len(outs) / n
+	for d := 1; d < n; d++ {
+		finalizeAll(outs[d*per : (d+1)*per])
 	}
-	return outs[:perChip], nil
+	return outs[:per], nil
 }
 
 // Finalize frees the compiled programs.
 func (e *ShardedHeadExec) Finalize() { e.exec.Finalize() }
 
-// ZeroHidden is a zero hidden-state tensor [rows, H] per chip, to compile head programs on.
+// ZeroHidden is a zero hidden-state tensor [rows, H] per program instance, to compile head
+// programs on.
 func (m *ShardedModel) ZeroHidden(rows int) ([]*tensors.Tensor, error) {
-	out := make([]*tensors.Tensor, m.Plan.TP)
+	out := make([]*tensors.Tensor, m.instances())
 	for d := range out {
 		t := tensors.FromShape(shapes.Make(m.DType, rows, m.Config.HiddenSize))
-		if err := t.MaterializeOnDevice(m.Backend, false, backends.DeviceNum(d)); err != nil {
+		if err := t.MaterializeOnDevice(m.Backend, false, m.device(d)); err != nil {
 			finalizeAll(out)
 			return nil, fmt.Errorf("model: hidden states on chip %d: %w", d, err)
 		}
@@ -786,4 +806,77 @@ func (m *ShardedModel) ZeroHidden(rows int) ([]*tensors.Tensor, error) {
 		out[d] = t
 	}
 	return out, nil
+}
+
+// spmdStepParams declares one chip's step-program parameters from shapes alone (plan
+// shard shapes in dtype, pools of layout, a batch of shape s), named after the tensors.
+func spmdStepParams(g *graph.Graph, plan *ShardingPlan, dtype dtypes.DType, layout KVLayout, s BatchShape) []*graph.Node {
+	in := []*graph.Node{graph.Parameter(g, "chip.index", shapes.Make(dtypes.Int32))}
+	for _, w := range plan.Weights {
+		in = append(in, graph.Parameter(g, w.Name, shapes.Make(dtype, w.ShardShape...)))
+	}
+	for _, p := range plan.PoolPlans(layout) {
+		in = append(in, graph.Parameter(g, p.Name, shapes.Make(dtype, p.ShardShape...)))
+	}
+	for _, st := range []struct {
+		name string
+		dims []int
+	}{
+		{"step.tokens", []int{s.T}}, {"step.positions", []int{s.T}}, {"step.slots_global", []int{s.T}},
+		{"step.slots_sliding", []int{s.T}}, {"step.token_cell", []int{s.T}}, {"step.grid_index", []int{s.B, s.Q}},
+		{"step.global_page", []int{s.EG, PagesPerEntry}}, {"step.global_row", []int{s.EG}}, {"step.global_base", []int{s.EG}},
+		{"step.sliding_page", []int{s.ES, PagesPerEntry}}, {"step.sliding_row", []int{s.ES}}, {"step.sliding_base", []int{s.ES}},
+	} {
+		in = append(in, graph.Parameter(g, st.name, shapes.Make(dtypes.Int32, st.dims...)))
+	}
+	return in
+}
+
+// buildSPMDForward writes one chip's forward program (the engine's step program: pools,
+// then the hidden states padded to rows) into g, which must have SPMD set over plan.TP
+// devices, and returns its outputs.
+func buildSPMDForward(g *graph.Graph, plan *ShardingPlan, dtype dtypes.DType, layout KVLayout, s BatchShape, rows int) []*graph.Node {
+	in := spmdStepParams(g, plan, dtype, layout, s)
+	return meshStep(plan.Config(), spmdMesh(plan.TP), len(plan.Weights), in, func(hidden []*graph.Node, _ []chipState, _ []*graph.Node) []*graph.Node {
+		return []*graph.Node{PadRows(hidden[0], rows)}
+	})
+}
+
+// CompileShardedStep builds and compiles one chip's SPMD step program for one bucket from
+// shapes alone (no weights or pools are allocated): the check that a plan's program
+// compiles on backend, e.g. 27B at TP=8 on a v5e-8, before loading 54 GB.
+func CompileShardedStep(backend backends.Backend, cfg *Config, tp int, dtype dtypes.DType, layout KVLayout, s BatchShape) (err error) {
+	if err := CheckTPBackend(backend, tp); err != nil {
+		return err
+	}
+	if virtualMeshOn(backend) {
+		return fmt.Errorf("%w: compiling the SPMD step program needs the xla backend, backend is %q", ErrBackend, backend.Name())
+	}
+	if cfg.KVCache.Quantized() {
+		return fmt.Errorf("%w: Config.KVCache %s: the sharded pools hold K and V only (no quantized KV cache with TP=%d)", ErrConfig, cfg.KVCache, tp)
+	}
+	format, err := formatOf(dtype)
+	if err != nil {
+		return err
+	}
+	plan, err := NewShardingPlan(cfg, tp, format)
+	if err != nil {
+		return err
+	}
+	mesh, err := distributed.NewDeviceMesh([]int{tp}, []string{MeshAxisTP})
+	if err != nil {
+		return fmt.Errorf("%w: SPMD mesh of %d devices: %w", ErrBackend, tp, err)
+	}
+	g := graph.NewGraph(backend, fmt.Sprintf("gemma3_forward_tp%d", tp))
+	if err := g.SetSPMD(mesh); err != nil {
+		return fmt.Errorf("model: sharded step program: %w", err)
+	}
+	defer g.Finalize()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("model: compiling the sharded step program (TP=%d, bucket %+v): %v", tp, s, r)
+		}
+	}()
+	g.Compile(buildSPMDForward(g, plan, dtype, layout, s, s.T)...)
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/gomlx/gomlx/pkg/core/distributed"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -47,8 +48,8 @@ func BenchmarkShardBytes(b *testing.B) {
 }
 
 // BenchmarkBuildStepProgram measures writing 27B's step program (graph + StableHLO, no
-// compilation) for one decode bucket at TP=8 with AutoSharding against TP=1 without it
-// (the baseline), on the plugin-less xla backend of tp_stablehlo_test.go.
+// compilation) for one decode bucket: one chip's SPMD program at TP=8 against TP=1 (the
+// baseline), on the plugin-less xla backend of tp_stablehlo_test.go.
 func BenchmarkBuildStepProgram(b *testing.B) {
 	cfg, err := Preset("gemma3-27b")
 	if err != nil {
@@ -63,26 +64,25 @@ func BenchmarkBuildStepProgram(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			mesh, err := plan.Mesh()
+			mesh, err := distributed.NewDeviceMesh([]int{tp}, []string{MeshAxisTP})
 			if err != nil {
 				b.Fatal(err)
 			}
 			for b.Loop() {
 				g := graph.NewGraph(backend, "step")
 				if tp > 1 {
-					if err := g.SetAutoSharding(mesh); err != nil {
+					if err := g.SetSPMD(mesh); err != nil {
 						b.Fatal(err)
 					}
 				}
 				func() {
 					defer func() { _ = recover() }() // the placeholder client cannot compile
 					if tp > 1 {
-						outs, specs := buildShardedStep(g, plan, mesh, dtypes.BFloat16, layout, s)
-						g.CompileWithSharding(outs, specs)
+						g.Compile(buildSPMDForward(g, plan, dtypes.BFloat16, layout, s, s.T)...)
 						return
 					}
 					in := plainStepParams(g, plan, dtypes.BFloat16, layout, s)
-					g.Compile(stepOutputs(&cfg, len(plan.Weights), nil, in)...)
+					g.Compile(stepProgram(&cfg, len(plan.Weights), in, logitsTail(&cfg, nil))...)
 				}()
 			}
 		})

@@ -223,7 +223,7 @@ func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, 
 		isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
 		safeT := InsertAxes(Where(isGreedy, OnesLike(temperature), temperature), -1)
 		z := lg.Each(func(c int) *Node { return Div(logits[c], safeT) }) // [N, W] per chip
-		zmax := lg.Reduce(z, backends.ReduceOpMax)[0]                   // [N, 1]
+		zmax := lg.Reduce(z, backends.ReduceOpMax)[0]                    // [N, 1]
 		keep := valid
 		if f.Filters {
 			topK, topP, minP := extra[next], extra[next+1], extra[next+2]

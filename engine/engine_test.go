@@ -151,6 +151,7 @@ type result struct {
 	tokens   []int32
 	text     string
 	logprobs []PositionLogprobs
+	prompt   []PositionLogprobs // prompt logprobs
 	final    Event
 }
 
@@ -161,6 +162,7 @@ func collect(t testing.TB, ch <-chan Event) result {
 		r.tokens = append(r.tokens, ev.TokenIDs...)
 		r.text += ev.Text
 		r.logprobs = append(r.logprobs, ev.Logprobs...)
+		r.prompt = append(r.prompt, ev.PromptLogprobs...)
 		if ev.Finished || ev.Err != nil {
 			r.final = ev
 		}
@@ -251,11 +253,40 @@ func sameResult(a, b result) (bool, string) {
 // unquantized fixture and on the W8A8 and FP8-dynamic checkpoints (f32 compute).
 func TestGreedyBatchInvariance(t *testing.T) {
 	for _, fx := range engineFixtures {
-		t.Run(fx.name, func(t *testing.T) { testGreedyBatchInvariance(t, fx) })
+		t.Run(fx.name, func(t *testing.T) { testGreedyBatchInvariance(t, fx, nil) })
 	}
 }
 
-func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
+// TestGreedyBatchInvarianceTP is TestGreedyBatchInvariance on the tensor-parallel model (a
+// virtual mesh on the pure-Go backend) at TP=2 and TP=8 (the fixture's 4 heads then
+// replicated on 2 chips each): batched equals alone, equals HF, and the tokens equal TP=1's.
+func TestGreedyBatchInvarianceTP(t *testing.T) {
+	for _, tp := range []int{2, 8} {
+		t.Run(fmt.Sprintf("tp%d", tp), func(t *testing.T) {
+			sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(sm.Close)
+			testGreedyBatchInvariance(t, engineFixtures[0], sm)
+		})
+	}
+}
+
+// onSharded makes an engine config use sm (when not nil) instead of the plain model.
+func onSharded(sm *model.ShardedModel, mutate func(*Config)) func(*Config) {
+	if sm == nil {
+		return mutate
+	}
+	return func(c *Config) {
+		c.Model, c.Sharded = nil, sm
+		if mutate != nil {
+			mutate(c)
+		}
+	}
+}
+
+func testGreedyBatchInvariance(t *testing.T, fx engineFixture, sm *model.ShardedModel) {
 	m := fixtureModelAt(t, fx.dir)
 	golden := readGreedyGolden(t, fx)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -298,9 +329,17 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 	// Alone, one at a time, on a roomy cache.
 	alone := map[string]result{}
 	{
-		e := newTestEngineOn(t, m, fx.withKV(nil))
+		e := newTestEngineOn(t, m, onSharded(sm, fx.withKV(nil)))
 		for _, j := range jobs {
 			alone[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
+		}
+	}
+	if sm != nil { // the same tokens as the one-chip engine
+		e := newTestEngineOn(t, m, fx.withKV(nil))
+		for _, j := range jobs {
+			if ok, why := sameResult(alone[j.id], collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))); !ok {
+				t.Errorf("%s: TP=%d differs from TP=1: %s", j.id, sm.Plan.TP, why)
+			}
 		}
 	}
 	// Against HF's greedy continuations, wherever the margin is clear.
@@ -327,7 +366,9 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 		{"preemption", func(c *Config) { c.KVCacheBytes = 512 << 10; c.Scheduler.MaxNumBatchedTokens = 64 }},
 		{"no-prefix-cache", func(c *Config) { c.DisablePrefixCaching = true }},
 	}
-	if fx.quick {
+	if fx.quick || sm != nil {
+		// One scenario with chunked prefill, preemption and prefix hits together (the
+		// virtual mesh runs every chip on the CPU: the four apart cost minutes at TP=8).
 		scenarios = scenarios[:0]
 		scenarios = append(scenarios, struct {
 			name   string
@@ -345,7 +386,7 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 	}
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
-			e := newTestEngineOn(t, m, fx.withKV(sc.mutate))
+			e := newTestEngineOn(t, m, onSharded(sm, fx.withKV(sc.mutate)))
 			chans := map[string]<-chan Event{}
 			for _, j := range jobs {
 				chans[j.id] = submit(t, e, j.id, j.prompt, greedyParams(j.max))
@@ -376,6 +417,62 @@ func testGreedyBatchInvariance(t *testing.T, fx engineFixture) {
 func TestSeededSampling(t *testing.T) {
 	for _, fx := range engineFixtures {
 		t.Run(fx.name, func(t *testing.T) { testSeededSampling(t, fixtureModelAt(t, fx.dir), fx) })
+	}
+}
+
+// TestSeededSamplingTP: seeded requests with every sampler feature (top-k, top-p, min-p,
+// penalties, logit bias, logprobs, prompt logprobs) give exactly the TP=1 tokens at TP=2 and
+// TP=8, batched together; logprobs equal within float32 rounding.
+func TestSeededSamplingTP(t *testing.T) {
+	m := tinyFixture(t)
+	params := func(i int) SamplingParams {
+		p := DefaultSamplingParams()
+		seed := int64(40 + i)
+		lp, plp := 5, 3
+		p.Temperature, p.TopP, p.TopK, p.MinP = []float32{1, 0.8, 1.3}[i%3], []float32{0.9, 1, 0.7}[i%3], []int{40, 0, 8}[i%3], []float32{0.05, 0, 0.02}[i%3]
+		p.PresencePenalty, p.FrequencyPenalty, p.RepetitionPenalty = 0.4, 0.3, 1.2
+		p.MaxTokens, p.Seed, p.IgnoreEOS, p.Logprobs = 12, &seed, true, &lp
+		if i%2 == 0 {
+			p.PromptLogprobs = &plp
+			p.LogitBias = map[int32]float32{int32(100 + i): 5, 7: -100}
+		}
+		return p
+	}
+	prompts := [][]int32{{2, 10, 20, 30}, {2, 7, 7, 7, 8}, {2, 300, 301}, {2, 44}, {2, 5, 6, 7, 8, 9, 10, 11}, {2, 499}}
+	run := func(e *Engine) []result {
+		var chans []<-chan Event
+		for i, p := range prompts {
+			chans = append(chans, submit(t, e, fmt.Sprint("s", i), p, params(i)))
+		}
+		out := make([]result, len(chans))
+		for i, ch := range chans {
+			out[i] = collect(t, ch)
+		}
+		return out
+	}
+	want := run(newTestEngineOn(t, m, nil))
+	for _, tp := range []int{2, 8} {
+		t.Run(fmt.Sprintf("tp%d", tp), func(t *testing.T) {
+			sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(sm.Close)
+			got := run(newTestEngineOn(t, m, onSharded(sm, nil)))
+			for i := range want {
+				if ok, why := sameResult(got[i], want[i]); !ok {
+					t.Errorf("request %d: TP=%d differs from TP=1: %s (tokens %v, TP=1 %v)", i, tp, why, got[i].tokens, want[i].tokens)
+				}
+				if i%2 == 0 && len(want[i].prompt) == 0 {
+					t.Errorf("request %d: no prompt logprobs at TP=1", i)
+				}
+				gp := result{tokens: make([]int32, len(got[i].prompt)), logprobs: got[i].prompt}
+				wp := result{tokens: make([]int32, len(want[i].prompt)), logprobs: want[i].prompt}
+				if ok, why := sameResult(gp, wp); !ok {
+					t.Errorf("request %d: TP=%d prompt logprobs differ from TP=1's: %s", i, tp, why)
+				}
+			}
+		})
 	}
 }
 

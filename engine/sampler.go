@@ -223,9 +223,9 @@ func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, 
 		isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
 		safeT := InsertAxes(Where(isGreedy, OnesLike(temperature), temperature), -1)
 		z := lg.Each(func(c int) *Node { return Div(logits[c], safeT) }) // [N, W] per chip
-		zmax := lg.Reduce(z, backends.ReduceOpMax)[0]                    // [N, 1]
 		keep := valid
 		if f.Filters {
+			zmax := lg.Reduce(z, backends.ReduceOpMax)[0] // [N, 1]
 			topK, topP, minP := extra[next], extra[next+1], extra[next+2]
 			// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
 			tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))

@@ -880,3 +880,24 @@ func CompileShardedStep(backend backends.Backend, cfg *Config, tp int, dtype dty
 	g.Compile(buildSPMDForward(g, plan, dtype, layout, s, s.T)...)
 	return nil
 }
+
+// BuildSPMDHead writes one chip's head program into g (SPMD over plan.TP devices) from
+// shapes alone: it declares chip.index, the chip's embedding rows, the final norm and the
+// hidden states [rows, H] in dtype, then extra(g)'s parameters, and returns fn's outputs
+// (to check a sampler program's collectives without a device).
+func BuildSPMDHead(g *graph.Graph, plan *ShardingPlan, dtype dtypes.DType, rows int, fn VocabHeadFn, extra func(g *graph.Graph) []*graph.Node) []*graph.Node {
+	cfg := plan.Config()
+	embed, norm := plan.Weights[0], plan.Weights[len(plan.Weights)-1]
+	chip := chipState{
+		index: graph.Parameter(g, "chip.index", shapes.Make(dtypes.Int32)),
+		weights: []*graph.Node{
+			graph.Parameter(g, embed.Name, shapes.Make(dtype, embed.ShardShape...)),
+			graph.Parameter(g, norm.Name, shapes.Make(dtype, norm.ShardShape...)),
+		},
+	}
+	hidden := graph.Parameter(g, "hidden", shapes.Make(dtype, rows, cfg.HiddenSize))
+	mesh := spmdMesh(plan.TP)
+	return fn(func(idx *graph.Node) *VocabShards {
+		return vocabLogits(cfg, mesh, []chipState{chip}, []*graph.Node{hidden}, idx)
+	}, extra(g))
+}

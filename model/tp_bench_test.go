@@ -8,6 +8,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/tpuserve/tpuserve/internal/hlotest"
 )
 
 // BenchmarkShardBytes measures the host slicing each chip's piece goes through while
@@ -59,7 +60,7 @@ func BenchmarkBuildStepProgram(b *testing.B) {
 	s := BatchShape{T: 64, B: 64, Q: 1, EG: 64 * 32, ES: 64 * SlidingPagesPerRow(&cfg, 16, 1), N: 64}
 	for _, tp := range []int{1, 8} {
 		b.Run(fmt.Sprintf("tp%d", tp), func(b *testing.B) {
-			backend := pluginlessXLA(b, tp)
+			backend := hlotest.PluginlessXLA(b, tp)
 			plan, err := NewShardingPlan(&cfg, tp, FormatBF16)
 			if err != nil {
 				b.Fatal(err)

@@ -427,7 +427,10 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 // given (refusing a configuration that cannot fit, with the numbers), else --kv-cache-memory.
 func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, error) {
 	if o.deviceMemory == "" {
-		if o.tensorParallel > 1 {
+		// On xla the chips are devices and the plan sizes each one's cache; the pure-Go
+		// backend runs them side by side on a virtual mesh (tests and demos), each with
+		// --kv-cache-memory of cache.
+		if o.tensorParallel > 1 && strings.HasPrefix(o.backend, "xla") {
 			return 0, fmt.Errorf("--tensor-parallel-size %d needs --device-memory (one device's memory, e.g. 16GiB) to plan the split", o.tensorParallel)
 		}
 		b, err := plan.ParseByteSize(o.kvCacheMemory)

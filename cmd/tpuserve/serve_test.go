@@ -352,7 +352,7 @@ func TestServeMemoryPlan(t *testing.T) {
 		{"gemma3-27b", "lots", 8, "--device-memory"},
 	} {
 		_, o := serveFlags(io.Discard)
-		o.model, o.deviceMemory, o.tensorParallel, o.dtype = tc.model, tc.mem, tc.tp, "bf16"
+		o.model, o.deviceMemory, o.tensorParallel, o.dtype, o.backend = tc.model, tc.mem, tc.tp, "bf16", "xla:tpu"
 		_, err := kvBudget(o, dtypesBF16, log)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc, err, tc.want)
@@ -397,6 +397,32 @@ func TestServeMemoryPlan(t *testing.T) {
 }
 
 var dtypesBF16 = dtypes.BFloat16
+
+// TestServeTensorParallelVirtualMesh: `serve --tensor-parallel-size 2` on the pure-Go
+// backend runs the per-chip programs on a virtual mesh and answers with the TP=1 server's
+// greedy text.
+func TestServeTensorParallelVirtualMesh(t *testing.T) {
+	ctx := context.Background()
+	greedy := openai.CompletionNewParams{
+		Model: "tiny", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("The capital of France is")},
+		MaxTokens: openai.Int(8), Temperature: openai.Float(0),
+	}
+	texts := map[int]string{}
+	for _, tp := range []int{1, 2} {
+		ls := startServe(t, func(o *serveOptions) { o.tensorParallel, o.kvCacheMemory, o.maxNumSeqs, o.maxBatched = tp, "16MiB", 8, 256 })
+		resp, err := ls.client().Completions.New(ctx, greedy, option.WithJSONSet("ignore_eos", true))
+		if err != nil {
+			t.Fatalf("TP=%d: %v", tp, err)
+		}
+		if len(resp.Choices) != 1 || resp.Usage.CompletionTokens != 8 {
+			t.Fatalf("TP=%d: completion %+v", tp, resp)
+		}
+		texts[tp] = resp.Choices[0].Text
+	}
+	if texts[2] != texts[1] {
+		t.Errorf("TP=2 greedy text %q, TP=1 %q", texts[2], texts[1])
+	}
+}
 
 // TestDeployArgsParse: the serve arguments `tpuserve deploy` renders for every target are
 // flags serve accepts, and the TPU ones plan the memory of a v5e chip.

@@ -35,7 +35,8 @@ func TestShardingPlanSizes(t *testing.T) {
 		{"gemma3-1b", 1, "", 4, 1, 1},
 		{"gemma3-1b", 2, "", 2, 1, 2}, // 1 kv head: replicated on both chips
 		{"gemma3-1b", 4, "", 1, 1, 4},
-		{"gemma3-1b", 8, "q_proj.weight [1024 1152]: 4 attention heads over 8 chips", 0, 0, 0},
+		{"gemma3-1b", 8, "", 1, 1, 8}, // 4 q heads over 8 chips: each on 2 (taking half its o_proj columns)
+		{"gemma3-1b", 6, "tensor-parallel size 6 neither divides nor is a multiple of the 4 attention heads", 0, 0, 0},
 		{"gemma3-4b", 1, "", 8, 4, 1},
 		{"gemma3-4b", 2, "", 4, 2, 1},
 		{"gemma3-4b", 4, "", 2, 1, 1},
@@ -48,7 +49,7 @@ func TestShardingPlanSizes(t *testing.T) {
 		{"gemma3-27b", 2, "", 16, 8, 1},
 		{"gemma3-27b", 4, "", 8, 4, 1},
 		{"gemma3-27b", 8, "", 4, 2, 1},
-		{"gemma3-27b", 3, "q_proj.weight [4096 5376]: 32 attention heads over 3 chips", 0, 0, 0},
+		{"gemma3-27b", 3, "tensor-parallel size 3 neither divides nor is a multiple of the 32 attention heads of model.layers.*.self_attn.q_proj.weight [4096 5376]", 0, 0, 0},
 	} {
 		t.Run(fmt.Sprintf("%s/tp%d", tc.preset, tc.tp), func(t *testing.T) {
 			cfg := preset(t, tc.preset)
@@ -65,6 +66,9 @@ func TestShardingPlanSizes(t *testing.T) {
 			if p.HeadsPerChip != tc.heads || p.KVHeadsPerChip != tc.kvh || p.KVReplicas != tc.kvrep {
 				t.Errorf("heads/kv heads/kv replicas per chip = %d/%d/%d, want %d/%d/%d",
 					p.HeadsPerChip, p.KVHeadsPerChip, p.KVReplicas, tc.heads, tc.kvh, tc.kvrep)
+			}
+			if want := max(tc.tp/cfg.NumAttentionHeads, 1); p.QReplicas != want {
+				t.Errorf("q replicas %d, want %d", p.QReplicas, want)
 			}
 			mesh := 1
 			for _, s := range p.MeshAxisSizes {
@@ -89,7 +93,9 @@ func TestShardingPlanSizes(t *testing.T) {
 					case len(w.Shape) == 1:
 					case strings.Contains(w.Name, "k_proj"), strings.Contains(w.Name, "v_proj"):
 						wantAxis, wantShards = 0, tc.tp/tc.kvrep
-					case strings.Contains(w.Name, "embed_tokens"), strings.Contains(w.Name, "q_proj"),
+					case strings.Contains(w.Name, "q_proj"):
+						wantAxis, wantShards = 0, min(tc.tp, cfg.NumAttentionHeads)
+					case strings.Contains(w.Name, "embed_tokens"),
 						strings.Contains(w.Name, "gate_proj"), strings.Contains(w.Name, "up_proj"):
 						wantAxis, wantShards = 0, tc.tp
 					case strings.Contains(w.Name, "o_proj"), strings.Contains(w.Name, "down_proj"):

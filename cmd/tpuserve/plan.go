@@ -205,6 +205,9 @@ func writePlan(w io.Writer, name string, cfg *model.Config, p *plan.MemoryPlan, 
 	if sp.KVReplicas > 1 {
 		rep = fmt.Sprintf(" (fewer kv heads than chips: each kv head on %d chips)", sp.KVReplicas)
 	}
+	if sp.QReplicas > 1 {
+		rep += fmt.Sprintf(" (fewer heads than chips: each head on %d chips, each taking 1/%d of its o_proj columns)", sp.QReplicas, sp.QReplicas)
+	}
 	fmt.Fprintf(w, "per chip: %d heads, %d kv heads%s\n\n", sp.HeadsPerChip, sp.KVHeadsPerChip, rep)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -178,7 +178,7 @@ func TestPlanErrors(t *testing.T) {
 		stderr string
 		stdout string // the partial plan, when it does not fit
 	}{
-		{"tp", []string{"--tp", "3"}, "q_proj.weight [4096 5376]: 32 attention heads over 3 chips", ""},
+		{"tp", []string{"--tp", "3"}, "tensor-parallel size 3 neither divides nor is a multiple of the 32 attention heads of model.layers.*.self_attn.q_proj.weight [4096 5376]", ""},
 		{"one chip", []string{"--tp", "1"}, "does not fit in device memory: ", "weights"},
 		{"dtype", []string{"--dtype", "int4"}, "--dtype", ""},
 		{"quantization", []string{"--quantization", "int4"}, "--quantization", ""},

@@ -409,8 +409,11 @@ func TestServeTensorParallelVirtualMesh(t *testing.T) {
 	}
 	texts := map[int]string{}
 	for _, tp := range []int{1, 2} {
-		ls := startServe(t, func(o *serveOptions) { o.tensorParallel, o.kvCacheMemory, o.maxNumSeqs, o.maxBatched = tp, "16MiB", 8, 256 })
-		resp, err := ls.client().Completions.New(ctx, greedy, option.WithJSONSet("ignore_eos", true))
+		ls := startServe(t, func(o *serveOptions) {
+			o.tensorParallel, o.kvCacheMemory, o.maxNumSeqs, o.maxBatched = tp, "16MiB", 8, 256
+		})
+		client := ls.client()
+		resp, err := client.Completions.New(ctx, greedy, option.WithJSONSet("ignore_eos", true))
 		if err != nil {
 			t.Fatalf("TP=%d: %v", tp, err)
 		}

@@ -82,3 +82,28 @@ func AllDevices(n int) string {
 	}
 	return "[[" + strings.Join(ids, ", ") + "]]"
 }
+
+// Param is one parameter of a module's main function.
+type Param struct{ Name, Type string }
+
+// MainParamList is the main function's parameters in order.
+func MainParamList(text string) []Param {
+	main := text[strings.Index(text, "func.func @main("):]
+	sig := main[:strings.Index(main, ") -> ")]
+	var out []Param
+	for _, m := range mainArgRE.FindAllStringSubmatch(sig, -1) {
+		out = append(out, Param{m[1], m[2]})
+	}
+	return out
+}
+
+// TensorType is the StableHLO tensor type body of a gomlx dtype name and shape
+// ("19x64xf32"; "i32" for a scalar).
+func TensorType(shape []int, dtype string) string {
+	el := map[string]string{"Float32": "f32", "BFloat16": "bf16", "Int32": "i32", "Uint32": "ui32", "Int8": "i8", "Uint8": "ui8", "Bool": "i1"}[dtype]
+	parts := make([]string, 0, len(shape)+1)
+	for _, d := range shape {
+		parts = append(parts, fmt.Sprint(d))
+	}
+	return strings.Join(append(parts, el), "x")
+}

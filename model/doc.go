@@ -2,8 +2,11 @@
 // mapped safetensors checkpoints in the three hub layouts (Checkpoint, LoadWeights), seeded
 // random weights (RandomWeights), the forward pass as a gomlx graph over a flat batch of new
 // tokens with paged K/V pools (Forward, Batch, StepExec), backends (NewBackend), and tensor
-// parallelism: the sharding plan and the sharded program (sharding.go, tp.go). The step-
-// shape set, the memory plan and the roofline live in internal/plan.
+// parallelism: the sharding plan (sharding.go), the collectives seam with its virtual mesh
+// and SPMD implementations (mesh.go: Collectives, VocabShards) and the per-chip programs
+// (tp.go: ShardedModel; forwardChips in graph.go is the layer code every chip runs, Forward
+// the same on one chip). The step-shape set, the memory plan and the roofline live in
+// internal/plan.
 //
 // Quantized weights (quant.go, quant_graph.go, quant_write.go; docs/quantization.md):
 // compressed-tensors int8 W8A8 / FP8-dynamic checkpoints and quantize-at-load

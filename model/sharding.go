@@ -5,8 +5,10 @@ package model
 // A ShardingPlan says, for a Config and a tensor-parallel size N, which axis of every weight
 // (WeightSpecs order) and of the KV pools is split across the N chips, over which axes of the
 // device mesh, and how many bytes each chip holds. It is plain data, computed and tested
-// without any device; tp.go turns it into gomlx sharding specs for the xla backend and
-// memplan.go into a per-chip memory plan.
+// without any device; tp.go cuts each chip's pieces by it (ShardIndex, ShardBytes) for the
+// per-chip programs and internal/plan turns it into a per-chip memory plan. (The gomlx
+// sharding specs, Spec and Mesh, describe the same split for an AutoSharding program; the
+// served programs no longer use them.)
 //
 // The split is Megatron's:
 //
@@ -14,7 +16,7 @@ package model
 //     out axis (whole heads for q/k/v), so each chip computes its own heads and its slice of
 //     the MLP's intermediate activations without communication;
 //   - o and down projections are row-parallel: split on the in axis, each chip produces a
-//     partial [T, H] sum and XLA inserts one all-reduce per projection (2 per layer);
+//     partial [T, H] sum and one explicit all-reduce per projection sums them (2 per layer);
 //   - every norm weight (1-D) is replicated;
 //   - the embedding, which is also the tied output projection, is split on the vocabulary
 //     axis (vocab-parallel, as vLLM's VocabParallelEmbedding/ParallelLMHead): the logits

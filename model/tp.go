@@ -38,7 +38,8 @@ import (
 	"github.com/tpuserve/tpuserve/model/quant"
 )
 
-// ShardedModel is a Gemma 3 text model split across the chips of an xla backend.
+// ShardedModel is a Gemma 3 text model split across tensor-parallel chips: the devices of an
+// xla backend, or a virtual mesh on device 0 of any other backend.
 type ShardedModel struct {
 	Config  Config
 	DType   dtypes.DType

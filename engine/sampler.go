@@ -182,6 +182,13 @@ func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, 
 		next := 3
 		negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, W)
 		ids := lg.Each(lg.GlobalIDs)
+		// Each chip's first vocabulary id, for its token lists (nil on one chip: no remapping).
+		offset := func(c int) *Node {
+			if lg.Mesh.Chips() == 1 {
+				return nil
+			}
+			return lg.Offsets[c]
+		}
 
 		// Padding rows of the vocabulary are never sampled, nor reported.
 		valid := lg.Each(func(c int) *Node { return LessThan(ids[c], Scalar(g, dtypes.Int32, textVocab)) })
@@ -191,7 +198,7 @@ func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, 
 			// logit_bias is added before penalties and sampling, as vLLM's logits
 			// processors do; logprobs stay the raw model's. Its inputs come last.
 			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
-			logits = lg.Each(func(c int) *Node { return Add(logits[c], tokenSums(extra[at], extra[at+1], lg.Offsets[c], N, W)) })
+			logits = lg.Each(func(c int) *Node { return Add(logits[c], tokenSums(extra[at], extra[at+1], offset(c), N, W)) })
 		}
 		if f.Mask {
 			// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
@@ -207,14 +214,14 @@ func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, 
 			rp := InsertAxes(repetition, -1)
 			logits = lg.Each(func(c int) *Node {
 				x := logits[c]
-				outCounts := tokenCounts(outTok, lg.Offsets[c], N, W)
-				promptCounts := tokenCounts(promptTok, lg.Offsets[c], N, W)
+				outCounts := tokenCounts(outTok, offset(c), N, W)
+				promptCounts := tokenCounts(promptTok, offset(c), N, W)
 				seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
 				penalized := Where(GreaterThan(x, ZerosLike(x)), Div(x, rp), Mul(x, rp))
 				x = Where(seen, penalized, x)
 				x = Sub(x, Mul(InsertAxes(frequency, -1), outCounts))
 				x = Sub(x, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
-				isBanned := GreaterThan(tokenCounts(banned, lg.Offsets[c], N, W), ZerosLike(outCounts))
+				isBanned := GreaterThan(tokenCounts(banned, offset(c), N, W), ZerosLike(outCounts))
 				return Where(isBanned, negInf, x)
 			})
 		}
@@ -479,14 +486,17 @@ func (d *keyDigits) selectKey(weight []*Node, target *Node) *Node {
 }
 
 // localTokens maps token ids [N, L] (padding = V) to a chip's columns: id − offset where
-// it falls in [0, width), else width (a column that is dropped), with their scatter
+// it falls in [0, width), else width (a column that is dropped), and returns their scatter
 // indices [N, L, 2] (row, column).
 func localTokens(ids, offset *Node, width int) *Node {
 	g := ids.Graph()
 	N, L := ids.Shape().Dimensions[0], ids.Shape().Dimensions[1]
-	local := Sub(ids, offset)
-	mine := And(GreaterOrEqual(local, ZerosLike(local)), LessThan(local, Scalar(g, dtypes.Int32, width)))
-	local = Where(mine, local, BroadcastToDims(Scalar(g, dtypes.Int32, width), N, L))
+	local := ids // offset nil: one chip holds the whole vocabulary and padding is already V
+	if offset != nil {
+		local = Sub(ids, offset)
+		mine := And(GreaterOrEqual(local, ZerosLike(local)), LessThan(local, Scalar(g, dtypes.Int32, width)))
+		local = Where(mine, local, BroadcastToDims(Scalar(g, dtypes.Int32, width), N, L))
+	}
 	rows := Iota(g, shapes.Make(dtypes.Int32, N, L), 0)
 	return Concatenate([]*Node{InsertAxes(rows, -1), InsertAxes(local, -1)}, -1)
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/tpuserve/tpuserve/internal/backendtest"
+	"github.com/tpuserve/tpuserve/model"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -132,6 +135,23 @@ func TestNoCompilationWhileServing(t *testing.T) {
 			}
 		})
 	}
+	t.Run("tp2 virtual mesh, small steps", func(t *testing.T) {
+		// The per-chip programs and the vocabulary-split samplers precompile as one set too.
+		sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(sm.Close)
+		e := newTestEngine(t, onSharded(sm, func(c *Config) {
+			c.Scheduler = SchedulerConfig{MaxNumSeqs: 4, MaxNumBatchedTokens: 32, MaxModelLen: 96}
+			c.PageSize, c.Precompile = 8, PrecompileAll
+		}))
+		compiled := e.Stats().StepPrograms
+		randomWorkload(t, e, rand.New(rand.NewPCG(3, 7)), 20, 6, 96)
+		if st := e.Stats(); st.ServingCompilations != 0 || st.StepPrograms != compiled {
+			t.Errorf("%d programs compiled while serving at TP=2 (%d at start-up, %d now)", st.ServingCompilations, compiled, st.StepPrograms)
+		}
+	})
 	t.Run("ablation: compiled on first use", func(t *testing.T) {
 		e := newTestEngine(t, func(c *Config) {
 			c.Scheduler = SchedulerConfig{MaxNumSeqs: 4, MaxNumBatchedTokens: 32, MaxModelLen: 96}

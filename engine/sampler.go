@@ -269,7 +269,11 @@ func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, 
 		// Tokens ruled out by their logit (banned, a grammar's mask) stay at −∞: the noise is
 		// always finite (see gumbelNoise).
 		perturbed := lg.Each(func(c int) *Node {
-			return Where(keep[c], Add(z[c], gumbelNoise(key, counter, ids[c])), negInf)
+			uids := Iota(g, shapes.Make(dtypes.Uint32, N, W), 1) // one chip: the ids are the columns
+			if lg.Mesh.Chips() > 1 {
+				uids = ConvertDType(ids[c], dtypes.Uint32)
+			}
+			return Where(keep[c], Add(z[c], gumbelNoise(key, counter, uids)), negInf)
 		})
 		sampledTokens := lg.ArgMax(perturbed)[0]
 		tokens := Where(isGreedy, greedyTokens, sampledTokens)
@@ -524,13 +528,13 @@ func tokenCounts(ids, offset *Node, N, width int) *Node {
 }
 
 // gumbelNoise is −log(−log(U)) with U uniform in (0, 1) from a counter-based hash of
-// (request key, step counter, vocabulary id) for the ids [N, W] int32 of a chip's columns:
+// (request key, step counter, vocabulary id) for the ids [N, W] uint32 of a chip's columns:
 // reproducible per request and position, whichever chip holds the column.
 func gumbelNoise(key, counter, ids *Node) *Node {
 	g := key.Graph()
 	N, V := ids.Shape().Dimensions[0], ids.Shape().Dimensions[1]
 	row := hash32(Add(hash32(key), MulScalar(counter, 0x9E3779B9)))             // [N]
-	col := MulScalar(ConvertDType(ids, dtypes.Uint32), 0x85EBCA6B)              // [N, V]
+	col := MulScalar(ids, 0x85EBCA6B)                                           // [N, V]
 	bits := hash32(BitwiseXor(col, BroadcastToDims(InsertAxes(row, -1), N, V))) // [N, V]
 	// 23 random bits: (k+0.5)/2²³ stays below 1 in float32 (with 24 bits the largest value
 	// rounds to 1, whose Gumbel noise is +∞, and −∞ + ∞ is NaN for a masked token).

@@ -29,7 +29,7 @@ func TestSamplerSPMDStableHLO(t *testing.T) {
 	}
 	bins := 1 << histogramDigits(cfg.VocabSize)
 	levels := (selectionBits + histogramDigits(cfg.VocabSize) - 1) / histogramDigits(cfg.VocabSize)
-	argmax := map[string]int{fmt.Sprintf("maximum tensor<%dx1xf32>", n): 1, fmt.Sprintf("minimum tensor<%dxi32>", n): 1}
+	argmax := map[string]int{fmt.Sprintf("maximum tensor<%dxf32>", n): 1, fmt.Sprintf("minimum tensor<%dxi32>", n): 1}
 	logprobs := map[string]int{
 		fmt.Sprintf("maximum tensor<%dx1xf32>", n): 1, fmt.Sprintf("add tensor<%dx1xf32>", n): 1, fmt.Sprintf("add tensor<%dxf32>", n): 1,
 		fmt.Sprintf("add tensor<%dx%dxi32>", n, tp*maxTopLogprobs): 1, fmt.Sprintf("add tensor<%dx%dxf32>", n, tp*maxTopLogprobs): 1,

@@ -133,18 +133,27 @@ func (v *VocabShards) Reduce(xs []*Node, op backends.ReduceOpType) []*Node {
 }
 
 // ArgMax is the vocabulary id of each row's largest value of xs (one [N, Width] float
-// value per local chip), [N] int32, replicated: each chip's argmax, then the smallest id
-// among the chips holding the row's maximum, as one ArgMax over [N, V] would pick.
+// value per local chip), [N] int32, replicated: each chip's maximum and argmax, then the
+// smallest id among the chips holding the row's maximum, as one ArgMax over [N, V] picks.
 func (v *VocabShards) ArgMax(xs []*Node) []*Node {
+	out := make([]*Node, len(xs))
+	if v.Mesh.Chips() == 1 {
+		for c, x := range xs {
+			out[c] = ArgMax(x, -1, dtypes.Int32)
+		}
+		return out
+	}
 	g := xs[0].Graph()
-	best := v.Reduce(xs, backends.ReduceOpMax)
-	cand := make([]*Node, len(xs))
+	local := make([]*Node, len(xs))
+	for c, x := range xs {
+		local[c] = ReduceMax(x, -1) // [N]
+	}
+	best := v.Mesh.AllReduce(local, backends.ReduceOpMax)
 	for c, x := range xs {
 		id := Add(ArgMax(x, -1, dtypes.Int32), v.Offsets[c])
-		local := ReduceMax(x, -1)
-		cand[c] = Where(Equal(local, Reshape(best[c], -1)), id, BroadcastToDims(Scalar(g, dtypes.Int32, int32(v.Vocab)), id.Shape().Dimensions...))
+		out[c] = Where(Equal(local[c], best[c]), id, BroadcastToDims(Scalar(g, dtypes.Int32, int32(v.Vocab)), id.Shape().Dimensions...))
 	}
-	return v.Mesh.AllReduce(cand, backends.ReduceOpMin)
+	return v.Mesh.AllReduce(out, backends.ReduceOpMin)
 }
 
 // Gather collects small per-chip values xs ([N, K] each, one per local chip) into

@@ -65,6 +65,23 @@ type ChatMessage struct {
 	Content string
 	// Parts is the message's content when it was sent as an array of parts.
 	Parts []ContentPart
+	// ToolCalls are an assistant message's function calls; Role "tool" is a function's
+	// result. Both only reach a ToolTemplater.
+	ToolCalls []ToolCall
+}
+
+// ToolCall is one function call of an assistant message: the name and the arguments as
+// the text of a JSON object.
+type ToolCall struct {
+	Name      string
+	Arguments string
+}
+
+// ToolTemplater is optionally implemented by a Tokenizer: it renders chats with tools
+// (each the JSON text of one OpenAI tool object), assistant tool calls and "tool"
+// messages. Without it, such chat requests are refused with 400.
+type ToolTemplater interface {
+	ApplyToolChatTemplate(msgs []ChatMessage, tools [][]byte, addGenerationPrompt bool) (string, error)
 }
 
 // ContentPart is one part of a message sent as an array; only "text" parts reach the

@@ -602,9 +602,9 @@ func (s *Server) handleTokenize(c *gin.Context) {
 		if req.AddGenerationPrompt != nil {
 			addGen = *req.AddGenerationPrompt
 		}
-		text, err := s.tok.ApplyChatTemplate(msgs, addGen)
-		if err != nil {
-			s.writeError(c, badParam("messages", "messages cannot be rendered with the chat template: %v", err))
+		text, e := s.renderChat(msgs, nil, addGen)
+		if e != nil {
+			s.writeError(c, e)
 			return
 		}
 		add := false

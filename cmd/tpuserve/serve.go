@@ -513,6 +513,15 @@ func (a engineAdapter) Health() error { return a.e.Health() }
 type tokenizerAdapter struct{ *tokenizer.Tokenizer }
 
 func (a tokenizerAdapter) ApplyChatTemplate(msgs []server.ChatMessage, addGenerationPrompt bool) (string, error) {
+	return a.Tokenizer.ApplyChatTemplate(tokenizerMessages(msgs), addGenerationPrompt)
+}
+
+// ApplyToolChatTemplate renders chats with tools, tool calls and tool results.
+func (a tokenizerAdapter) ApplyToolChatTemplate(msgs []server.ChatMessage, tools [][]byte, addGenerationPrompt bool) (string, error) {
+	return a.Tokenizer.ApplyToolChatTemplate(tokenizerMessages(msgs), tools, addGenerationPrompt)
+}
+
+func tokenizerMessages(msgs []server.ChatMessage) []tokenizer.Message {
 	out := make([]tokenizer.Message, len(msgs))
 	for i, m := range msgs {
 		out[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
@@ -522,6 +531,9 @@ func (a tokenizerAdapter) ApplyChatTemplate(msgs []server.ChatMessage, addGenera
 				out[i].Parts[j] = tokenizer.ContentPart{Type: p.Type, Text: p.Text}
 			}
 		}
+		for _, c := range m.ToolCalls {
+			out[i].ToolCalls = append(out[i].ToolCalls, tokenizer.ToolCall{Name: c.Name, Arguments: c.Arguments})
+		}
 	}
-	return a.Tokenizer.ApplyChatTemplate(out, addGenerationPrompt)
+	return out
 }

@@ -98,8 +98,8 @@ type chatRequest struct {
 }
 
 type chatMessageIn struct {
-	Role      string          `json:"role"`
-	Content   json.RawMessage `json:"content"`
+	Role       string          `json:"role"`
+	Content    json.RawMessage `json:"content"`
 	Name       string          `json:"name"`
 	ToolCalls  json.RawMessage `json:"tool_calls"`
 	ToolCallID string          `json:"tool_call_id"`

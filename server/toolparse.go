@@ -132,15 +132,16 @@ const finishToolCalls engine.FinishReason = "tool_calls"
 
 // MarshalJSON writes content as null for a message that is only tool calls.
 func (m chatMessageOut) MarshalJSON() ([]byte, error) {
-	type plain chatMessageOut
 	var content any = m.Content
 	if m.nullContent {
 		content = nil
 	}
 	return json.Marshal(struct {
-		plain
-		Content any `json:"content"`
-	}{plain(m), content})
+		Role      string        `json:"role"`
+		Content   any           `json:"content"`
+		Refusal   *string       `json:"refusal"`
+		ToolCalls []toolCallOut `json:"tool_calls"`
+	}{m.Role, content, m.Refusal, m.ToolCalls})
 }
 
 // toolStream turns one streamed choice's text into deltas. Under a constraint (required,

@@ -4,12 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/shared"
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tpuserve/tpuserve/server/proto/enginepb"
 )
 
 var (
@@ -360,5 +366,102 @@ func TestToolsBadInput(t *testing.T) {
 				t.Errorf("param %v message %q; want %q containing %q", e.Param, e.Message, tc.param, tc.msg)
 			}
 		})
+	}
+}
+
+// TestGRPCStructuredOutputs: SamplingParams' constraint oneof constrains the output as
+// the HTTP fields do, and a bad constraint is INVALID_ARGUMENT naming the gRPC field.
+func TestGRPCStructuredOutputs(t *testing.T) {
+	ts := startTestServer(t, &fakeEngine{}, func(c *Config) { c.Grammars = fakeGrammars() })
+	c, _ := dialGRPC(t, ts)
+	ctx := context.Background()
+	schema := `{"type":"object","properties":{"n":{"type":"integer","minimum":3,"maximum":5},"s":{"enum":["x","y"]}},"required":["n","s"],"additionalProperties":false}`
+	c1 := jsonschema.NewCompiler()
+	doc, _ := jsonschema.UnmarshalJSON(strings.NewReader(schema))
+	if err := c1.AddResource("s.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	sch, err := c1.Compile("s.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		c     func(*enginepb.SamplingParams)
+		check func(text string) error
+	}{
+		{"json_schema", func(p *enginepb.SamplingParams) {
+			p.Constraint = &enginepb.SamplingParams_JsonSchema{JsonSchema: schema}
+		}, func(text string) error {
+			v, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
+			if err != nil {
+				return err
+			}
+			return sch.Validate(v)
+		}},
+		{"json_object", func(p *enginepb.SamplingParams) { p.Constraint = &enginepb.SamplingParams_JsonObject{JsonObject: true} }, func(text string) error {
+			if !json.Valid([]byte(text)) {
+				return fmt.Errorf("%q is not JSON", text)
+			}
+			return nil
+		}},
+		{"regex", func(p *enginepb.SamplingParams) {
+			p.Constraint = &enginepb.SamplingParams_Regex{Regex: `[0-9]{3}-[a-c]+`}
+		}, func(text string) error {
+			if !regexp.MustCompile(`^[0-9]{3}-[a-c]+$`).MatchString(text) {
+				return fmt.Errorf("%q does not match", text)
+			}
+			return nil
+		}},
+		{"choice", func(p *enginepb.SamplingParams) {
+			p.Constraint = &enginepb.SamplingParams_Choice{Choice: &enginepb.ChoiceConstraint{Choices: []string{"yes", "no"}}}
+		}, func(text string) error {
+			if text != "yes" && text != "no" {
+				return fmt.Errorf("%q is not a choice", text)
+			}
+			return nil
+		}},
+		{"grammar", func(p *enginepb.SamplingParams) {
+			p.Constraint = &enginepb.SamplingParams_Grammar{Grammar: `root ::= "a" [b-d]+ "]"`}
+		}, func(text string) error {
+			if !regexp.MustCompile(`^a[b-d]+\]$`).MatchString(text) {
+				return fmt.Errorf("%q does not match", text)
+			}
+			return nil
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for seed := int64(0); seed < 3; seed++ {
+				p := &enginepb.SamplingParams{MaxTokens: proto.Uint32(100), Seed: proto.Int64(seed), Temperature: proto.Float32(1)}
+				tc.c(p)
+				msgs, err := generateAll(ctx, c, &enginepb.GenerateRequest{Input: &enginepb.GenerateRequest_Text{Text: "x"}, SamplingParams: p})
+				if err != nil {
+					t.Fatal(err)
+				}
+				done := msgs[len(msgs)-1].GetComplete()
+				if done == nil || done.FinishReason != "stop" {
+					t.Fatalf("seed %d: %v", seed, msgs[len(msgs)-1])
+				}
+				if err := tc.check(done.Text); err != nil {
+					t.Errorf("seed %d: %v", seed, err)
+				}
+			}
+		})
+	}
+	for _, tc := range []struct {
+		c    *enginepb.SamplingParams
+		want string
+	}{
+		{&enginepb.SamplingParams{Constraint: &enginepb.SamplingParams_JsonSchema{JsonSchema: `{"type":"nope"}`}}, "sampling_params.json_schema"},
+		{&enginepb.SamplingParams{Constraint: &enginepb.SamplingParams_JsonSchema{JsonSchema: `{"not":{"const":1}}`}}, `sampling_params.json_schema: the keyword "not"`},
+		{&enginepb.SamplingParams{Constraint: &enginepb.SamplingParams_Regex{Regex: `(`}}, "sampling_params.regex"},
+		{&enginepb.SamplingParams{Constraint: &enginepb.SamplingParams_Grammar{Grammar: `root ::= missing`}}, "sampling_params.grammar"},
+		{&enginepb.SamplingParams{Constraint: &enginepb.SamplingParams_Choice{Choice: &enginepb.ChoiceConstraint{}}}, "sampling_params.choice"},
+	} {
+		_, err := generateAll(ctx, c, &enginepb.GenerateRequest{Input: &enginepb.GenerateRequest_Text{Text: "x"}, SamplingParams: tc.c})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v; want INVALID_ARGUMENT naming %q", tc.c.Constraint, err, tc.want)
+		}
 	}
 }

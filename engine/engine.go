@@ -520,6 +520,7 @@ func (e *Engine) step() error {
 	in := &stepInput{chunks: make([]model.SeqChunk, len(plan.Seqs)), base: &samplerRows{}, full: &samplerRows{}, scored: &samplerRows{}}
 	states := make([]*reqState, len(plan.Seqs))
 	promptFrom := make([]int, len(plan.Seqs)) // first prompt row of each chunk in in.prompt
+	e.fillGrammarMasks(plan)
 	for i := range plan.Seqs {
 		ps := &plan.Seqs[i]
 		r := e.reqs[ps.RequestID]
@@ -641,14 +642,12 @@ func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledS
 	counter := uint32(ps.NumOutputTokens)
 	var mask []uint32
 	if r.matcher != nil {
-		clear(r.mask)
-		if err := r.matcher.FillMask(r.mask); err == nil {
-			mask = r.mask
-		} else {
-			// Cannot happen for a live matcher; allow nothing but EOS rather than anything.
-			e.log.Error("grammar mask failed", "request", r.req.ID, "err", err)
-			mask = r.mask
+		// Filled by fillGrammarMasks before the rows are assembled.
+		if r.maskErr != nil {
+			// Cannot happen for a live matcher; allow nothing rather than anything.
+			e.log.Error("grammar mask failed", "request", r.req.ID, "err", r.maskErr)
 		}
+		mask = r.mask
 	}
 	switch {
 	case p.wantsFilters():

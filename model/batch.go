@@ -179,7 +179,10 @@ func chunkRowPages(cfg *Config, pageSize int, sq *SeqChunk, pos, rowEnd int) (fi
 			first, last = min(first, r[0]/pageSize), max(last, (r[1]-1)/pageSize)
 		}
 	}
-	return first, last
+	// The sliding pages before SlidingFirstBlock are gone: only a windowed image mask wider
+	// than the sliding window (toy configs) reaches there, and only from a chunk that
+	// resumes inside an image group.
+	return max(first, sq.SlidingFirstBlock), last
 }
 
 // NeededShape is the smallest BatchShape that holds seqs with rows of at most q queries
@@ -415,8 +418,11 @@ func checkChunkImages(i int, sq *SeqChunk, m int) error {
 		switch {
 		case im.Len <= 0:
 			return fmt.Errorf("%w: sequence %d: image %d has %d tokens", ErrInput, i, k, im.Len)
-		case im.Pos < sq.StartPos || im.Pos+im.Len > end:
-			return fmt.Errorf("%w: sequence %d: image %d at positions [%d, %d) is not inside the chunk [%d, %d): an image's tokens must all run in one step",
+		case im.Pos < 0 || im.Pos+im.Len > end:
+			// An image may start before the chunk (its first tokens' K/V already in the
+			// pages, from the prefix cache), never end after it: its later keys would be
+			// missing from this step's bidirectional attention.
+			return fmt.Errorf("%w: sequence %d: image %d at positions [%d, %d) ends after the chunk [%d, %d): an image's tokens must all run by the step that reads them",
 				ErrInput, i, k, im.Pos, im.Pos+im.Len, sq.StartPos, end)
 		case im.Row < 0 || im.Row+im.Len > m:
 			return fmt.Errorf("%w: sequence %d: image %d reads embedding rows [%d, %d), the step has %d", ErrInput, i, k, im.Row, im.Row+im.Len, m)

@@ -127,4 +127,3 @@ func (p *imagePlan) stepImages(start, end int) (first, count int) {
 	}
 	return max(first, 0), count
 }
-

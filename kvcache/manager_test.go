@@ -441,7 +441,7 @@ func TestMaxChunkTokensFitsAlone(t *testing.T) {
 func TestContentKeys(t *testing.T) {
 	const page = 4
 	tokens := append(seqTokens(1, 5), 7, 7, 7, 7, 7, 7) // 5 text, 6 placeholders [5, 11)
-	tokens = append(tokens, seqTokens(2, 6)...)        // 17 tokens, 4 full blocks
+	tokens = append(tokens, seqTokens(2, 6)...)         // 17 tokens, 4 full blocks
 	keyA := []ContentKey{{Start: 5, End: 11, Hash: [16]byte{1}}}
 	keyB := []ContentKey{{Start: 5, End: 11, Hash: [16]byte{2}}}
 	for _, tc := range []struct {

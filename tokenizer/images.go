@@ -9,7 +9,7 @@ import (
 // image takes: what Gemma3Processor expands each image's <start_of_image> into.
 type ImagePlaceholders struct {
 	BOI, Soft, EOI string // "<start_of_image>", "<image_soft_token>", "<end_of_image>"
-	TokensPerImage     int // mm_tokens_per_image
+	TokensPerImage int    // mm_tokens_per_image
 }
 
 // ImagePlaceholders looks the three image tokens up by id (the config's boi_token_index,

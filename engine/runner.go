@@ -258,7 +258,14 @@ func (r *runner) encodeImages(images [][]float32, rows int) (*tensors.Tensor, er
 	if !ok || r.vision == nil {
 		return nil, fmt.Errorf("%w: %d images in a step, the step set encodes at most %d", ErrSchedulerState, len(images), r.set.MaxImages())
 	}
-	r.use(plan.Program{Kind: plan.KindVision, Rows: n})
+	p := plan.Program{Kind: plan.KindVision, Rows: n}
+	if !r.compiled[p] {
+		// Outside start-up's set (Precompile none): the encoder compiles only on request.
+		if err := r.vision.PrecompileRows(rows, n); err != nil {
+			return nil, err
+		}
+	}
+	r.use(p)
 	return r.vision.EncodeRows(images, rows)
 }
 

@@ -162,3 +162,30 @@ func (s *Server) allowedRedirect(req *http.Request, via []*http.Request) error {
 	}
 	return nil
 }
+
+// grpcImages preprocesses a gRPC request's encoded images (images[k] names the bad one).
+func (s *Server) grpcImages(data [][]byte) (images []engine.Image, crops []int, e *APIError) {
+	if len(data) == 0 {
+		return nil, nil, nil
+	}
+	if s.cfg.Images == nil {
+		return nil, nil, badParam("images[0]", "images[0]: the model %s takes no images (a text-only checkpoint)", s.cfg.ServedModelNames[0])
+	}
+	if limit := s.cfg.MaxImagesPerPrompt; len(data) > limit {
+		p := fmt.Sprintf("images[%d]", limit)
+		return nil, nil, badParam(p, "%s: at most %d images per prompt (--limit-mm-per-prompt), the request has %d", p, limit, len(data))
+	}
+	for k, d := range data {
+		p := fmt.Sprintf("images[%d]", k)
+		if int64(len(d)) > s.cfg.MaxImageBytes {
+			return nil, nil, badParam(p, "%s: the image is %d bytes, over the %d-byte limit", p, len(d), s.cfg.MaxImageBytes)
+		}
+		imgs, err := s.cfg.Images.Preprocess(d)
+		if err != nil {
+			return nil, nil, badParam(p, "%s: the image cannot be used: %v", p, err)
+		}
+		images = append(images, imgs...)
+		crops = append(crops, len(imgs)-1)
+	}
+	return images, crops, nil
+}

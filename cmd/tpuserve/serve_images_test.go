@@ -22,9 +22,15 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tpuserve/tpuserve/model"
 	"github.com/tpuserve/tpuserve/model/vision"
+	"github.com/tpuserve/tpuserve/server/proto/enginepb"
 	"github.com/tpuserve/tpuserve/tokenizer"
 )
 
@@ -254,6 +260,38 @@ func TestServeImageChat(t *testing.T) {
 	// A fetched image from an allowed host.
 	if r := chat(imageChat("What is this?", media.URL+"/x.png")); r.Usage.PromptTokens != first.Usage.PromptTokens || r.Choices[0].Message.Content == "" {
 		t.Errorf("fetched image: %q, usage %+v", r.Choices[0].Message.Content, r.Usage)
+	}
+
+	// The same through gRPC: the rendered chat as text with the image's bytes.
+	conn, err := grpc.NewClient(ls.srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	gen := func(images ...[]byte) (*enginepb.GenerateComplete, error) {
+		stream, err := enginepb.NewTpuserveEngineClient(conn).Generate(ctx, &enginepb.GenerateRequest{
+			Input:          &enginepb.GenerateRequest_Text{Text: strings.TrimPrefix(text, "<bos>")},
+			SamplingParams: &enginepb.SamplingParams{Temperature: proto.Float32(0), MaxTokens: proto.Uint32(8), IgnoreEos: true},
+			Images:         images,
+		})
+		if err != nil {
+			return nil, err
+		}
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return nil, err
+			}
+			if c := msg.GetComplete(); c != nil {
+				return c, nil
+			}
+		}
+	}
+	if done, err := gen(red); err != nil || done.Text != want || int64(done.PromptTokens) != first.Usage.PromptTokens {
+		t.Errorf("gRPC with the image: %v %v; want %q with %d prompt tokens", done, err, want, first.Usage.PromptTokens)
+	}
+	if _, err := gen([]byte("not an image")); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "images[0]") {
+		t.Errorf("gRPC with a bad image: %v, want InvalidArgument naming images[0]", err)
 	}
 
 	// Bad input: 400 naming the content part.

@@ -341,3 +341,33 @@ func TestCutImages(t *testing.T) {
 		}
 	}
 }
+
+// TestImagePreemption: image requests preempted by a tiny cache recompute their images
+// (encoded again when their tokens run again) and give what they give alone.
+func TestImagePreemption(t *testing.T) {
+	_, _, images := visionFixture(t)
+	g := visionGolden(t)
+	alone := newVisionEngine(t, func(c *Config) { c.DisablePrefixCaching = true })
+	want := map[int]result{}
+	for i, seq := range g.Sequences {
+		want[i] = collect(t, submitImages(t, alone, fmt.Sprint(i), seq.IDs, pick(images, seq.Images), greedyParams(16)))
+	}
+	e := newVisionEngine(t, func(c *Config) { c.KVCacheBytes = 256 << 10; c.PageSize = 4 })
+	var chans []<-chan Event
+	for k := 0; k < 2; k++ {
+		for i, seq := range g.Sequences {
+			chans = append(chans, submitImages(t, e, fmt.Sprintf("%d-%d", k, i), seq.IDs, pick(images, seq.Images), greedyParams(16)))
+		}
+	}
+	for j, ch := range chans {
+		got := collect(t, ch)
+		if ok, why := sameResult(got, want[j%3]); !ok {
+			t.Errorf("request %d (seq%d) under preemption: %s", j, j%3, why)
+		}
+	}
+	if n := e.Stats().NumPreemptions; n == 0 {
+		t.Errorf("no preemption happened: the cache is too large for this test")
+	} else {
+		t.Logf("%d preemptions", n)
+	}
+}

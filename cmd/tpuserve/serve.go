@@ -482,10 +482,14 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
-	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
+	mopts := plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
-	})
+	}
+	if err := planVision(o, &cfg, dtype, &mopts); err != nil {
+		return 0, err
+	}
+	mp, err := plan.PlanMemory(&cfg, mopts)
 	if err != nil {
 		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 	"github.com/tpuserve/tpuserve/model/vision"
 	"github.com/tpuserve/tpuserve/server"
@@ -131,4 +132,19 @@ func loadVisionTower(o *serveOptions, backend backends.Backend, dtype dtypes.DTy
 		return nil, fmt.Errorf("--image-mask: %w", err)
 	}
 	return vision.LoadEncoder(backend, o.model, dtype)
+}
+
+// planVision adds a vision checkpoint's tower to the memory plan (when images are served:
+// TP 1, not refused by --limit-mm-per-prompt).
+func planVision(o *serveOptions, cfg *model.Config, dtype dtypes.DType, mopts *plan.MemoryOptions) error {
+	if limit, _ := parseLimitMM(o.images.limitMMPerPrompt); !cfg.Vision || limit < 0 || o.tensorParallel > 1 {
+		return nil
+	}
+	vcfg, err := vision.LoadConfig(o.model)
+	if err != nil {
+		return err
+	}
+	mopts.VisionWeightBytes = vcfg.WeightBytes(dtype)
+	mopts.VisionActivationBytes = vcfg.PeakActivationBytes(o.images.maxImagesPerStep, dtype)
+	return nil
 }

@@ -190,3 +190,77 @@ func int32s(t testing.TB, x *tensors.Tensor) []int32 {
 	}
 	return out
 }
+
+// TestImagePrefillBF16: the tower and the language model in bf16 (the serving dtype)
+// stay within the fixture README's bf16 tolerance of HF's f32 logits (a few tenths), with
+// HF's argmax wherever its f32 top-1 margin exceeds 0.3.
+func TestImagePrefillBF16(t *testing.T) {
+	meta, golden := loadGolden(t)
+	b := backendtest.Backend(t)
+	lm, err := model.Load(b, model.LoadOptions{Model: fixtureDir, DType: dtypes.BFloat16, Progress: func(model.LoadProgress) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	enc, err := LoadEncoder(b, fixtureDir, dtypes.BFloat16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	cfg := enc.Config()
+	rows := 2 * cfg.MMTokensPerImage
+	if err := enc.PrecompileRows(rows, 2); err != nil {
+		t.Fatal(err)
+	}
+	p := fixtureProcessor(t)
+	V := lm.Config.VocabSize
+	for i := range meta.Sequences {
+		ids := int32s(t, golden[fmt.Sprintf("seq%d.ids", i)])
+		embeds, err := enc.EncodeRows(sequenceImages(t, p, meta, i), rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks, err := cfg.ChunkImages(ids, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := lm.ForwardLogitsImages(ids, chunks, embeds)
+		embeds.FinalizeAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := flatF32(t, out)
+		out.FinalizeAll()
+		want := flatF32(t, golden[fmt.Sprintf("seq%d.logits_f32", i)])
+		d := maxAbsDiff(got, want)
+		t.Logf("seq%d bf16: max |Δ logits| = %.3g", i, d)
+		if d > 0.3 {
+			t.Errorf("seq%d: bf16 logits differ by %g, want ≤ 0.3", i, d)
+		}
+		for pos := 0; pos < len(ids); pos++ {
+			row := want[pos*V : (pos+1)*V]
+			best, second := argmax2(row)
+			if row[best]-row[second] > 0.3 {
+				if g, _ := argmax2(got[pos*V : (pos+1)*V]); g != best {
+					t.Errorf("seq%d position %d: bf16 argmax %d, HF %d (margin %.3g)", i, pos, g, best, row[best]-row[second])
+				}
+			}
+		}
+	}
+}
+
+func argmax2(x []float32) (best, second int) {
+	best, second = 0, 1
+	if x[1] > x[0] {
+		best, second = 1, 0
+	}
+	for i := 2; i < len(x); i++ {
+		switch {
+		case x[i] > x[best]:
+			best, second = i, best
+		case x[i] > x[second]:
+			second = i
+		}
+	}
+	return best, second
+}

@@ -371,3 +371,25 @@ func TestImagePreemption(t *testing.T) {
 		t.Logf("%d preemptions", n)
 	}
 }
+
+// TestImagePrefixHitInsideImage: a prefix-cache hit that ends inside an image (the same
+// image, text differing after it in the same block) resumes mid-image exactly: the image is
+// encoded again for the mask and the splice, its first tokens' keys come from the cache.
+func TestImagePrefixHitInsideImage(t *testing.T) {
+	_, _, images := visionFixture(t)
+	g := visionGolden(t)
+	a := g.Sequences[0].IDs // image at positions 7..22, eoi at 23
+	b := append([]int32{}, a...)
+	b[26] = 3 // differs after the image, in the same 16-token block
+	e := newVisionEngine(t, func(c *Config) { c.PageSize = 16 })
+	collect(t, submitImages(t, e, "a", a, images[:1], greedyParams(4)))
+	got := collect(t, submitImages(t, e, "b", b, images[:1], greedyParams(4)))
+	if got.final.NumCachedTokens != 16 {
+		t.Fatalf("%d cached tokens, want 16 (block 0: the hit ends inside the image)", got.final.NumCachedTokens)
+	}
+	fresh := newVisionEngine(t, func(c *Config) { c.PageSize = 16; c.DisablePrefixCaching = true })
+	want := collect(t, submitImages(t, fresh, "b", b, images[:1], greedyParams(4)))
+	if ok, why := sameResult(got, want); !ok {
+		t.Errorf("resumed inside the image vs computed whole: %s", why)
+	}
+}

@@ -146,5 +146,6 @@ func planVision(o *serveOptions, cfg *model.Config, dtype dtypes.DType, mopts *p
 	}
 	mopts.VisionWeightBytes = vcfg.WeightBytes(dtype)
 	mopts.VisionActivationBytes = vcfg.PeakActivationBytes(o.images.maxImagesPerStep, dtype)
+	mopts.MaxImagesPerStep, mopts.ImageTokens = o.images.maxImagesPerStep, vcfg.MMTokensPerImage
 	return nil
 }

@@ -76,6 +76,10 @@ type MemoryOptions struct {
 	// plan keeps the larger of its activations and the step's. 0: no images served.
 	VisionWeightBytes     int64 `json:"vision_weight_bytes,omitempty"`
 	VisionActivationBytes int64 `json:"vision_activation_bytes,omitempty"`
+	// MaxImagesPerStep and ImageTokens are StepOptions' (a vision model serving images):
+	// the step set then lists the vision programs and sizes the image inputs.
+	MaxImagesPerStep int `json:"max_images_per_step,omitempty"`
+	ImageTokens      int `json:"image_tokens,omitempty"`
 }
 
 // NamedBytes is one line of an estimate.
@@ -215,6 +219,7 @@ func (o MemoryOptions) StepSet(cfg *model.Config) (*StepSet, error) {
 	return NewStepSet(cfg, StepOptions{
 		MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: o.MaxNumBatchedTokens, MaxModelLen: o.MaxModelLen,
 		PageSize: o.PageSize, SegmentLen: o.SegmentLen, MinTokens: o.MinTokens, PromptLogprobRows: o.PromptLogprobRows,
+		MaxImagesPerStep: o.MaxImagesPerStep, ImageTokens: o.ImageTokens,
 	})
 }
 

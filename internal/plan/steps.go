@@ -155,7 +155,10 @@ func (o *StepOptions) setDefaults() error {
 // MaxModelLen's. The sliding layers' list is as long as the global one, or as the rows'
 // windows can need when that is less. Sampler programs come in row buckets of powers of two
 // (sample, from MinTokens) or of eight (sample_full and sample_scored, from 1) up to
-// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows.
+// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows. A vision model's step shapes
+// all carry M = MaxImagesPerStep·ImageTokens image-embedding rows (at least 1) and a
+// sliding entry budget that allows the image mask's reach, and the set adds one vision
+// program per image bucket (powers of two up to MaxImagesPerStep).
 type StepSet struct {
 	opts         StepOptions
 	cfg          *model.Config

@@ -159,6 +159,8 @@ func TestImagePromptsMatchHF(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newVisionEngine(t, nil)
+	_, enc, _ := visionFixture(t)
+	towerCompiles := enc.Compilations()
 	plp := 0
 	var chans []<-chan Event
 	for i, seq := range g.Sequences {
@@ -203,6 +205,9 @@ func TestImagePromptsMatchHF(t *testing.T) {
 	}
 	if st := e.Stats(); st.ServingCompilations != 0 {
 		t.Errorf("%d programs compiled while serving", st.ServingCompilations)
+	}
+	if n := enc.Compilations() - towerCompiles; n != 0 {
+		t.Errorf("the vision tower compiled %d programs while serving", n)
 	}
 }
 

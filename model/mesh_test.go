@@ -40,7 +40,7 @@ func TestVirtualMeshAblation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layout, batch, err := onePrefill(&sm.Config, tokens)
+	layout, batch, err := onePrefill(&sm.Config, tokens, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -384,12 +384,13 @@ func meshStep(cfg *Config, mesh Collectives, numW int, in []*graph.Node, tail fu
 		chips[c] = chipState{index: in[at], weights: in[at+1 : at+1+numW], pools: in[at+1+numW : at+per]}
 	}
 	at := per * len(chips)
-	hidden, newPools := forwardChips(cfg, mesh, chips, stepNodesFromSlice(in[at:at+numStepInputs]))
+	numS := stepInputCount(cfg) // the image inputs (vision models) are replicated step inputs
+	hidden, newPools := forwardChips(cfg, mesh, chips, stepNodesOf(cfg, in[at:at+numS]))
 	var outs []*graph.Node
 	for _, p := range newPools {
 		outs = append(outs, p...)
 	}
-	return append(outs, tail(hidden, chips, in[at+numStepInputs:])...)
+	return append(outs, tail(hidden, chips, in[at+numS:])...)
 }
 
 // vocabLogits are the logits of hidden-state rows idx [N] int32, split on the vocabulary
@@ -485,6 +486,20 @@ func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, ta
 		args := make([]any, 0, len(step)+4)
 		for _, t := range step {
 			args = append(args, t)
+		}
+		if m.Config.Vision { // image embeddings replicated: the tower runs replicated too
+			emb := b.ImageEmbeds
+			if emb == nil || !m.Virtual {
+				if emb == nil {
+					emb = tensors.FromShape(shapes.Make(m.DType, b.Shape.M, m.Config.HiddenSize))
+				} else if c, err := emb.LocalClone(); err != nil {
+					return nil, step, fmt.Errorf("%w: image embeddings: %w", ErrInput, err)
+				} else {
+					emb = c // a tensor lives on one device: each gets its copy
+				}
+				step = append(step, emb)
+			}
+			args = append(args, emb)
 		}
 		if tail == nil {
 			return args, step, nil
@@ -633,7 +648,7 @@ func (e *ShardedLogitsExec) Finalize() { e.exec.Finalize() }
 // ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
 // the float32 logits of every position, [T, V] (as Model.ForwardLogits).
 func (m *ShardedModel) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
-	layout, batch, err := onePrefill(&m.Config, tokens)
+	layout, batch, err := onePrefill(&m.Config, tokens, nil, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -829,6 +844,11 @@ func spmdStepParams(g *graph.Graph, plan *ShardingPlan, dtype dtypes.DType, layo
 		{"step.sliding_page", []int{s.ES, PagesPerEntry}}, {"step.sliding_row", []int{s.ES}}, {"step.sliding_base", []int{s.ES}},
 	} {
 		in = append(in, graph.Parameter(g, st.name, shapes.Make(dtypes.Int32, st.dims...)))
+	}
+	if plan.Config().Vision { // replicated, as stepArgs passes them
+		in = append(in, graph.Parameter(g, "step.image_row", shapes.Make(dtypes.Int32, s.T)),
+			graph.Parameter(g, "step.image_span", shapes.Make(dtypes.Int32, s.T, 2*ImageRanges)),
+			graph.Parameter(g, "step.image_embeds", shapes.Make(dtype, s.M, plan.Config().HiddenSize)))
 	}
 	return in
 }

@@ -67,7 +67,7 @@ func TestExportSPMDProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layout, batch, err := onePrefill(&sm.Config, tokens)
+	layout, batch, err := onePrefill(&sm.Config, tokens, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

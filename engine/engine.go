@@ -14,6 +14,7 @@ import (
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/vision"
 )
 
 // Engine errors returned by Submit (besides the scheduler's ErrInvalidRequest,
@@ -65,6 +66,14 @@ type Config struct {
 	// Precompile is PrecompileAll (default) or PrecompileNone.
 	Precompile string
 	Logger     *slog.Logger
+	// Vision is the vision tower of a vision model (nil: requests carry no images). It
+	// runs on the model's device in the model's dtype, before the step whose prefill
+	// consumes the images; its programs are part of the step set. Not with Sharded.
+	Vision *vision.Encoder
+	// MaxImagesPerStep is the most images one step encodes and splices (default 4 with
+	// Vision): the step programs' image-embedding rows are MaxImagesPerStep·
+	// mm_tokens_per_image.
+	MaxImagesPerStep int
 }
 
 // Engine runs continuous batching over a model. Create it with New; Close it when done.
@@ -74,6 +83,9 @@ type Engine struct {
 	log  *slog.Logger
 	dev  stepDevice
 	eos  map[int32]bool
+	// vision is Config.Vision; maxImages the step set's images per step.
+	vision    *vision.Encoder
+	maxImages int
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -159,9 +171,31 @@ func New(cfg Config) (*Engine, error) {
 	if sc.Logger == nil {
 		sc.Logger = cfg.Logger
 	}
+	imageTokens := 0
+	if cfg.Vision != nil {
+		vc := cfg.Vision.Config()
+		switch {
+		case cfg.Sharded != nil:
+			return nil, fmt.Errorf("%w: Config.Vision with a sharded model is not supported yet", ErrInvalidRequest)
+		case !mc.Vision:
+			return nil, fmt.Errorf("%w: Config.Vision is set, the model's config has no vision_config", ErrInvalidRequest)
+		case vc.TextHiddenSize != mc.HiddenSize:
+			return nil, fmt.Errorf("%w: the vision tower projects to %d, the model's hidden size is %d", ErrInvalidRequest, vc.TextHiddenSize, mc.HiddenSize)
+		case cfg.Vision.DType() != dev.dtype():
+			return nil, fmt.Errorf("%w: the vision tower computes in %s, the model in %s", ErrInvalidRequest, cfg.Vision.DType(), dev.dtype())
+		}
+		imageTokens = vc.MMTokensPerImage
+		if cfg.MaxImagesPerStep == 0 {
+			cfg.MaxImagesPerStep = 4
+		}
+	} else {
+		cfg.MaxImagesPerStep = 0
+	}
+	sc.MaxImagesPerStep = cfg.MaxImagesPerStep
 	set, err := plan.NewStepSet(mc, plan.StepOptions{
 		MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen,
 		PageSize: cfg.PageSize, SegmentLen: cfg.SegmentLen, MinTokens: cfg.MinTokenBucket, PromptLogprobRows: cfg.PromptLogprobRows,
+		MaxImagesPerStep: cfg.MaxImagesPerStep, ImageTokens: imageTokens,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
@@ -187,6 +221,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
 	run, err := newRunner(dev, layout, set, cfg.Logger)
+	if err == nil {
+		run.vision = cfg.Vision
+	}
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
@@ -220,6 +257,7 @@ type stepDevice interface {
 func start(cfg Config, mc *model.Config, sched *Scheduler, dev stepDevice) *Engine {
 	e := &Engine{
 		cfg: cfg, mcfg: mc, log: cfg.Logger, dev: dev, sched: sched, reqs: map[string]*reqState{},
+		vision: cfg.Vision, maxImages: cfg.MaxImagesPerStep,
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x7470)), done: make(chan struct{}), eos: map[int32]bool{},
 	}
 	for _, id := range mc.EOSTokenIDs {
@@ -317,8 +355,17 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 		req.ArrivalTime = time.Now()
 	}
 	req.PromptIDs = append([]int32(nil), req.PromptIDs...)
+	images, err := e.planImages(&req)
+	if err != nil {
+		return nil, err
+	}
 	if err := e.sched.Add(&req); err != nil {
 		return nil, err
+	}
+	if images != nil {
+		seq := e.sched.reqs[req.ID]
+		seq.images = images
+		seq.kv.SetContentKeys(images.keys) // before its first prefix-cache lookup
 	}
 	seed := e.rng.Int64()
 	if req.Params.Seed != nil {
@@ -532,6 +579,9 @@ func (e *Engine) step() error {
 			Tokens: ps.TokenIDs, StartPos: ps.StartPos, GlobalBlocks: ps.GlobalBlocks,
 			SlidingBlocks: ps.SlidingBlocks, SlidingFirstBlock: ps.SlidingFirstBlock,
 		}
+		if ip := r.seq.images; ip != nil {
+			e.addStepImages(in, i, r, ip, ps)
+		}
 		if ps.Sample && r.req.Params.MaxTokens > 0 {
 			e.addSamplerRow(in, i, r, ps)
 		}
@@ -622,6 +672,19 @@ func (e *Engine) step() error {
 		}
 	}
 	return nil
+}
+
+// addStepImages lists the images chunk i's step encodes (every image of a group it
+// touches) after the step's earlier images: their rows of the step's image embeddings.
+func (e *Engine) addStepImages(in *stepInput, i int, r *reqState, ip *imagePlan, ps *ScheduledSeq) {
+	first, count := ip.stepImages(ps.StartPos, ps.End())
+	T := e.vision.Config().MMTokensPerImage
+	for k := first; k < first+count; k++ {
+		im := ip.images[k]
+		im.Row = len(in.images) * T
+		in.chunks[i].Images = append(in.chunks[i].Images, im)
+		in.images = append(in.images, r.req.Images[k].Pixels)
+	}
 }
 
 // addSamplerRow adds chunk i's sampling row: to the full sampler when the request filters

@@ -44,8 +44,19 @@
 // MaxRequestBodyBytes; 429 with Retry-After when the Engine says ErrQueueFull; 503 while
 // shutting down; 500 for anything else, with the cause logged and not sent. Engines report
 // those conditions by wrapping the sentinels in errors.go. Parameters the engine cannot
-// honour (suffix, tools on /v1/responses, echo with logprobs while streaming, non-text
-// content parts, custom chat templates) are refused with a 400 naming them, never ignored.
+// honour (suffix, tools on /v1/responses, echo with logprobs while streaming, content parts
+// other than text and image_url, custom chat templates) are refused with a 400 naming them, never ignored.
+//
+// Images (images.go): chat content parts {"type":"image_url","image_url":{"url":…,
+// "detail":…}} with a data:image/…;base64 URL, or an http(s) URL whose host is in
+// AllowedMediaDomains (fetched within MediaFetchTimeout and MaxImageBytes, redirects only
+// to allowed hosts); at most MaxImagesPerPrompt per prompt (--limit-mm-per-prompt). Each
+// is preprocessed by Config.Images, the rendered prompt expanded as Gemma3Processor does,
+// and the images go with the engine request; usage.prompt_tokens counts the soft tokens.
+// gRPC takes GenerateRequest.images (encoded bytes). Corrupt base64, bytes that are not an
+// image, unsupported formats, oversize images, too many images, disallowed hosts and any
+// image for a model without Config.Images (a text-only checkpoint) are 400s naming the
+// content part (messages[i].content[j], or images[k] over gRPC).
 //
 // Prompt scoring: vLLM's prompt_logprobs (completions and chat) returns, per prompt
 // position after the first, the prompt token's logprob and the top alternatives; echo with

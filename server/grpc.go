@@ -248,10 +248,22 @@ func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) 
 		plan.logprobs = k
 		params.Logprobs = &k
 	}
+	images, crops, e := s.grpcImages(req.GetImages())
+	if e != nil {
+		return nil, e
+	}
+	plan.images = images
 	var pr promptIn
 	switch in := req.GetInput().(type) {
 	case *enginepb.GenerateRequest_Text:
-		pr.ids = s.tok.Encode(in.Text, true)
+		text := in.Text
+		if len(images) > 0 {
+			var err error
+			if text, err = s.cfg.Images.ExpandPrompt(text, crops); err != nil {
+				return nil, badParam("text", "text with images cannot be prompted: %v", err)
+			}
+		}
+		pr.ids = s.tok.Encode(text, true)
 	case *enginepb.GenerateRequest_Tokenized:
 		ids := in.Tokenized.GetInputIds()
 		pr.ids = make([]int32, len(ids))

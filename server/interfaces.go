@@ -84,11 +84,14 @@ type ToolTemplater interface {
 	ApplyToolChatTemplate(msgs []ChatMessage, tools [][]byte, addGenerationPrompt bool) (string, error)
 }
 
-// ContentPart is one part of a message sent as an array; only "text" parts reach the
-// tokenizer.
+// ContentPart is one part of a message sent as an array: "text" (Text), or "image" (an
+// image_url part: the template writes the image's marker; ImageURL and Param, the part's
+// place in the request, are the server's, the tokenizer adapter copies Type and Text).
 type ContentPart struct {
 	Type string
 	Text string
+	// ImageURL is an image part's url (data: or http(s)); Param is "messages[i].content[j]".
+	ImageURL, Param string
 }
 
 // GrammarCompiler compiles structured-output constraints over the model's vocabulary

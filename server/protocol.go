@@ -106,8 +106,16 @@ type chatMessageIn struct {
 }
 
 type contentPartIn struct {
-	Type string  `json:"type"`
-	Text *string `json:"text"`
+	Type     string      `json:"type"`
+	Text     *string     `json:"text"`
+	ImageURL *imageURLIn `json:"image_url"`
+}
+
+// imageURLIn is OpenAI's image_url object ({"url": …, "detail": "auto"|"low"|"high"}).
+// detail is accepted and ignored: Gemma 3 sees every image at one resolution.
+type imageURLIn struct {
+	URL    string `json:"url"`
+	Detail string `json:"detail"`
 }
 
 type tokenizeRequest struct {

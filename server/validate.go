@@ -41,6 +41,8 @@ type genPlan struct {
 	arrival time.Time
 	// tools: a chat request that may answer with tool calls (nil: it may not).
 	tools *toolSet
+	// images go with every prompt's requests (a chat's image parts, preprocessed).
+	images []engine.Image
 }
 
 // promptIn is one prompt: its token ids, the text echo prepends, and the max_tokens it
@@ -622,6 +624,10 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	if req.AddGenerationPrompt != nil {
 		addGen = *req.AddGenerationPrompt
 	}
+	images, crops, e := s.loadImages(msgs)
+	if e != nil {
+		return nil, e
+	}
 	var toolsRaw [][]byte
 	if tools != nil {
 		toolsRaw = tools.raw
@@ -629,6 +635,12 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	rendered, e := s.renderChat(msgs, toolsRaw, addGen)
 	if e != nil {
 		return nil, e
+	}
+	if len(images) > 0 {
+		var err error
+		if rendered, err = s.cfg.Images.ExpandPrompt(rendered, crops); err != nil {
+			return nil, badParam("messages", "messages with images cannot be prompted: %v", err)
+		}
 	}
 	ids := s.tok.Encode(rendered, req.AddSpecialTokens)
 	if len(ids) == 0 {
@@ -651,6 +663,7 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	plan.echo = req.Echo
 	plan.prompts = prompts
 	plan.params = params
+	plan.images = images
 	plan.id = newRequestID("chatcmpl-")
 	return plan, nil
 }
@@ -682,7 +695,22 @@ func messageText(m ChatMessage) string {
 	return b.String()
 }
 
-// convertMessages validates chat messages: known roles, text content only.
+// imagePart checks an image_url content part at pp.
+func imagePart(pp string, p contentPartIn) (ContentPart, *APIError) {
+	if p.ImageURL == nil || p.ImageURL.URL == "" {
+		return ContentPart{}, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: pp + ".image_url.url",
+			Message: pp + ".image_url.url is required"}
+	}
+	switch p.ImageURL.Detail {
+	case "", "auto", "low", "high":
+	default:
+		return ContentPart{}, badParam(pp+".image_url.detail", "%s.image_url.detail must be auto, low or high; got %q", pp, truncate(p.ImageURL.Detail, 40))
+	}
+	return ContentPart{Type: "image", ImageURL: p.ImageURL.URL, Param: pp}, nil
+}
+
+// convertMessages validates chat messages: known roles, text and image_url parts (the
+// images are fetched later, by loadImages, for the endpoints that take them).
 func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
 	if len(in) == 0 {
 		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "messages",
@@ -736,8 +764,16 @@ func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
 			msg.Parts = make([]ContentPart, 0, len(parts))
 			for j, p := range parts {
 				pp := fmt.Sprintf("%s.content[%d]", param, j)
+				if p.Type == "image_url" {
+					part, e := imagePart(pp, p)
+					if e != nil {
+						return nil, e
+					}
+					msg.Parts = append(msg.Parts, part)
+					continue
+				}
 				if p.Type != "text" {
-					return nil, unsupported(pp+".type", "%s.type %q is not supported; only \"text\" parts are", pp, truncate(p.Type, 40))
+					return nil, unsupported(pp+".type", "%s.type %q is not supported; only \"text\" and \"image_url\" parts are", pp, truncate(p.Type, 40))
 				}
 				if p.Text == nil {
 					return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: pp + ".text",

@@ -52,6 +52,7 @@ type serveOptions struct {
 	schedulingPolicy, generationConfig    string
 	pjrtAutoInstall                       bool
 	idleTimeout, bodyReadTimeout          time.Duration
+	images                                imageOptions
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
@@ -88,6 +89,11 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.BoolVar(&o.pjrtAutoInstall, "pjrt-auto-install", false, "let an xla: backend download a missing PJRT plugin (off: TPU nodes often have no internet access)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive HTTP connections idle this long")
 	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", server.DefaultBodyReadTimeout, "most time a client may take to send a request body (slower: 408)")
+	fs.StringVar(&o.images.allowedMediaDomains, "allowed-media-domains", "", "hosts whose http(s) image URLs may be fetched, comma-separated (default: none, data URLs only)")
+	fs.StringVar(&o.images.limitMMPerPrompt, "limit-mm-per-prompt", "", `most images per prompt, as {"image": N} (default 16; 0 refuses images)`)
+	fs.StringVar(&o.images.imageMask, "image-mask", model.ImageMaskHF453, "attention among image tokens: "+model.ImageMaskHF453+" (transformers 4.53, the reference: image tokens within mm_tokens_per_image positions) or "+model.ImageMaskPerImage+" (within each image only)")
+	fs.IntVar(&o.images.maxImagesPerStep, "max-images-per-step", 4, "most images one engine step encodes (sizes every step program's image input)")
+	fs.Int64Var(&o.images.maxImageBytes, "max-image-bytes", server.DefaultMaxImageBytes, "largest encoded image accepted, data URL or fetched")
 	return fs, o
 }
 
@@ -155,6 +161,15 @@ func validateServeOptions(o *serveOptions) error {
 	}
 	if o.maxNumSeqs > 0 && o.maxBatched > 0 && o.maxBatched < o.maxNumSeqs {
 		errs = append(errs, fmt.Errorf("--max-num-batched-tokens %d must be >= --max-num-seqs %d (every running request decodes a token per step)", o.maxBatched, o.maxNumSeqs))
+	}
+	if m := o.images.imageMask; m != model.ImageMaskHF453 && m != model.ImageMaskPerImage {
+		errs = append(errs, fmt.Errorf("--image-mask %q must be %s or %s", m, model.ImageMaskHF453, model.ImageMaskPerImage))
+	}
+	if o.images.maxImagesPerStep <= 0 {
+		errs = append(errs, fmt.Errorf("--max-images-per-step %d must be > 0", o.images.maxImagesPerStep))
+	}
+	if _, err := parseLimitMM(o.images.limitMMPerPrompt); err != nil {
+		errs = append(errs, err)
 	}
 	if o.maxQueueLen < -1 {
 		errs = append(errs, fmt.Errorf("--max-queue-len %d must be >= 0 (0: 4 × max-num-seqs), or -1 for no limit", o.maxQueueLen))
@@ -339,6 +354,10 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	vocab.Warm()
 	cfg.Grammars = grammar.NewCache(vocab, 256)
 	log.Info("structured outputs ready", "vocab", vocab.Size(), "elapsed", time.Since(t0).Round(time.Millisecond))
+	vcfg, err := setupImages(o, &mcfg, tok, &cfg, log)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(cfg, nil, tokenizerAdapter{tok})
 	if err != nil {
 		return err
@@ -371,6 +390,14 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		}
 		defer m.Close()
 		ecfg.Model, mc = m, &m.Config
+		if vcfg != nil {
+			enc, err := loadVisionTower(o, backend, dtype, m, vcfg)
+			if err != nil {
+				return fail(err)
+			}
+			defer enc.Close()
+			ecfg.Vision, ecfg.MaxImagesPerStep = enc, o.images.maxImagesPerStep
+		}
 	} else {
 		m, err := model.LoadShardedModel(backend, loadOpts, o.tensorParallel)
 		if err != nil {
@@ -405,6 +432,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		},
 		PageSize: o.pageSize, KVCacheBytes: kvBytes, KVCacheDType: o.kvCacheDType, DisablePrefixCaching: o.disablePrefixCaching,
 		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
+		Vision: ecfg.Vision, MaxImagesPerStep: ecfg.MaxImagesPerStep,
 	})
 	if err != nil {
 		return fail(err)
@@ -454,10 +482,14 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
-	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
+	mopts := plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
-	})
+	}
+	if err := planVision(o, &cfg, dtype, &mopts); err != nil {
+		return 0, err
+	}
+	mp, err := plan.PlanMemory(&cfg, mopts)
 	if err != nil {
 		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)
 	}

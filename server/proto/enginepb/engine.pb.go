@@ -421,7 +421,12 @@ type GenerateRequest struct {
 	SamplingParams *SamplingParams         `protobuf:"bytes,4,opt,name=sampling_params,json=samplingParams,proto3" json:"sampling_params,omitempty"`
 	// stream = true sends a GenerateStreamChunk per engine step; false sends only the
 	// GenerateComplete messages.
-	Stream        bool `protobuf:"varint,5,opt,name=stream,proto3" json:"stream,omitempty"`
+	Stream bool `protobuf:"varint,5,opt,name=stream,proto3" json:"stream,omitempty"`
+	// images are the request's images, encoded (PNG, JPEG, WebP or GIF), in the order of
+	// their placeholders (a vision model). With text input, each <start_of_image> of the text
+	// is expanded as Gemma3Processor does; tokenized input must already hold each image's
+	// expanded run (<start_of_image>, mm_tokens_per_image soft tokens, <end_of_image>).
+	Images        [][]byte `protobuf:"bytes,6,rep,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -500,6 +505,13 @@ func (x *GenerateRequest) GetStream() bool {
 		return x.Stream
 	}
 	return false
+}
+
+func (x *GenerateRequest) GetImages() [][]byte {
+	if x != nil {
+		return x.Images
+	}
+	return nil
 }
 
 type isGenerateRequest_Input interface {
@@ -1383,14 +1395,15 @@ const file_enginepb_engine_proto_rawDesc = "" +
 	"\achoices\x18\x01 \x03(\tR\achoices\"R\n" +
 	"\x0eTokenizedInput\x12#\n" +
 	"\roriginal_text\x18\x01 \x01(\tR\foriginalText\x12\x1b\n" +
-	"\tinput_ids\x18\x02 \x03(\rR\binputIds\"\xfc\x01\n" +
+	"\tinput_ids\x18\x02 \x03(\rR\binputIds\"\x94\x02\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12D\n" +
 	"\ttokenized\x18\x02 \x01(\v2$.tpuserve.grpc.engine.TokenizedInputH\x00R\ttokenized\x12\x14\n" +
 	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12M\n" +
 	"\x0fsampling_params\x18\x04 \x01(\v2$.tpuserve.grpc.engine.SamplingParamsR\x0esamplingParams\x12\x16\n" +
-	"\x06stream\x18\x05 \x01(\bR\x06streamB\a\n" +
+	"\x06stream\x18\x05 \x01(\bR\x06stream\x12\x16\n" +
+	"\x06images\x18\x06 \x03(\fR\x06imagesB\a\n" +
 	"\x05input\"\x99\x02\n" +
 	"\x10GenerateResponse\x12\x1d\n" +
 	"\n" +

@@ -119,8 +119,9 @@ func BenchmarkGrammarMasks(b *testing.B) {
 // scored sampler program a constrained row runs). "warm" is [a-z ]* (one automaton state,
 // its mask cached after the first step; min_tokens keeps EOS out until the end), "cold"
 // is [a-z ]{400} (a new state, so a new cache entry, nearly every step: the worst case of
-// the mask cache). The same 4 rows asking for logprobs instead (and min_tokens) run the
-// scored program without a grammar, which separates the sampler program from the masks.
+// the mask cache; EOS is not allowed before 400 characters). The same 4 rows asking for
+// logprobs instead (with and without min_tokens) run the scored program without a
+// grammar, which separates the sampler program from the masks.
 // ms/step is wall time; cpu-ms/step is the process's CPU time (user+sys) per step, the
 // steadier figure on a shared machine.
 func BenchmarkGrammarMixedBatch(b *testing.B) {
@@ -147,7 +148,9 @@ func BenchmarkGrammarMixedBatch(b *testing.B) {
 		name string
 		rows int
 		g    *grammar.Grammar // nil: the rows ask for logprobs
-	}{{"baseline", 0, nil}, {"warm=4", 4, warm}, {"warm=16", 16, warm}, {"cold=4", 4, cold}, {"logprobs=4", 4, nil}} {
+		min  bool             // the rows set min_tokens (EOS banned until the end)
+	}{{"baseline", 0, nil, false}, {"warm=4", 4, warm, true}, {"warm=16", 16, warm, true}, {"cold=4", 4, cold, false},
+		{"logprobs=4", 4, nil, true}, {"logprobs=4_no_min_tokens", 4, nil, false}} {
 		b.Run(tc.name, func(b *testing.B) {
 			var total, cpu time.Duration
 			for round := range b.N {
@@ -161,7 +164,9 @@ func BenchmarkGrammarMixedBatch(b *testing.B) {
 					p := greedyParams(tokens)
 					p.Logprobs = nil
 					if i < tc.rows {
-						p.MinTokens = tokens
+						if tc.min {
+							p.MinTokens = tokens
+						}
 						if tc.g != nil {
 							p.Grammar = tc.g
 						} else {

@@ -465,3 +465,28 @@ func TestGRPCStructuredOutputs(t *testing.T) {
 		}
 	}
 }
+
+// FuzzToolParse: no answer text makes the call parser or the streaming scanner panic, and
+// a constrained stream's arguments always add up to what it scanned.
+func FuzzToolParse(f *testing.F) {
+	for _, s := range []string{`[{"name": "f", "arguments": {"a": [1, "x\"]"]}}]`, "```\n{\"name\": \"f\"}\n```", `[{"name": "f", "arguments": {`, `[{"name": "f"`, `[{,`, `[`, "```", `[{"name": 1}]`} {
+		f.Add(s)
+	}
+	ts := &toolSet{mode: toolRequired, parallel: true, names: map[string]bool{"f": true}}
+	f.Fuzz(func(t *testing.T, s string) {
+		ts.parseCalls(s)
+		st := newToolStream(ts)
+		args := map[int]string{}
+		for i := 0; i < len(s); i += 3 {
+			_, deltas := st.feed(s[i:min(i+3, len(s))], i+3 >= len(s), true)
+			for _, d := range deltas {
+				args[d.Index] += d.Function.Arguments
+			}
+		}
+		for i, c := range scanCallList([]byte(s)) {
+			if i < len(st.sent) && args[i] != c.args {
+				t.Errorf("call %d: streamed %q, scanned %q", i, args[i], c.args)
+			}
+		}
+	})
+}

@@ -68,7 +68,10 @@ type Config struct {
 	Logger     *slog.Logger
 	// Vision is the vision tower of a vision model (nil: requests carry no images). It
 	// runs on the model's device in the model's dtype, before the step whose prefill
-	// consumes the images; its programs are part of the step set. Not with Sharded.
+	// consumes the images; its programs are part of the step set. With Sharded it is
+	// replicated: its features are a replicated input of every chip's step program (the
+	// same tensor on a virtual mesh, a copy on each device on xla); it must be on the
+	// sharded model's backend.
 	Vision *vision.Encoder
 	// MaxImagesPerStep is the most images one step encodes and splices (default 4 with
 	// Vision): the step programs' image-embedding rows are MaxImagesPerStep·
@@ -175,8 +178,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Vision != nil {
 		vc := cfg.Vision.Config()
 		switch {
-		case cfg.Sharded != nil:
-			return nil, fmt.Errorf("%w: Config.Vision with a sharded model is not supported yet", ErrInvalidRequest)
+		case cfg.Sharded != nil && cfg.Vision.Backend() != cfg.Sharded.Backend:
+			return nil, fmt.Errorf("%w: the vision tower is on backend %s, the sharded model on %s", ErrInvalidRequest, cfg.Vision.Backend().Name(), cfg.Sharded.Backend.Name())
 		case !mc.Vision:
 			return nil, fmt.Errorf("%w: Config.Vision is set, the model's config has no vision_config", ErrInvalidRequest)
 		case vc.TextHiddenSize != mc.HiddenSize:

@@ -156,6 +156,9 @@ func (e *Encoder) Config() Config { return e.cfg }
 // DType is the compute dtype.
 func (e *Encoder) DType() dtypes.DType { return e.dtype }
 
+// Backend is the backend the tower's weights and programs are on (device 0).
+func (e *Encoder) Backend() backends.Backend { return e.backend }
+
 // Compilations counts the programs compiled so far (one per bucket; it must not grow while
 // serving).
 func (e *Encoder) Compilations() int64 { return e.compilations.Load() }

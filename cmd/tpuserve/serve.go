@@ -391,7 +391,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		defer m.Close()
 		ecfg.Model, mc = m, &m.Config
 		if vcfg != nil {
-			enc, err := loadVisionTower(o, backend, dtype, m, vcfg)
+			enc, err := loadVisionTower(o, backend, dtype, &m.Config, vcfg)
 			if err != nil {
 				return fail(err)
 			}
@@ -405,6 +405,14 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		}
 		defer m.Close()
 		ecfg.Sharded, mc = m, &m.Config
+		if vcfg != nil {
+			enc, err := loadVisionTower(o, backend, dtype, &m.Config, vcfg)
+			if err != nil {
+				return fail(err)
+			}
+			defer enc.Close()
+			ecfg.Vision, ecfg.MaxImagesPerStep = enc, o.images.maxImagesPerStep
+		}
 	}
 	// Rows beyond the tokenizer's vocabulary (multimodal padding) are never sampled.
 	mc.TextVocabSize = min(mc.TextVocabSize, tok.VocabSize())

@@ -96,10 +96,6 @@ func setupImages(o *serveOptions, mcfg *model.Config, tok *tokenizer.Tokenizer, 
 	if !mcfg.Vision || limit < 0 {
 		return nil, nil
 	}
-	if o.tensorParallel > 1 {
-		log.Warn("image input is not served with --tensor-parallel-size > 1 yet; image parts get 400", "tensor_parallel_size", o.tensorParallel)
-		return nil, nil
-	}
 	if limit > 0 {
 		cfg.MaxImagesPerPrompt = limit
 	}
@@ -121,23 +117,27 @@ func setupImages(o *serveOptions, mcfg *model.Config, tok *tokenizer.Tokenizer, 
 	}
 	cfg.Images = visionInput{proc: proc, ph: ph}
 	log.Info("image input on", "mm_tokens_per_image", vcfg.MMTokensPerImage, "image_size", vcfg.ImageSize,
-		"max_images_per_prompt", cfg.MaxImagesPerPrompt, "allowed_media_domains", cfg.AllowedMediaDomains, "image_mask", o.images.imageMask)
+		"max_images_per_prompt", cfg.MaxImagesPerPrompt, "allowed_media_domains", cfg.AllowedMediaDomains, "image_mask", o.images.imageMask,
+		"tensor_parallel_size", o.tensorParallel, "vision_tower", "replicated")
 	return &vcfg, nil
 }
 
 // loadVisionTower puts the tower on the device for the engine and sets the model's image
-// mask (--image-mask).
-func loadVisionTower(o *serveOptions, backend backends.Backend, dtype dtypes.DType, m *model.Model, vcfg *vision.Config) (*vision.Encoder, error) {
-	if err := m.Config.SetImageMask(o.images.imageMask, vcfg.MMTokensPerImage); err != nil {
+// mask (--image-mask) in mcfg, the loaded model's config. With --tensor-parallel-size > 1
+// the tower is replicated, not split (about 400M parameters at 27B): it runs on device 0
+// and its features are a replicated input of every chip's step program.
+func loadVisionTower(o *serveOptions, backend backends.Backend, dtype dtypes.DType, mcfg *model.Config, vcfg *vision.Config) (*vision.Encoder, error) {
+	if err := mcfg.SetImageMask(o.images.imageMask, vcfg.MMTokensPerImage); err != nil {
 		return nil, fmt.Errorf("--image-mask: %w", err)
 	}
 	return vision.LoadEncoder(backend, o.model, dtype)
 }
 
 // planVision adds a vision checkpoint's tower to the memory plan (when images are served:
-// TP 1, not refused by --limit-mm-per-prompt).
+// not refused by --limit-mm-per-prompt). The tower is replicated, so every chip's budget
+// counts its weights: the chips' KV pools are the same size, bounded by the fullest chip.
 func planVision(o *serveOptions, cfg *model.Config, dtype dtypes.DType, mopts *plan.MemoryOptions) error {
-	if limit, _ := parseLimitMM(o.images.limitMMPerPrompt); !cfg.Vision || limit < 0 || o.tensorParallel > 1 {
+	if limit, _ := parseLimitMM(o.images.limitMMPerPrompt); !cfg.Vision || limit < 0 {
 		return nil
 	}
 	vcfg, err := vision.LoadConfig(o.model)

@@ -10,6 +10,9 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
+	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -341,5 +344,85 @@ func TestServeImageTextOnlyModel(t *testing.T) {
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Param != "messages[0].content[1]" || !strings.Contains(apiErr.Message, "takes no images") {
 		t.Errorf("image to a text-only model: %v", err)
+	}
+}
+
+// TestServeImageChatTP: `serve --tensor-parallel-size 2` on the pure-Go backend (a virtual
+// mesh; the vision tower replicated) answers an image chat with the TP=1 server's greedy
+// text, prompt token count and logprobs; the image reaches the sharded model (another
+// image moves the first token's logprob).
+func TestServeImageChatTP(t *testing.T) {
+	dir := writeVisionToy(t)
+	ctx := context.Background()
+	red, blue := pngOf(t, 100, 60, color.RGBA{220, 20, 20, 255}), pngOf(t, 33, 80, color.RGBA{20, 20, 220, 255})
+	type answer struct {
+		text           string
+		promptTokens   int64
+		first, another float64 // first token's logprob with the red image, with the blue one
+	}
+	answers := map[int]answer{}
+	for _, tp := range []int{1, 2} {
+		ls := startServe(t, func(o *serveOptions) {
+			o.model, o.maxModelLen, o.maxBatched, o.maxNumSeqs = dir, 256, 64, 4
+			o.tensorParallel, o.kvCacheMemory = tp, "16MiB"
+		})
+		client := ls.client()
+		ask := func(png []byte) *openai.ChatCompletion {
+			t.Helper()
+			p := openai.ChatCompletionNewParams{Model: dir, Messages: imageChat("What is this?", dataURL(png)),
+				MaxTokens: openai.Int(8), Temperature: openai.Float(0), Logprobs: openai.Bool(true)}
+			r, err := client.Chat.Completions.New(ctx, p, option.WithJSONSet("ignore_eos", true))
+			if err != nil {
+				t.Fatalf("TP=%d: %v", tp, err)
+			}
+			if len(r.Choices) != 1 || r.Usage.CompletionTokens != 8 || len(r.Choices[0].Logprobs.Content) == 0 {
+				t.Fatalf("TP=%d: completion %+v", tp, r)
+			}
+			return r
+		}
+		r, b := ask(red), ask(blue)
+		answers[tp] = answer{text: r.Choices[0].Message.Content, promptTokens: r.Usage.PromptTokens,
+			first: r.Choices[0].Logprobs.Content[0].Logprob, another: b.Choices[0].Logprobs.Content[0].Logprob}
+	}
+	one, two := answers[1], answers[2]
+	t.Logf("TP=1 %+v; TP=2 %+v", one, two)
+	if two.text != one.text || two.promptTokens != one.promptTokens {
+		t.Errorf("TP=2 answered %q with %d prompt tokens, TP=1 %q with %d", two.text, two.promptTokens, one.text, one.promptTokens)
+	}
+	if d := math.Abs(two.first - one.first); d > 1e-5 {
+		t.Errorf("first-token logprob TP=2 %v, TP=1 %v", two.first, one.first)
+	}
+	if two.first == two.another {
+		t.Errorf("TP=2: red and blue images give the same first-token logprob %v", two.first)
+	}
+}
+
+// TestServeMemoryPlanVisionTP: with --device-memory the memory plan takes the replicated
+// vision tower's weights out of every chip's KV budget, at TP=1 and TP=2 (the toy tower's
+// activations are below the text step's, so the weights are the whole difference), and
+// not when --limit-mm-per-prompt refuses images.
+func TestServeMemoryPlanVisionTP(t *testing.T) {
+	dir := writeVisionToy(t)
+	vcfg, err := vision.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	budget := func(tp int, limit string) int64 {
+		t.Helper()
+		_, o := serveFlags(io.Discard)
+		o.model, o.deviceMemory, o.tensorParallel, o.maxNumSeqs, o.maxBatched = dir, "4GiB", tp, 8, 256
+		o.images.limitMMPerPrompt = limit
+		kv, err := kvBudget(o, dtypes.Float32, log)
+		if err != nil {
+			t.Fatalf("TP=%d, --limit-mm-per-prompt %q: %v", tp, limit, err)
+		}
+		return kv
+	}
+	for _, tp := range []int{1, 2} {
+		text, images := budget(tp, `{"image": 0}`), budget(tp, "")
+		if got, want := text-images, vcfg.WeightBytes(dtypes.Float32); got != want {
+			t.Errorf("TP=%d: serving images takes %d bytes from each chip's KV budget, want the tower's %d", tp, got, want)
+		}
 	}
 }

@@ -51,6 +51,7 @@ type ShardedModel struct {
 	// on a virtual mesh).
 	Shards [][]*tensors.Tensor
 	spmd   *distributed.DeviceMesh // the devices' mesh on xla
+	zeros  shardedImageZeros       // the image input of steps without images (tp_images.go)
 }
 
 // device is the device chip d's tensors live on.
@@ -317,6 +318,7 @@ func isDir(path string) bool {
 
 // Close frees every chip's weights.
 func (m *ShardedModel) Close() {
+	m.zeros.finalize()
 	for _, dev := range m.Shards {
 		for _, t := range dev {
 			if t != nil {
@@ -456,6 +458,11 @@ func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, ta
 	if len(pools.Shards) != m.Plan.TP {
 		return nil, nil, fmt.Errorf("%w: pools for %d chips, the model has %d", ErrInput, len(pools.Shards), m.Plan.TP)
 	}
+	if m.Config.Vision {
+		if err := m.checkImageEmbeds(b); err != nil {
+			return nil, nil, err
+		}
+	}
 	numP := numPoolTensors(&m.Config)
 	chip := func(d int) ([]any, error) {
 		args := []any{int32(d)}
@@ -487,16 +494,12 @@ func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, ta
 		for _, t := range step {
 			args = append(args, t)
 		}
-		if m.Config.Vision { // image embeddings replicated: the tower runs replicated too
-			emb := b.ImageEmbeds
-			if emb == nil || !m.Virtual {
-				if emb == nil {
-					emb = tensors.FromShape(shapes.Make(m.DType, b.Shape.M, m.Config.HiddenSize))
-				} else if c, err := emb.LocalClone(); err != nil {
-					return nil, step, fmt.Errorf("%w: image embeddings: %w", ErrInput, err)
-				} else {
-					emb = c // a tensor lives on one device: each gets its copy
-				}
+		if m.Config.Vision { // image embeddings replicated: the tower is replicated too
+			emb, owned, err := m.imageEmbedsFor(d, b)
+			if err != nil {
+				return nil, step, err
+			}
+			if owned {
 				step = append(step, emb)
 			}
 			args = append(args, emb)

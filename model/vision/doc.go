@@ -100,4 +100,12 @@
 // axis (data parallel, no collectives inside the tower) and gather the features
 // (256 × text hidden per image) to replicated before they replace the image-token
 // embeddings. Nothing in the graph assumes one device: Encode is plain per-image math.
+//
+// How the engine runs it today (engine.Config.Vision with Sharded): one Encoder on device
+// 0 of the sharded model's backend, its EncodeRows output a replicated input of every
+// chip's step program. On a virtual mesh (the pure-Go backend: all chips in one graph)
+// that tensor feeds the step as it is; on xla each device gets its own copy of the
+// [M, text hidden] features (model.ShardedModel's step arguments). The memory plan still
+// reserves the tower on every chip: the chips' KV pools are the same size, so the chip
+// that holds the tower bounds them all.
 package vision

@@ -179,7 +179,10 @@ func New(cfg Config) (*Engine, error) {
 		vc := cfg.Vision.Config()
 		switch {
 		case cfg.Sharded != nil && cfg.Vision.Backend() != cfg.Sharded.Backend:
-			return nil, fmt.Errorf("%w: the vision tower is on backend %s, the sharded model on %s", ErrInvalidRequest, cfg.Vision.Backend().Name(), cfg.Sharded.Backend.Name())
+			// Its features feed the chips' step program as they are (virtual mesh) or copied
+			// per device: they must come from the same backend.
+			return nil, fmt.Errorf("%w: the vision tower is on another backend instance (%s) than the sharded model (%s): load it on Config.Sharded.Backend",
+				ErrInvalidRequest, cfg.Vision.Backend().Description(), cfg.Sharded.Backend.Description())
 		case !mc.Vision:
 			return nil, fmt.Errorf("%w: Config.Vision is set, the model's config has no vision_config", ErrInvalidRequest)
 		case vc.TextHiddenSize != mc.HiddenSize:

@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/tpuserve/tpuserve/internal/backendtest"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/vision"
 )
 
 // imageRun is what one engine gives for the fixture's image requests: per sequence its
@@ -106,5 +109,29 @@ func TestImagePromptsTP(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestImageTPStartupErrors: a vision tower on another backend instance than the sharded
+// model's is a start-up error naming both.
+func TestImageTPStartupErrors(t *testing.T) {
+	other, err := model.NewBackend("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := vision.LoadEncoder(other, visionDir, dtypes.Float32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: visionDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sm.Close()
+	_, err = New(Config{Sharded: sm, Vision: enc, NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
+		Scheduler: SchedulerConfig{MaxNumSeqs: 4, MaxNumBatchedTokens: 48, MaxModelLen: 96}, PageSize: 8, Precompile: PrecompileNone})
+	if !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), "vision tower is on another backend") {
+		t.Errorf("tower on another backend: %v, want ErrInvalidRequest naming the backends", err)
 	}
 }

@@ -18,7 +18,9 @@
 // scheduler never ends a chunk inside an image group and puts at most MaxImagesPerStep
 // images in a step; prefix-cache blocks that hold any of a group's positions hash its
 // images' content hashes (kvcache.ContentKey), so a repeated image reuses them and another
-// image with the same placeholder ids never does.
+// image with the same placeholder ids never does. With a sharded model (Config.Sharded)
+// the tower is replicated, not split: it runs on the sharded model's backend and its
+// features are a replicated input of every chip's step program.
 //
 // Concurrency: Submit may be called from any goroutine. Each request gets its own buffered
 // event channel, closed after the final event. Cancelling the request's context aborts it at

@@ -10,9 +10,11 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 	"github.com/tpuserve/tpuserve/model/quant"
+	"github.com/tpuserve/tpuserve/model/vision"
 )
 
 func init() {
@@ -51,6 +53,7 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "write the plan as JSON")
 	roofline := fs.Bool("roofline", false, "print the TPU v5e roofline of the plan, for bf16 and int8 weights whatever --dtype, as markdown tables (instead of the plan)")
 	tensors := fs.Bool("tensors", false, "list every tensor (default: one line per kind of layer tensor)")
+	maxImages := fs.Int("max-images-per-step", 4, "a vision checkpoint: most images one step encodes, as serve's flag (the replicated tower's weights and this bucket's activations on every chip); 0 plans it text-only")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -99,6 +102,9 @@ func runPlan(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 		TP: *tp, DeviceMemoryBytes: mem, Format: format, MaxModelLen: *maxModelLen, MaxNumSeqs: *maxSeqs,
 		MaxNumBatchedTokens: *maxBatched, PageSize: *pageSize, WorkspaceBytes: ws, SeqLen: *seqLen, MinTokens: *minTokens,
 		KVCacheDType: *kvDType,
+	}
+	if err := planVisionTower(*modelSpec, &cfg, format, *maxImages, &opts); err != nil {
+		return err
 	}
 	var roofs []*plan.RooflineResult
 	if *roofline {
@@ -156,6 +162,27 @@ func planConfig(spec string) (model.Config, error) {
 		}
 	}
 	return model.Config{}, fmt.Errorf("--model %q is neither a checkpoint directory nor a preset (%s)", spec, strings.Join(model.PresetNames(), ", "))
+}
+
+// planVisionTower adds a vision checkpoint's tower to opts as serve does (planVision): it
+// is replicated, so its weights (in the compute dtype, as vision.LoadEncoder loads them) and
+// its largest bucket's activations count on every chip.
+func planVisionTower(spec string, cfg *model.Config, format model.WeightFormat, maxImages int, opts *plan.MemoryOptions) error {
+	if !cfg.Vision || maxImages <= 0 {
+		return nil
+	}
+	vcfg, err := vision.LoadConfig(spec)
+	if err != nil {
+		return err
+	}
+	dtype := dtypes.BFloat16
+	if format == model.FormatF32 {
+		dtype = dtypes.Float32
+	}
+	opts.VisionWeightBytes = vcfg.WeightBytes(dtype)
+	opts.VisionActivationBytes = vcfg.PeakActivationBytes(maxImages, dtype)
+	opts.MaxImagesPerStep, opts.ImageTokens = maxImages, vcfg.MMTokensPerImage
+	return nil
 }
 
 // planRooflines plans bf16 and int8 weights with the same options and computes their

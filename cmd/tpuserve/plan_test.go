@@ -15,6 +15,7 @@ import (
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
 	"github.com/tpuserve/tpuserve/model/quant"
+	"github.com/tpuserve/tpuserve/model/vision"
 )
 
 var updateDocs = flag.Bool("update-docs", false, "rewrite the `tpuserve plan` outputs quoted in docs/*.md")
@@ -244,5 +245,54 @@ func TestPlanDocs(t *testing.T) {
 	}
 	if blocks == 0 {
 		t.Skip("no `<!-- tpuserve plan … -->` blocks in docs/*.md")
+	}
+}
+
+// TestPlanVisionCheckpoint: `tpuserve plan` on a vision checkpoint counts the replicated
+// tower's weights on every chip, takes them and any higher activation peak out of each
+// chip's KV budget and lists the vision programs, at TP=1 and TP=2;
+// --max-images-per-step 0 plans it text-only.
+func TestPlanVisionCheckpoint(t *testing.T) {
+	dir := writeVisionToy(t)
+	vcfg, err := vision.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	planOf := func(tp int, images string) planOutput {
+		t.Helper()
+		code, out, errs := runCLI(t, "plan", "--model", dir, "--tp", fmt.Sprint(tp), "--dtype", "f32", "--device-memory", "4GiB",
+			"--max-num-seqs", "8", "--max-num-batched-tokens", "256", "--max-images-per-step", images, "--json")
+		if code != 0 {
+			t.Fatalf("TP=%d: exit %d: %s", tp, code, errs)
+		}
+		var p planOutput
+		if err := json.Unmarshal([]byte(out), &p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	visionPrograms := func(p planOutput) int {
+		n := 0
+		for _, prog := range p.Programs {
+			if prog.Kind == plan.KindVision {
+				n++
+			}
+		}
+		return n
+	}
+	for _, tp := range []int{1, 2} {
+		text, images := planOf(tp, "0"), planOf(tp, "4")
+		if got, want := images.Memory.WeightBytesPerChip-text.Memory.WeightBytesPerChip, vcfg.WeightBytes(dtypes.Float32); got != want {
+			t.Errorf("TP=%d: the tower adds %d weight bytes per chip, want its weights' %d", tp, got, want)
+		}
+		// The image rows of every step shape may raise the activation peak too: it all
+		// comes out of the KV budget.
+		actDiff := images.Memory.Activations.Peak - text.Memory.Activations.Peak
+		if got, want := text.Memory.KVBytesPerChip-images.Memory.KVBytesPerChip, vcfg.WeightBytes(dtypes.Float32)+actDiff; got != want || actDiff < 0 {
+			t.Errorf("TP=%d: images take %d bytes of each chip's KV budget, want the tower's weights and %d more activation bytes: %d", tp, got, actDiff, want)
+		}
+		if n, m := visionPrograms(images), visionPrograms(text); n != 3 || m != 0 {
+			t.Errorf("TP=%d: %d vision programs with 4 images a step (want 3: buckets 1, 2, 4), %d text-only", tp, n, m)
+		}
 	}
 }

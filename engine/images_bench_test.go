@@ -5,6 +5,11 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+
+	"github.com/tpuserve/tpuserve/internal/backendtest"
+	"github.com/tpuserve/tpuserve/model"
 )
 
 // BenchmarkImageTTFT: time to first token of the vision fixture's one-image prompt (31
@@ -60,4 +65,55 @@ func BenchmarkImageTTFT(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/image")
 	})
+}
+
+// BenchmarkImageTTFTTP: BenchmarkImageTTFT's image prompt and its text baseline at TP=1
+// (the plain model: the baseline of the same run) and TP=2 on the virtual mesh (the
+// pure-Go backend runs both chips side by side in one graph; the tower replicated, its
+// features fed to the sharded step as they are).
+func BenchmarkImageTTFTTP(b *testing.B) {
+	m, enc, images := visionFixture(b)
+	ids := visionGolden(b).Sequences[0].IDs
+	textIDs := make([]int32, len(ids))
+	for i, id := range ids {
+		if id >= 509 { // boi, eoi, soft tokens → ordinary ids
+			id = 100 + int32(i)
+		}
+		textIDs[i] = id
+	}
+	for _, tp := range []int{1, 2} {
+		cfg := Config{Model: m, Vision: enc, MaxImagesPerStep: 2, Precompile: PrecompileAll, Logger: discardLogger(),
+			NewDecoder:           func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
+			Scheduler:            SchedulerConfig{MaxNumSeqs: 4, MaxNumBatchedTokens: 64, MaxModelLen: 96},
+			DisablePrefixCaching: true, PageSize: 16}
+		if tp > 1 {
+			sm, err := model.LoadShardedModel(backendtest.Backend(b), model.LoadOptions{Model: visionDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sm.Close()
+			cfg.Model, cfg.Sharded = nil, sm
+		}
+		e, err := New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer e.Close()
+		ttft := func(b *testing.B, prompt []int32, imgs []Image) {
+			for i := 0; b.Loop(); i++ {
+				ch, err := e.Submit(context.Background(), Request{ID: fmt.Sprint(i), PromptIDs: prompt, Params: greedyParams(1), Images: imgs})
+				if err != nil {
+					b.Fatal(err)
+				}
+				for ev := range ch {
+					if ev.Err != nil {
+						b.Fatal(ev.Err)
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/request")
+		}
+		b.Run(fmt.Sprintf("tp%d/image-prompt", tp), func(b *testing.B) { ttft(b, ids, images[:1]) })
+		b.Run(fmt.Sprintf("tp%d/text-prompt-same-length", tp), func(b *testing.B) { ttft(b, textIDs, nil) })
+	}
 }

@@ -30,19 +30,21 @@ const (
 // left on the device, and returns what the host needs (token ids and requested logprobs
 // only). It is used by the step loop alone, except its counters (atomic).
 type runner struct {
-	dev         deviceModel
-	cfg         *model.Config
-	layout      model.KVLayout
-	set         *plan.StepSet
-	textVocab   int
-	listWidth   int // penalty token lists: the longest sequence (max model length)
-	forward     forwardProgram
-	sample      headProgram
-	full        headProgram
-	scored      headProgram
-	prompt      headProgram
-	compiled    map[plan.Program]bool
-	numCompiled atomic.Int64
+	dev       deviceModel
+	cfg       *model.Config
+	layout    model.KVLayout
+	set       *plan.StepSet
+	textVocab int
+	listWidth int // penalty token lists: the longest sequence (max model length)
+	forward   forwardProgram
+	sample    headProgram
+	full      headProgram
+	scored    headProgram
+	prompt    headProgram
+	// verify and verifyFull check speculative proposals (nil without speculation).
+	verify, verifyFull headProgram
+	compiled           map[plan.Program]bool
+	numCompiled        atomic.Int64
 	// servingCompilations counts programs compiled after start-up: with the whole set
 	// compiled before serving it stays 0, and a move is a bug (logged as an error).
 	servingCompilations atomic.Int64
@@ -58,6 +60,9 @@ type stepInput struct {
 	baseChunk              []int // chunk index of each base row
 	fullChunk, scoredChunk []int
 	prompt                 promptRows
+	// verify and verifyFull are the speculating sequences (plain and full sampler
+	// features); their chunks hold the last sampled token and the proposals.
+	verify, verifyFull verifyRows
 }
 
 // promptRows are the prompt positions a step scores: the hidden state of position
@@ -77,6 +82,19 @@ type stepOutput struct {
 	topIDs   []int32 // [chunks·maxTopLogprobs]
 	topLP    []float32
 	prompt   promptOutput
+	// spec, per chunk, is a speculating sequence's verification (nil for the others).
+	spec []*verifyOutput
+}
+
+// verifyOutput is one speculating sequence's result: the emitted tokens (its accepted
+// proposals, then the token drawn after them) and, for full rows, each one's logprob and
+// top maxTopLogprobs.
+type verifyOutput struct {
+	tokens []int32
+	hasLP  bool
+	chosen []float32
+	topIDs []int32 // [len(tokens)·maxTopLogprobs]
+	topLP  []float32
 }
 
 type promptOutput struct {
@@ -105,6 +123,11 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 			}
 		}
 	}
+	if k := set.SpecTokens(); err == nil && k > 0 {
+		if r.verify, err = dev.newHead("gemma3_verify", headVerify(verifyFeatures, r.textVocab, k), len(progs)); err == nil {
+			r.verifyFull, err = dev.newHead("gemma3_verify_full", headVerify(verifyFullFeatures, r.textVocab, k), len(progs))
+		}
+	}
 	if err != nil {
 		r.close()
 		return nil, err
@@ -116,7 +139,7 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 func (r *runner) resetPools() error { return r.dev.allocPools(r.layout) }
 
 func (r *runner) close() {
-	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.scored, r.prompt} {
+	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.scored, r.prompt, r.verify, r.verifyFull} {
 		if p != nil {
 			p.finalize()
 		}
@@ -214,6 +237,15 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 		}
 		finalize(outs)
 	}
+	if len(in.verify.chunkOf)+len(in.verifyFull.chunkOf) > 0 {
+		out.spec = make([]*verifyOutput, n)
+		if err := r.runVerify(hidden, &in.verify, offsets, out.spec, false); err != nil {
+			return nil, err
+		}
+		if err := r.runVerify(hidden, &in.verifyFull, offsets, out.spec, true); err != nil {
+			return nil, err
+		}
+	}
 	if m := len(in.prompt.chunk); m > 0 {
 		rows, ok := r.set.RowsFor(plan.KindPromptLogprobs, m)
 		if !ok {
@@ -292,6 +324,8 @@ func (r *runner) precompile() error {
 		case plan.KindPromptLogprobs:
 			z := make([]int32, p.Rows)
 			err = r.prompt.precompile(hidden, []any{tensors.FromFlatDataAndDimensions(z, p.Rows), tensors.FromFlatDataAndDimensions(z, p.Rows)})
+		case plan.KindVerify, plan.KindVerifyFull:
+			err = r.precompileVerify(hidden, p)
 		}
 		if err != nil {
 			return fmt.Errorf("compiling %s: %w", p, err)

@@ -154,90 +154,135 @@ func allowedByMask(words *Node, V int) *Node {
 // depend on what else is in the batch.
 func buildSampler(f samplerFeatures, textVocab int) func(logits *Node, extra []*Node) []*Node {
 	return func(logits *Node, extra []*Node) []*Node {
-		g := logits.Graph()
 		N, V := logits.Shape().Dimensions[0], logits.Shape().Dimensions[1]
-		temperature, key, counter := extra[0], extra[1], extra[2]
-		next := 3
-		vocabIota := Iota(g, shapes.Make(dtypes.Int32, N, V), 1)
-		negInf := Infinity(g, dtypes.Float32, -1)
-
-		// Padding rows of the vocabulary are never sampled, nor reported.
-		valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
-		logits = Where(valid, logits, BroadcastToDims(negInf, N, V))
-		raw := logits
-		if f.Bias {
-			// logit_bias is added before penalties and sampling, as vLLM's logits
-			// processors do; logprobs stay the raw model's. Its inputs come last.
-			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
-			logits = Add(logits, tokenSums(extra[at], extra[at+1], N, V))
-		}
-		if f.Mask {
-			// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
-			// structured-output bitmasks); logprobs stay the raw model's.
-			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters) + 2*boolInt(f.Bias)
-			logits = Where(allowedByMask(extra[at], V), logits, BroadcastToDims(negInf, N, V))
-		}
-
-		if f.Penalties {
-			presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
-			outTok, promptTok, banned := extra[next+3], extra[next+4], extra[next+5]
-			next += 6
-			outCounts := tokenCounts(outTok, N, V)
-			promptCounts := tokenCounts(promptTok, N, V)
-			seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
-			rp := InsertAxes(repetition, -1)
-			penalized := Where(GreaterThan(logits, ZerosLike(logits)), Div(logits, rp), Mul(logits, rp))
-			logits = Where(seen, penalized, logits)
-			logits = Sub(logits, Mul(InsertAxes(frequency, -1), outCounts))
-			logits = Sub(logits, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
-			isBanned := GreaterThan(tokenCounts(banned, N, V), ZerosLike(outCounts))
-			logits = Where(isBanned, BroadcastToDims(negInf, N, V), logits)
-		}
-		greedyTokens := ArgMax(logits, -1, dtypes.Int32)
-
-		isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
-		safeT := Where(isGreedy, OnesLike(temperature), temperature)
-		z := Div(logits, InsertAxes(safeT, -1)) // [N, V]
-		zmax := ReduceAndKeep(z, ReduceMax, -1) // [N, 1]
-		keep := valid
-		if f.Filters {
-			topK, topP, minP := extra[next], extra[next+1], extra[next+2]
-			// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
-			tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
-			tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(negInf, N, 1))
-			minPKeep := GreaterOrEqual(z, tau)
-			// Top-k and top-p select on a 30-bit key of z's distance below the row's maximum
-			// (bins of 80/2³⁰ in log-probability, far below float32 rounding of real logits),
-			// found by a few histograms over its digits instead of a 32-step bisection: about a
-			// third of the passes over the vocabulary.
-			key, inRange := selectionKey(z, zmax, valid)
-			digits := newKeyDigits(key)
-			// top-k: the smallest key whose tokens at or above it number at least k.
-			k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
-			kKey := digits.selectKey(ConvertDType(inRange, dtypes.Float32), k)
-			kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
-			kKeep := Or(LogicalNot(kOn), LessOrEqual(key, kKey))
-			// top-p over the distribution renormalised after min-p and top-k.
-			survive := And(And(inRange, minPKeep), kKeep)
-			mass := Where(survive, Exp(Sub(z, zmax)), ZerosLike(z))
-			target := Mul(ReduceAndKeep(mass, ReduceSum, -1), InsertAxes(topP, -1))
-			pKey := digits.selectKey(mass, target)
-			pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
-			pKeep := Or(LogicalNot(pOn), LessOrEqual(key, pKey))
-			keep = And(keep, And(And(minPKeep, kKeep), pKeep))
-			keep = And(keep, Or(inRange, LogicalNot(Or(kOn, pOn))))
-		}
-		gumbel := gumbelNoise(key, counter, N, V)
+		sl := shapeLogits(f, textVocab, logits, samplerParamsFrom(f, extra, N, V))
+		gumbel := gumbelNoise(sl.key, sl.counter, N, V)
 		// Tokens ruled out by their logit (banned, a grammar's mask) stay at −∞: the noise is
 		// always finite (see gumbelNoise).
-		perturbed := Where(keep, Add(z, gumbel), BroadcastToDims(negInf, N, V))
+		perturbed := Where(sl.keep, Add(sl.z, gumbel), BroadcastToDims(Infinity(logits.Graph(), dtypes.Float32, -1), N, V))
 		sampledTokens := ArgMax(perturbed, -1, dtypes.Int32)
-		tokens := Where(isGreedy, greedyTokens, sampledTokens)
+		tokens := Where(sl.isGreedy, sl.greedy, sampledTokens)
 		if !f.Logprobs {
 			return []*Node{tokens}
 		}
-		return append([]*Node{tokens}, logprobOutputs(raw, tokens, textVocab)...)
+		return append([]*Node{tokens}, logprobOutputs(sl.raw, tokens, textVocab)...)
 	}
+}
+
+// samplerParams are the sampler's per-row inputs as graph values: [N] per row, [N, V] for
+// the token counts, biases and masks (nil where the features leave them out).
+type samplerParams struct {
+	temperature, key, counter           *Node
+	presence, frequency, repetition     *Node
+	outCounts, promptCounts, bannedMask *Node // counts [N, V]; bannedMask bool
+	topK, topP, minP                    *Node
+	bias                                *Node // [N, V] summed logit_bias
+	allowed                             *Node // [N, V] bool (structured outputs)
+}
+
+// samplerParamsFrom reads buildSampler's extra inputs (samplerRows.inputs order).
+func samplerParamsFrom(f samplerFeatures, extra []*Node, N, V int) samplerParams {
+	p := samplerParams{temperature: extra[0], key: extra[1], counter: extra[2]}
+	next := 3
+	if f.Penalties {
+		p.presence, p.frequency, p.repetition = extra[next], extra[next+1], extra[next+2]
+		p.outCounts = tokenCounts(extra[next+3], N, V)
+		p.promptCounts = tokenCounts(extra[next+4], N, V)
+		banned := tokenCounts(extra[next+5], N, V)
+		p.bannedMask = GreaterThan(banned, ZerosLike(banned))
+		next += 6
+	}
+	if f.Filters {
+		p.topK, p.topP, p.minP = extra[next], extra[next+1], extra[next+2]
+		next += 3
+	}
+	if f.Bias {
+		p.bias = tokenSums(extra[next], extra[next+1], N, V)
+		next += 2
+	}
+	if f.Mask {
+		p.allowed = allowedByMask(extra[next], V)
+	}
+	return p
+}
+
+// shapedLogits are the sampler's view of logits after every transformation but the draw:
+// raw (the model's, for logprobs), z (penalised, biased, masked, over the temperature),
+// keep (what top-k/top-p/min-p leave), the greedy choice and which rows are greedy, and
+// the rows' RNG key and counter.
+type shapedLogits struct {
+	raw, z, keep, greedy, isGreedy, key, counter *Node
+}
+
+// shapeLogits applies the sampler's transformations to logits [N, V]. Order as vLLM:
+// logit bias, grammar mask, penalties, temperature, min-p, top-k, top-p.
+func shapeLogits(f samplerFeatures, textVocab int, logits *Node, p samplerParams) shapedLogits {
+	g := logits.Graph()
+	N, V := logits.Shape().Dimensions[0], logits.Shape().Dimensions[1]
+	temperature := p.temperature
+	vocabIota := Iota(g, shapes.Make(dtypes.Int32, N, V), 1)
+	negInf := Infinity(g, dtypes.Float32, -1)
+
+	// Padding rows of the vocabulary are never sampled, nor reported.
+	valid := LessThan(vocabIota, Scalar(g, dtypes.Int32, textVocab))
+	logits = Where(valid, logits, BroadcastToDims(negInf, N, V))
+	raw := logits
+	if f.Bias {
+		// logit_bias is added before penalties and sampling, as vLLM's logits
+		// processors do; logprobs stay the raw model's.
+		logits = Add(logits, p.bias)
+	}
+	if f.Mask {
+		// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
+		// structured-output bitmasks); logprobs stay the raw model's.
+		logits = Where(p.allowed, logits, BroadcastToDims(negInf, N, V))
+	}
+
+	if f.Penalties {
+		outCounts, promptCounts := p.outCounts, p.promptCounts
+		seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
+		rp := InsertAxes(p.repetition, -1)
+		penalized := Where(GreaterThan(logits, ZerosLike(logits)), Div(logits, rp), Mul(logits, rp))
+		logits = Where(seen, penalized, logits)
+		logits = Sub(logits, Mul(InsertAxes(p.frequency, -1), outCounts))
+		logits = Sub(logits, Mul(InsertAxes(p.presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
+		logits = Where(p.bannedMask, BroadcastToDims(negInf, N, V), logits)
+	}
+	greedyTokens := ArgMax(logits, -1, dtypes.Int32)
+
+	isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
+	safeT := Where(isGreedy, OnesLike(temperature), temperature)
+	z := Div(logits, InsertAxes(safeT, -1)) // [N, V]
+	zmax := ReduceAndKeep(z, ReduceMax, -1) // [N, 1]
+	keep := valid
+	if f.Filters {
+		topK, topP, minP := p.topK, p.topP, p.minP
+		// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
+		tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
+		tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(negInf, N, 1))
+		minPKeep := GreaterOrEqual(z, tau)
+		// Top-k and top-p select on a 30-bit key of z's distance below the row's maximum
+		// (bins of 80/2³⁰ in log-probability, far below float32 rounding of real logits),
+		// found by a few histograms over its digits instead of a 32-step bisection: about a
+		// third of the passes over the vocabulary.
+		key, inRange := selectionKey(z, zmax, valid)
+		digits := newKeyDigits(key)
+		// top-k: the smallest key whose tokens at or above it number at least k.
+		k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
+		kKey := digits.selectKey(ConvertDType(inRange, dtypes.Float32), k)
+		kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
+		kKeep := Or(LogicalNot(kOn), LessOrEqual(key, kKey))
+		// top-p over the distribution renormalised after min-p and top-k.
+		survive := And(And(inRange, minPKeep), kKeep)
+		mass := Where(survive, Exp(Sub(z, zmax)), ZerosLike(z))
+		target := Mul(ReduceAndKeep(mass, ReduceSum, -1), InsertAxes(topP, -1))
+		pKey := digits.selectKey(mass, target)
+		pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
+		pKeep := Or(LogicalNot(pOn), LessOrEqual(key, pKey))
+		keep = And(keep, And(And(minPKeep, kKeep), pKeep))
+		keep = And(keep, Or(inRange, LogicalNot(Or(kOn, pOn))))
+	}
+	return shapedLogits{raw: raw, z: z, keep: keep, greedy: greedyTokens, isGreedy: isGreedy, key: p.key, counter: p.counter}
 }
 
 // logprobOutputs are, for raw logits [N, V] and chosen ids [N], the chosen ids' logprobs

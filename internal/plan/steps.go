@@ -29,6 +29,13 @@ const (
 	// KindPromptLogprobs scores Rows prompt positions: the logprob of the next prompt token
 	// and the top alternatives (echo / prompt_logprobs).
 	KindPromptLogprobs ProgramKind = "prompt_logprobs"
+	// KindVerify checks Rows speculating sequences' SpecTokens proposals against the
+	// target's distributions at SpecTokens+1 positions each (speculative decoding) and
+	// returns the accepted run plus the next token, sampling with greedy or temperature.
+	KindVerify ProgramKind = "verify"
+	// KindVerifyFull is KindVerify with penalties, logit bias, top-k/top-p/min-p and the
+	// logprobs of every emitted token.
+	KindVerifyFull ProgramKind = "verify_full"
 )
 
 // Program is one member of the closed set of compiled programs. Step programs have Shape;
@@ -72,6 +79,11 @@ type StepOptions struct {
 	// PromptLogprobRows is the most prompt positions scored in one step (default 64); the
 	// scheduler cuts the prefill chunks of prompt-logprob requests to fit.
 	PromptLogprobRows int
+	// SpecTokens is the most proposals a speculating sequence is verified with in one step
+	// (--speculative-config num_speculative_tokens; 0: no speculation, no verify programs).
+	// A verification needs SpecTokens+1 positions in one attention row of the segment
+	// layouts, so it must be below SegmentLen.
+	SpecTokens int
 }
 
 // DefaultMinTokens is the smallest token bucket on backend ("go" or "xla:…"): 1 on the CPU,
@@ -113,6 +125,10 @@ func (o *StepOptions) setDefaults() error {
 			return fmt.Errorf("%w: step options: %s = %d, want >= %d", model.ErrConfig, f.name, f.v, f.min)
 		}
 	}
+	if o.SpecTokens < 0 || o.SpecTokens > 0 && (o.SpecTokens+1 > o.SegmentLen || o.SpecTokens+1 > o.MaxNumBatchedTokens) {
+		return fmt.Errorf("%w: step options: SpecTokens = %d: a verification of k proposals needs k+1 <= SegmentLen (%d) and <= MaxNumBatchedTokens (%d) positions",
+			model.ErrConfig, o.SpecTokens, o.SegmentLen, o.MaxNumBatchedTokens)
+	}
 	if o.MaxNumBatchedTokens < o.MaxNumSeqs {
 		return fmt.Errorf("%w: step options: MaxNumBatchedTokens %d must be >= MaxNumSeqs %d (every running sequence decodes in one step)",
 			model.ErrConfig, o.MaxNumBatchedTokens, o.MaxNumSeqs)
@@ -138,7 +154,8 @@ func (o *StepOptions) setDefaults() error {
 // MaxModelLen's. The sliding layers' list is as long as the global one, or as the rows'
 // windows can need when that is less. Sampler programs come in row buckets of powers of two
 // (sample, from MinTokens) or of eight (sample_full and sample_scored, from 1) up to
-// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows.
+// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows. With SpecTokens (speculative
+// decoding) the verify and verify_full programs come in sample_full's row buckets.
 type StepSet struct {
 	opts         StepOptions
 	cfg          *model.Config
@@ -147,6 +164,7 @@ type StepSet struct {
 	perToken     [][]model.BatchShape
 	sample, full []int // sample_scored has sample_full's buckets
 	prompt       []int
+	verify       []int // verify and verify_full (none without SpecTokens)
 }
 
 // NewStepSet enumerates the program set for cfg served with opts.
@@ -183,6 +201,10 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 	}
 	s.full = append(s.full, opts.MaxNumSeqs)
 	s.prompt = []int{min(opts.PromptLogprobRows, opts.MaxNumBatchedTokens)}
+	if opts.SpecTokens > 0 {
+		// Speculating sequences are the decodes of latency-bound traffic: few, ×8 buckets.
+		s.verify = s.full
+	}
 	return s, nil
 }
 
@@ -234,6 +256,9 @@ func (s *StepSet) rows(t int) (q, b int) {
 	}
 	return s.opts.SegmentLen, ceilDiv(t, s.opts.SegmentLen) + s.opts.MaxNumSeqs
 }
+
+// SpecTokens is the number of proposals the verify programs check per sequence (0: none).
+func (s *StepSet) SpecTokens() int { return s.opts.SpecTokens }
 
 // Options returns the options with defaults applied.
 func (s *StepSet) Options() StepOptions { return s.opts }
@@ -289,6 +314,8 @@ func (s *StepSet) RowsFor(kind ProgramKind, n int) (int, bool) {
 		list = s.full
 	case KindPromptLogprobs:
 		list = s.prompt
+	case KindVerify, KindVerifyFull:
+		list = s.verify
 	default:
 		return 0, false
 	}
@@ -317,7 +344,7 @@ func (s *StepSet) Programs() []Program {
 	for _, k := range []struct {
 		kind ProgramKind
 		rows []int
-	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}} {
+	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVerify, s.verify}, {KindVerifyFull, s.verify}} {
 		for _, r := range k.rows {
 			out = append(out, Program{Kind: k.kind, Rows: r})
 		}

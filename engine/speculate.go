@@ -1,0 +1,219 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Speculative decoding methods (vLLM's --speculative-config "method").
+const (
+	SpecMethodNgram      = "ngram"
+	SpecMethodDraftModel = "draft_model"
+)
+
+// SpeculativeConfig is vLLM's --speculative-config JSON: {"method":"ngram",
+// "num_speculative_tokens":K,"prompt_lookup_max":N,"prompt_lookup_min":M}.
+type SpeculativeConfig struct {
+	Method string `json:"method"`
+	// NumSpeculativeTokens is K, the most proposals verified per sequence and step.
+	NumSpeculativeTokens int `json:"num_speculative_tokens"`
+	// PromptLookupMax and PromptLookupMin bound the n-gram matched against the request's
+	// prompt and output (ngram; vLLM's defaults: both 5 when neither is given, the other's
+	// value when one is).
+	PromptLookupMax int `json:"prompt_lookup_max,omitempty"`
+	PromptLookupMin int `json:"prompt_lookup_min,omitempty"`
+	// Model is the draft model's checkpoint directory or preset (draft_model).
+	Model string `json:"model,omitempty"`
+}
+
+// ParseSpeculativeConfig reads --speculative-config: an error names the field at fault.
+func ParseSpeculativeConfig(text string) (*SpeculativeConfig, error) {
+	dec := json.NewDecoder(bytes.NewReader([]byte(text)))
+	dec.DisallowUnknownFields()
+	var c SpeculativeConfig
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: speculative config: %w", ErrInvalidRequest, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: speculative config: trailing data after the JSON object", ErrInvalidRequest)
+	}
+	if err := c.normalize(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// normalize applies the defaults and checks what needs no model.
+func (c *SpeculativeConfig) normalize() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: speculative config: %s", ErrInvalidRequest, fmt.Sprintf(format, a...))
+	}
+	switch c.Method {
+	case SpecMethodNgram:
+		if c.Model != "" {
+			return bad("method ngram takes no model (got %q)", c.Model)
+		}
+		switch {
+		case c.PromptLookupMax == 0 && c.PromptLookupMin == 0:
+			c.PromptLookupMax, c.PromptLookupMin = 5, 5
+		case c.PromptLookupMin == 0:
+			c.PromptLookupMin = c.PromptLookupMax
+		case c.PromptLookupMax == 0:
+			c.PromptLookupMax = c.PromptLookupMin
+		}
+		if c.PromptLookupMin < 1 || c.PromptLookupMax < c.PromptLookupMin {
+			return bad("prompt_lookup_min %d and prompt_lookup_max %d: want 1 <= min <= max", c.PromptLookupMin, c.PromptLookupMax)
+		}
+	case SpecMethodDraftModel:
+		return bad("method draft_model is not implemented in this build (supported: %s)", SpecMethodNgram)
+	case "":
+		return bad("method is required (supported: %s)", SpecMethodNgram)
+	default:
+		return bad("unknown method %q (supported: %s)", c.Method, SpecMethodNgram)
+	}
+	if c.NumSpeculativeTokens <= 0 {
+		return bad("num_speculative_tokens %d must be > 0", c.NumSpeculativeTokens)
+	}
+	return nil
+}
+
+// String is the config as vLLM's JSON.
+func (c *SpeculativeConfig) String() string {
+	b, _ := json.Marshal(c)
+	return string(b)
+}
+
+// ngramProposer is prompt lookup decoding: the longest suffix of the tokens, of lookupMin
+// to lookupMax tokens, that occurred before; the tokens that followed an earlier
+// occurrence are the proposals — the latest occurrence with k tokens after it, else the
+// earliest (in a loop the latest occurrence overlaps the suffix and has one token after
+// it). O(len(tokens) · lookupMax) on the host, no allocation (a slice of the tokens).
+func ngramProposer(lookupMin, lookupMax int) Proposer {
+	return func(tokens []int32, k int) []int32 {
+		L := len(tokens)
+		if k <= 0 || L < lookupMin+1 {
+			return nil
+		}
+		for n := min(lookupMax, L-1); n >= lookupMin; n-- {
+			suffix := tokens[L-n:]
+			match := func(i int) bool { return tokens[i] == suffix[0] && equalTokens(tokens[i:i+n], suffix) }
+			at := -1
+			for i := L - n - k; i >= 0; i-- {
+				if match(i) {
+					at = i
+					break
+				}
+			}
+			for i := max(0, L-n-k+1); at < 0 && i < L-n; i++ {
+				if match(i) {
+					at = i
+				}
+			}
+			if at >= 0 {
+				from := at + n
+				return tokens[from:min(L, from+k):min(L, from+k)]
+			}
+		}
+		return nil
+	}
+}
+
+func equalTokens(a, b []int32) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// SpecStats are speculative decoding's counters, cumulative (vLLM's spec_decode metrics).
+type SpecStats struct {
+	// NumDrafts counts verifications (a sequence verified with at least one proposal).
+	NumDrafts int64
+	// NumDraftTokens counts proposals; NumAcceptedTokens those accepted.
+	NumDraftTokens    int64
+	NumAcceptedTokens int64
+	// AcceptedPerPos[i] counts the proposals accepted at position i of their run.
+	AcceptedPerPos []int64
+}
+
+// AcceptanceRate is NumAcceptedTokens / NumDraftTokens (0 without proposals).
+func (s SpecStats) AcceptanceRate() float64 {
+	if s.NumDraftTokens == 0 {
+		return 0
+	}
+	return float64(s.NumAcceptedTokens) / float64(s.NumDraftTokens)
+}
+
+func (s *SpecStats) clone() SpecStats {
+	c := *s
+	c.AcceptedPerPos = append([]int64(nil), s.AcceptedPerPos...)
+	return c
+}
+
+// record adds one verification of numDrafts proposals of which accepted were accepted.
+func (s *SpecStats) record(numDrafts, accepted int) {
+	s.NumDrafts++
+	s.NumDraftTokens += int64(numDrafts)
+	s.NumAcceptedTokens += int64(accepted)
+	for i := 0; i < accepted && i < len(s.AcceptedPerPos); i++ {
+		s.AcceptedPerPos[i]++
+	}
+}
+
+// specLogInterval is how often the step loop logs the acceptance figures (vLLM: 10 s).
+const specLogInterval = 10 * time.Second
+
+// specLogger logs the acceptance rate over each interval, as vLLM's SpecDecodingLogging.
+type specLogger struct {
+	last     SpecStats
+	lastTime time.Time
+}
+
+func (l *specLogger) maybeLog(log *slog.Logger, now time.Time, st *SpecStats) {
+	if l.lastTime.IsZero() {
+		l.lastTime, l.last = now, st.clone()
+		return
+	}
+	if now.Sub(l.lastTime) < specLogInterval || st.NumDrafts == l.last.NumDrafts {
+		return
+	}
+	drafts := st.NumDrafts - l.last.NumDrafts
+	draftTokens := st.NumDraftTokens - l.last.NumDraftTokens
+	accepted := st.NumAcceptedTokens - l.last.NumAcceptedTokens
+	perPos := make([]string, len(st.AcceptedPerPos))
+	for i := range perPos {
+		perPos[i] = fmt.Sprintf("%.3f", float64(st.AcceptedPerPos[i]-l.last.AcceptedPerPos[i])/float64(drafts))
+	}
+	log.Info("speculative decoding",
+		"acceptance_rate", fmt.Sprintf("%.3f", float64(accepted)/float64(max(draftTokens, 1))),
+		"mean_acceptance_length", fmt.Sprintf("%.2f", 1+float64(accepted)/float64(drafts)),
+		"drafts", drafts, "draft_tokens", draftTokens, "accepted_tokens", accepted,
+		"per_position_acceptance_rate", strings.Join(perPos, ","))
+	l.lastTime, l.last = now, st.clone()
+}
+
+// errSpecTP refuses speculation with tensor parallelism.
+var errSpecTP = errors.New("speculative decoding is not supported with tensor parallelism (the sharded sampler is being rewritten as per-chip code; issue #16)")
+
+// checkSpeculative validates cfg.Speculative against the rest of the configuration and
+// returns K (0 without speculation).
+func checkSpeculative(cfg *Config) (int, error) {
+	sp := cfg.Speculative
+	if sp == nil {
+		return 0, nil
+	}
+	if err := sp.normalize(); err != nil {
+		return 0, err
+	}
+	if cfg.Sharded != nil {
+		return 0, fmt.Errorf("%w: speculative config: %w", ErrInvalidRequest, errSpecTP)
+	}
+	return sp.NumSpeculativeTokens, nil
+}

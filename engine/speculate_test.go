@@ -1,0 +1,193 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+func ngramConfig(k int) *SpeculativeConfig {
+	return &SpeculativeConfig{Method: SpecMethodNgram, NumSpeculativeTokens: k, PromptLookupMax: 3, PromptLookupMin: 1}
+}
+
+// specJob is one request of the speculation tests.
+type specJob struct {
+	id     string
+	prompt []int32
+	max    int
+}
+
+// specJobs are the HF greedy prompts, repetitive prompts (n-gram hits) and random ones of
+// mixed lengths, a third sharing a prefix (prefix-cache hits).
+func specJobs(t *testing.T, n int) []specJob {
+	golden := readGreedyGolden(t, engineFixtures[0])
+	var jobs []specJob
+	for i, g := range golden {
+		jobs = append(jobs, specJob{fmt.Sprintf("hf%d", i), g.Prompt, len(g.Greedy)})
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	shared := []int32{2}
+	for len(shared) < 40 {
+		shared = append(shared, int32(3+rng.IntN(500)))
+	}
+	for len(jobs) < n {
+		p := []int32{2}
+		switch len(jobs) % 3 {
+		case 0:
+			p = append(append([]int32(nil), shared...), int32(3+rng.IntN(500)))
+		case 1: // a repeated phrase: prompt lookup finds it
+			phrase := []int32{int32(3 + rng.IntN(500)), int32(3 + rng.IntN(500)), int32(3 + rng.IntN(500))}
+			for len(p) < 4+rng.IntN(40) {
+				p = append(p, phrase...)
+			}
+		default:
+			for l := 1 + rng.IntN(70); len(p) < l; {
+				p = append(p, int32(3+rng.IntN(500)))
+			}
+		}
+		jobs = append(jobs, specJob{fmt.Sprintf("r%d", len(jobs)), p, 1 + rng.IntN(30)})
+	}
+	return jobs
+}
+
+// TestSpeculativeGreedyMatchesPlain: with n-gram speculation every request's greedy tokens
+// and logprobs equal those of the same engine without it (within 1e-5) — alone, among 64
+// concurrent requests of mixed lengths, with chunked prefill, with preemption forced by a
+// tiny cache and with prefix hits — and HF's greedy runs; proposals are accepted, and
+// every block is back in its pool (newTestEngineOn's cleanup).
+func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
+	m := tinyFixture(t)
+	jobs := specJobs(t, 64)
+	plain := map[string]result{}
+	{
+		e := newTestEngineOn(t, m, nil)
+		for _, j := range jobs {
+			plain[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
+		}
+	}
+	for i, g := range readGreedyGolden(t, engineFixtures[0]) {
+		got := plain[fmt.Sprintf("hf%d", i)].tokens
+		for s, want := range g.Greedy {
+			if g.Margins[s] <= 1e-3 {
+				break
+			}
+			if got[s] != want {
+				t.Fatalf("plain engine: HF greedy run %d step %d: %d, HF %d", i, s, got[s], want)
+			}
+		}
+	}
+	for _, sc := range []struct {
+		name       string
+		concurrent bool
+		mutate     func(*Config)
+	}{
+		{"alone", false, nil},
+		{"concurrent", true, nil},
+		// Chunked prefill, and preemption forced by a tiny cache.
+		{"mixed", true, func(c *Config) { c.Scheduler.MaxNumBatchedTokens = 64; c.SegmentLen = 8; c.KVCacheBytes = 512 << 10 }},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			e := newTestEngineOn(t, m, func(c *Config) {
+				c.Speculative = ngramConfig(4)
+				if sc.mutate != nil {
+					sc.mutate(c)
+				}
+			})
+			got := map[string]result{}
+			if sc.concurrent {
+				chans := map[string]<-chan Event{}
+				for _, j := range jobs {
+					chans[j.id] = submit(t, e, j.id, j.prompt, greedyParams(j.max))
+				}
+				for _, j := range jobs {
+					got[j.id] = collect(t, chans[j.id])
+				}
+			} else {
+				for _, j := range jobs {
+					got[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
+				}
+			}
+			for _, j := range jobs {
+				if ok, why := sameResult(got[j.id], plain[j.id]); !ok {
+					t.Errorf("%s: speculative differs from plain: %s", j.id, why)
+				}
+				if f := got[j.id].final; f.FinishReason != FinishLength || f.NumOutputTokens != j.max {
+					t.Errorf("%s: final %+v", j.id, f)
+				}
+			}
+			st := e.Stats()
+			if st.Spec.NumAcceptedTokens == 0 || st.Spec.NumDrafts == 0 {
+				t.Errorf("no proposal accepted: %+v", st.Spec)
+			}
+			if sc.name == "mixed" && st.NumPreemptions == 0 {
+				t.Errorf("the tiny cache forced no preemption")
+			}
+			if sc.concurrent && st.PrefixCacheHits == 0 {
+				t.Errorf("no prefix-cache hit")
+			}
+			t.Logf("%s: drafts %d, proposals %d, accepted %d (%.2f), per position %v", sc.name, st.Spec.NumDrafts,
+				st.Spec.NumDraftTokens, st.Spec.NumAcceptedTokens, st.Spec.AcceptanceRate(), st.Spec.AcceptedPerPos)
+		})
+	}
+}
+
+// TestSpeculativeConfigErrors: a bad --speculative-config is refused at start-up with an
+// error naming what is wrong.
+func TestSpeculativeConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ json, want string }{
+		{`{"method":"medusa","num_speculative_tokens":3}`, `unknown method "medusa"`},
+		{`{"num_speculative_tokens":3}`, "method is required"},
+		{`{"method":"ngram","num_speculative_tokens":0}`, "num_speculative_tokens 0 must be > 0"},
+		{`{"method":"ngram","num_speculative_tokens":-2}`, "num_speculative_tokens -2 must be > 0"},
+		{`{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_min":4,"prompt_lookup_max":2}`, "prompt_lookup_min 4 and prompt_lookup_max 2"},
+		{`{"method":"ngram","num_speculative_tokens":3,"lookahead":2}`, `unknown field "lookahead"`},
+		{`{"method":"ngram","num_speculative_tokens":"3"}`, "num_speculative_tokens"},
+		{`{"method":"draft_model","model":"tiny","num_speculative_tokens":3}`, "draft_model is not implemented"},
+	} {
+		_, err := ParseSpeculativeConfig(tc.json)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrInvalidRequest) {
+			t.Errorf("%s: error %v, want one containing %q", tc.json, err, tc.want)
+		}
+	}
+	c, err := ParseSpeculativeConfig(`{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_max":4}`)
+	if err != nil || c.PromptLookupMin != 4 || c.PromptLookupMax != 4 {
+		t.Errorf("defaults: %+v, %v", c, err)
+	}
+	// K too large for the program set: a verification must fit one attention row.
+	_, err = New(Config{
+		Model: tinyFixture(t), NewDecoder: func(skip bool) StreamDecoder { return &textDecoder{skip: skip} },
+		Scheduler: SchedulerConfig{MaxNumSeqs: 8, MaxNumBatchedTokens: 64, MaxModelLen: 128}, PageSize: 8,
+		SegmentLen: 8, Precompile: PrecompileNone, Speculative: ngramConfig(8), Logger: discardLogger(),
+	})
+	if err == nil || !strings.Contains(err.Error(), "num_speculative_tokens 8") || !strings.Contains(err.Error(), "SegmentLen") {
+		t.Errorf("K = 8 with SegmentLen 8: %v", err)
+	}
+}
+
+// TestNgramProposer pins prompt lookup: the longest matching suffix, its latest earlier
+// occurrence, at most k proposals, none without a match.
+func TestNgramProposer(t *testing.T) {
+	p := ngramProposer(1, 3)
+	for _, tc := range []struct {
+		tokens []int32
+		k      int
+		want   []int32
+	}{
+		{[]int32{1, 2, 3, 4, 1, 2, 3}, 2, []int32{4, 1}},             // suffix 1 2 3 at 0
+		{[]int32{5, 9, 7, 1, 2, 8, 1, 2}, 3, []int32{8, 1, 2}},       // 1 2 at 3
+		{[]int32{1, 2, 3, 9, 3}, 4, []int32{9, 3}},                   // 1-gram 3, cut at the end
+		{[]int32{1, 2, 3, 4}, 3, nil},                                // no repeat
+		{[]int32{7, 7, 7, 7}, 2, []int32{7}},                         // 3-gram at 0, one token after
+		{[]int32{7, 7, 7, 7, 7, 7, 7}, 3, []int32{7, 7, 7}},          // a loop: an occurrence with k after it
+		{[]int32{1, 2, 9, 1, 2, 8, 8, 1, 2}, 2, []int32{8, 8}},       // the latest with k after it
+		{[]int32{1, 2, 9, 4, 1, 2, 8, 1, 2}, 4, []int32{9, 4, 1, 2}}, // none with k after: the earliest...
+		{[]int32{4, 5, 6, 4, 5, 6, 4, 5}, 5, []int32{6, 4, 5}},       // the 3-gram 6 4 5 at 2
+	} {
+		got := p(tc.tokens, tc.k)
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+			t.Errorf("%v k=%d: %v, want %v", tc.tokens, tc.k, got, tc.want)
+		}
+	}
+}

@@ -191,3 +191,69 @@ func TestNgramProposer(t *testing.T) {
 		}
 	}
 }
+
+// TestSpeculativeStopsAndLimits: stop token ids, EOS, stop strings, min_tokens, max_tokens
+// and max_model_len end a speculating request exactly where plain decoding ends it — the
+// same tokens, text, logprobs, finish and stop reasons and token counts — including when
+// the stop falls inside an accepted run; blocks are all back at teardown.
+func TestSpeculativeStopsAndLimits(t *testing.T) {
+	m := tinyFixture(t)
+	limits := func(c *Config) { c.Scheduler.MaxModelLen = 48 }
+	plainE := newTestEngineOn(t, m, limits)
+	specE := newTestEngineOn(t, m, func(c *Config) { limits(c); c.Speculative = ngramConfig(4) })
+	prompts := [][]int32{{2, 10, 20, 30}, {2, 7, 8, 9, 7, 8, 9, 7, 8}}
+	long := []int32{2}
+	for len(long) < 36 {
+		long = append(long, int32(40+len(long)%5))
+	}
+	prompts = append(prompts, long)
+	// HF's first greedy run loops on one token: stops land inside accepted runs.
+	prompts = append(prompts, readGreedyGolden(t, engineFixtures[0])[0].Prompt)
+	n := 0
+	for pi, prompt := range prompts {
+		base := collect(t, submit(t, plainE, fmt.Sprint("base", pi), prompt, greedyParams(24)))
+		t.Logf("prompt %d: plain output %v", pi, base.tokens)
+		mid := base.tokens[min(6, len(base.tokens)-1)]
+		midText := fmt.Sprintf("<%d>", mid)
+		pair := fmt.Sprintf("<%d><%d>", base.tokens[min(3, len(base.tokens)-1)], base.tokens[min(4, len(base.tokens)-1)])
+		for _, tc := range []struct {
+			name   string
+			mutate func(p *SamplingParams)
+		}{
+			{"max_tokens", func(p *SamplingParams) { p.MaxTokens = 7 }},
+			{"max_model_len", func(p *SamplingParams) { p.MaxTokens = 40 }},
+			{"stop token id", func(p *SamplingParams) { p.StopTokenIDs = []int32{mid} }},
+			{"stop token id after min_tokens", func(p *SamplingParams) { p.StopTokenIDs = []int32{mid}; p.MinTokens = 9 }},
+			{"stop string", func(p *SamplingParams) { p.Stop = []string{midText} }},
+			{"stop string across tokens", func(p *SamplingParams) { p.Stop = []string{pair}; p.IncludeStopStrInOutput = true }},
+			// Seven tokens' text: it first ends at the seventh token, inside a run.
+			{"stop string inside a run", func(p *SamplingParams) { p.Stop = []string{strings.Join(texts(base.tokens[:7]), "")} }},
+			{"eos", func(p *SamplingParams) { p.IgnoreEOS = false }},
+		} {
+			p := greedyParams(24)
+			tc.mutate(&p)
+			eos := tc.name == "eos"
+			for _, e := range []*Engine{plainE, specE} {
+				e.mu.Lock()
+				if eos {
+					e.eos[mid] = true
+				} else {
+					delete(e.eos, mid)
+				}
+				e.mu.Unlock()
+			}
+			id := fmt.Sprintf("p%d %s", pi, tc.name)
+			want := collect(t, submit(t, plainE, id, prompt, p))
+			got := collect(t, submit(t, specE, id, prompt, p))
+			n++
+			if ok, why := sameResult(got, want); !ok || got.text != want.text || got.final.FinishReason != want.final.FinishReason ||
+				fmt.Sprint(got.final.StopReason) != fmt.Sprint(want.final.StopReason) || got.final.NumOutputTokens != want.final.NumOutputTokens {
+				t.Errorf("%s: speculative %v %q %s/%v (%d tokens), plain %v %q %s/%v (%d): %s", id, got.tokens, got.text, got.final.FinishReason,
+					got.final.StopReason, got.final.NumOutputTokens, want.tokens, want.text, want.final.FinishReason, want.final.StopReason, want.final.NumOutputTokens, why)
+			}
+		}
+	}
+	if st := specE.Stats().Spec; st.NumAcceptedTokens == 0 {
+		t.Errorf("no proposal accepted in %d requests: %+v", n, st)
+	}
+}

@@ -103,10 +103,12 @@ func TestNoCompilationWhileServing(t *testing.T) {
 		seqs, batched, maxLn int
 		page                 int
 		kvBytes              int64
+		spec                 *SpeculativeConfig
 	}{
-		{"small steps, preemption", 4, 32, 96, 8, 320 << 10},
-		{"serve-like", 16, 128, 256, 16, 0},
-		{"long prompts, few sequences", 2, 64, 200, 4, 0},
+		{"small steps, preemption", 4, 32, 96, 8, 320 << 10, nil},
+		{"serve-like", 16, 128, 256, 16, 0, nil},
+		{"long prompts, few sequences", 2, 64, 200, 4, 0, nil},
+		{"speculative n-gram, preemption", 4, 32, 96, 8, 320 << 10, ngramConfig(3)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 7))
@@ -117,6 +119,7 @@ func TestNoCompilationWhileServing(t *testing.T) {
 				if tc.kvBytes > 0 {
 					c.KVCacheBytes = tc.kvBytes
 				}
+				c.Speculative = tc.spec
 			})
 			compiled := e.Stats().StepPrograms
 			randomWorkload(t, e, rng, 40, tc.seqs+2, tc.maxLn)
@@ -129,6 +132,9 @@ func TestNoCompilationWhileServing(t *testing.T) {
 			}
 			if st.PrefixCacheHits == 0 {
 				t.Errorf("no prefix-cache hit")
+			}
+			if tc.spec != nil && st.Spec.NumAcceptedTokens == 0 {
+				t.Errorf("speculation on, nothing accepted: %+v", st.Spec)
 			}
 		})
 	}

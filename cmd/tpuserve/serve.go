@@ -52,6 +52,7 @@ type serveOptions struct {
 	schedulingPolicy, generationConfig    string
 	pjrtAutoInstall                       bool
 	idleTimeout, bodyReadTimeout          time.Duration
+	speculativeConfig                     string
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
@@ -85,6 +86,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.schedulingPolicy, "scheduling-policy", "fcfs", "fcfs (arrival order; a request with a non-zero priority is refused) or priority (lower priority values first)")
 	fs.StringVar(&o.generationConfig, "generation-config", "auto", "sampling defaults for what requests leave out: auto (the checkpoint's generation_config.json), vllm (vLLM's defaults) or a directory with a generation_config.json")
+	fs.StringVar(&o.speculativeConfig, "speculative-config", "", `speculative decoding as vLLM's JSON, e.g. {"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4,"prompt_lookup_min":2} (prompt lookup; not with --tensor-parallel-size > 1)`)
 	fs.BoolVar(&o.pjrtAutoInstall, "pjrt-auto-install", false, "let an xla: backend download a missing PJRT plugin (off: TPU nodes often have no internet access)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive HTTP connections idle this long")
 	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", server.DefaultBodyReadTimeout, "most time a client may take to send a request body (slower: 408)")
@@ -184,6 +186,13 @@ func validateServeOptions(o *serveOptions) error {
 	if o.generationConfig == "" {
 		errs = append(errs, errors.New("--generation-config: want auto, vllm or a directory"))
 	}
+	if o.speculativeConfig != "" {
+		if _, err := engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
+			errs = append(errs, fmt.Errorf("--speculative-config: %w", err))
+		} else if o.tensorParallel > 1 {
+			errs = append(errs, fmt.Errorf("--speculative-config: speculative decoding is not supported with --tensor-parallel-size %d", o.tensorParallel))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -270,7 +279,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		"kv_cache_memory", o.kvCacheMemory, "kv_cache_dtype", o.kvCacheDType, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
 		"max_queue_len", o.maxQueueLen, "shutdown_timeout", o.shutdownTimeout, "prefix_caching", !o.disablePrefixCaching,
 		"api_key_set", o.apiKey != "", "precompile", o.precompile, "scheduling_policy", o.schedulingPolicy,
-		"generation_config", o.generationConfig)
+		"generation_config", o.generationConfig, "speculative_config", o.speculativeConfig)
 	if err := validateServeOptions(o); err != nil {
 		return err
 	}
@@ -395,6 +404,12 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	if minTokens == 0 {
 		minTokens = plan.DefaultMinTokens(o.backend)
 	}
+	var spec *engine.SpeculativeConfig
+	if o.speculativeConfig != "" {
+		if spec, err = engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
+			return fail(fmt.Errorf("--speculative-config: %w", err))
+		}
+	}
 	t0 = time.Now()
 	eng, err := engine.New(engine.Config{
 		Model:      ecfg.Model,
@@ -405,8 +420,12 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		},
 		PageSize: o.pageSize, KVCacheBytes: kvBytes, KVCacheDType: o.kvCacheDType, DisablePrefixCaching: o.disablePrefixCaching,
 		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
+		Speculative: spec,
 	})
 	if err != nil {
+		if spec != nil {
+			err = fmt.Errorf("%w (--speculative-config %s)", err, o.speculativeConfig)
+		}
 		return fail(err)
 	}
 	defer eng.Close()

@@ -257,3 +257,41 @@ func TestSpeculativeStopsAndLimits(t *testing.T) {
 		t.Errorf("no proposal accepted in %d requests: %+v", n, st)
 	}
 }
+
+// TestSpeculativeSeededSampling: with speculation, a seeded request samples the same tokens
+// alone and among other requests (with top-k/top-p and penalties too), and another seed
+// samples others.
+func TestSpeculativeSeededSampling(t *testing.T) {
+	e := newTestEngineOn(t, tinyFixture(t), func(c *Config) { c.Speculative = ngramConfig(3) })
+	prompt := []int32{2, 7, 8, 9, 7, 8, 9, 7, 8, 9, 7, 8}
+	params := func(seed int64, full bool) SamplingParams {
+		p := DefaultSamplingParams()
+		p.Temperature, p.MaxTokens, p.Seed, p.IgnoreEOS = 0.7, 24, &seed, true
+		if full {
+			p.TopK, p.TopP, p.PresencePenalty = 40, 0.9, 0.2
+		}
+		return p
+	}
+	for _, full := range []bool{false, true} {
+		alone := collect(t, submit(t, e, "alone", prompt, params(7, full)))
+		var chans []<-chan Event
+		for i := 0; i < 8; i++ {
+			chans = append(chans, submit(t, e, fmt.Sprint("other", i), append(prompt[:4:4], int32(40+i)), params(int64(100+i), !full)))
+		}
+		batched := collect(t, submit(t, e, "batched", prompt, params(7, full)))
+		for _, ch := range chans {
+			collect(t, ch)
+		}
+		if fmt.Sprint(alone.tokens) != fmt.Sprint(batched.tokens) {
+			t.Errorf("full %v, seed 7: alone %v, batched %v", full, alone.tokens, batched.tokens)
+		}
+		other := collect(t, submit(t, e, "seed8", prompt, params(8, full)))
+		if fmt.Sprint(alone.tokens) == fmt.Sprint(other.tokens) {
+			t.Errorf("full %v: seeds 7 and 8 gave the same tokens %v", full, other.tokens)
+		}
+	}
+	if st := e.Stats().Spec; st.NumDrafts == 0 {
+		t.Errorf("no verification ran: %+v", st)
+	}
+	t.Logf("%+v", e.Stats().Spec)
+}

@@ -67,6 +67,9 @@ type Config struct {
 	// Speculative turns on speculative decoding (--speculative-config; nil: off): decodes
 	// carry up to NumSpeculativeTokens proposals, verified on the device (verify.go).
 	Speculative *SpeculativeConfig
+	// DraftModel is the draft of Speculative method draft_model (loaded by the caller from
+	// Speculative.Model); it must share the target's vocabulary.
+	DraftModel *model.Model
 	Logger      *slog.Logger
 }
 
@@ -172,7 +175,7 @@ func New(cfg Config) (*Engine, error) {
 	set, err := plan.NewStepSet(mc, plan.StepOptions{
 		MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen,
 		PageSize: cfg.PageSize, SegmentLen: cfg.SegmentLen, MinTokens: cfg.MinTokenBucket, PromptLogprobRows: cfg.PromptLogprobRows,
-		SpecTokens: specTokens,
+		SpecTokens: specTokens, DraftModel: cfg.DraftModel != nil,
 	})
 	if err != nil {
 		if specTokens > 0 {
@@ -182,13 +185,26 @@ func New(cfg Config) (*Engine, error) {
 	}
 	sc.MaxPromptLogprobRows = set.MaxPromptRows()
 	elemBytes, scaleBytes := model.KVElementBytes(mc, dev.dtype())
-	kvCfg, err := kvcache.ConfigForBudget(cfg.KVCacheBytes, kvcache.MemorySpec{
+	spec := kvcache.MemorySpec{
 		PageSize: cfg.PageSize, NumGlobalLayers: mc.NumGlobalLayers(), NumSlidingLayers: mc.NumSlidingLayers(),
 		KVHeads: dev.kvHeadsPerDevice(), HeadDim: mc.HeadDim, DTypeBytes: elemBytes, ScaleBytes: scaleBytes,
 		SlidingWindow: mc.SlidingWindow, MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens,
 		MaxModelLen: sc.MaxModelLen, EnablePrefixCaching: !cfg.DisablePrefixCaching,
-	})
+	}
+	budget := cfg.KVCacheBytes
+	if d := cfg.DraftModel; d != nil {
+		// The draft's pools share the blocks: each block costs the target's and the draft's.
+		dspec := spec
+		dspec.NumGlobalLayers, dspec.NumSlidingLayers = d.Config.NumGlobalLayers(), d.Config.NumSlidingLayers()
+		dspec.KVHeads, dspec.HeadDim, dspec.DTypeBytes, dspec.ScaleBytes = d.Config.NumKeyValueHeads, d.Config.HeadDim, d.DType.Size(), 0
+		budget = splitKVBudget(budget, spec, dspec)
+	}
+	kvCfg, err := kvcache.ConfigForBudget(budget, spec)
 	if err != nil {
+		if cfg.DraftModel != nil {
+			return nil, fmt.Errorf("%w: speculative config: the draft model does not fit the memory plan: its KV pools on the same blocks leave the target %d of %d bytes: %w",
+				ErrInvalidRequest, budget, cfg.KVCacheBytes, err)
+		}
 		return nil, fmt.Errorf("engine: sizing the KV cache: %w", err)
 	}
 	kv, err := kvcache.NewManager(kvCfg)
@@ -200,13 +216,23 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	if sp := cfg.Speculative; sp != nil {
-		sched.SetSpeculation(specTokens, ngramProposer(sp.PromptLookupMin, sp.PromptLookupMax))
+		propose := ngramProposer(sp.PromptLookupMin, sp.PromptLookupMax)
+		if sp.Method == SpecMethodDraftModel {
+			propose = draftProposer(specTokens)
+		}
+		sched.SetSpeculation(specTokens, propose)
 		cfg.Logger.Info("speculative decoding", "config", sp.String())
 	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
 	run, err := newRunner(dev, layout, set, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if cfg.DraftModel != nil {
+		if run.draft, err = newDraftRunner(cfg.DraftModel, layout, set); err != nil {
+			run.close()
+			return nil, fmt.Errorf("engine: %w", err)
+		}
 	}
 	cfg.Logger.Info("step programs", "count", len(set.Programs()), "token_buckets_max", set.MaxTokens(), "precompile", cfg.Precompile)
 	cfg.Logger.Info("KV cache", "pool_bytes_per_device", poolBytes(mc, layout, dev), "budget", cfg.KVCacheBytes, "page_size", cfg.PageSize,

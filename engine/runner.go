@@ -43,6 +43,8 @@ type runner struct {
 	prompt    headProgram
 	// verify and verifyFull check speculative proposals (nil without speculation).
 	verify, verifyFull headProgram
+	// draft is the draft model (speculative decoding with method draft_model; nil without).
+	draft *draftRunner
 	compiled           map[plan.Program]bool
 	numCompiled        atomic.Int64
 	// servingCompilations counts programs compiled after start-up: with the whole set
@@ -136,13 +138,23 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 }
 
 // resetPools replaces the pools after a failed step lost them (they were donated).
-func (r *runner) resetPools() error { return r.dev.allocPools(r.layout) }
+func (r *runner) resetPools() error {
+	if r.draft != nil {
+		if err := r.draft.dev.allocPools(r.layout); err != nil {
+			return fmt.Errorf("draft model: %w", err)
+		}
+	}
+	return r.dev.allocPools(r.layout)
+}
 
 func (r *runner) close() {
 	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.scored, r.prompt, r.verify, r.verifyFull} {
 		if p != nil {
 			p.finalize()
 		}
+	}
+	if r.draft != nil {
+		r.draft.close()
 	}
 	r.dev.freePools()
 }
@@ -177,6 +189,11 @@ func (r *runner) shapeOf(chunks []model.SeqChunk) (model.BatchShape, error) {
 
 // run executes one step.
 func (r *runner) run(in *stepInput) (*stepOutput, error) {
+	if r.draft != nil {
+		if err := r.draftPropose(in); err != nil {
+			return nil, err
+		}
+	}
 	shape, err := r.shapeOf(in.chunks)
 	if err != nil {
 		return nil, err
@@ -244,6 +261,11 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 		}
 		if err := r.runVerify(hidden, &in.verifyFull, offsets, out.spec, true); err != nil {
 			return nil, err
+		}
+		if r.draft != nil {
+			if err := r.draftCatchUp(in, out); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if m := len(in.prompt.chunk); m > 0 {
@@ -326,6 +348,8 @@ func (r *runner) precompile() error {
 			err = r.prompt.precompile(hidden, []any{tensors.FromFlatDataAndDimensions(z, p.Rows), tensors.FromFlatDataAndDimensions(z, p.Rows)})
 		case plan.KindVerify, plan.KindVerifyFull:
 			err = r.precompileVerify(hidden, p)
+		case plan.KindDraftStep, plan.KindDraftPropose:
+			err = r.precompileDraft(p)
 		}
 		if err != nil {
 			return fmt.Errorf("compiling %s: %w", p, err)

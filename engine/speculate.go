@@ -70,11 +70,16 @@ func (c *SpeculativeConfig) normalize() error {
 			return bad("prompt_lookup_min %d and prompt_lookup_max %d: want 1 <= min <= max", c.PromptLookupMin, c.PromptLookupMax)
 		}
 	case SpecMethodDraftModel:
-		return bad("method draft_model is not implemented in this build (supported: %s)", SpecMethodNgram)
+		if c.Model == "" {
+			return bad("method draft_model needs a model (a checkpoint directory or a preset)")
+		}
+		if c.PromptLookupMax != 0 || c.PromptLookupMin != 0 {
+			return bad("prompt_lookup_max and prompt_lookup_min are for method ngram")
+		}
 	case "":
-		return bad("method is required (supported: %s)", SpecMethodNgram)
+		return bad("method is required (supported: %s, %s)", SpecMethodNgram, SpecMethodDraftModel)
 	default:
-		return bad("unknown method %q (supported: %s)", c.Method, SpecMethodNgram)
+		return bad("unknown method %q (supported: %s, %s)", c.Method, SpecMethodNgram, SpecMethodDraftModel)
 	}
 	if c.NumSpeculativeTokens <= 0 {
 		return bad("num_speculative_tokens %d must be > 0", c.NumSpeculativeTokens)
@@ -214,6 +219,16 @@ func checkSpeculative(cfg *Config) (int, error) {
 	}
 	if cfg.Sharded != nil {
 		return 0, fmt.Errorf("%w: speculative config: %w", ErrInvalidRequest, errSpecTP)
+	}
+	switch {
+	case sp.Method == SpecMethodDraftModel && cfg.DraftModel == nil:
+		return 0, fmt.Errorf("%w: speculative config: method draft_model: Config.DraftModel (the loaded %q) is required", ErrInvalidRequest, sp.Model)
+	case sp.Method != SpecMethodDraftModel && cfg.DraftModel != nil:
+		return 0, fmt.Errorf("%w: speculative config: Config.DraftModel is set but the method is %s", ErrInvalidRequest, sp.Method)
+	case cfg.DraftModel != nil:
+		if err := checkDraft(&cfg.Model.Config, &cfg.DraftModel.Config, cfg.Scheduler.MaxModelLen); err != nil {
+			return 0, fmt.Errorf("%w: speculative config: draft model %q: %w", ErrInvalidRequest, sp.Model, err)
+		}
 	}
 	return sp.NumSpeculativeTokens, nil
 }

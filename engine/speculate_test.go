@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -52,6 +53,30 @@ func specJobs(t *testing.T, n int) []specJob {
 	return jobs
 }
 
+var (
+	plainSpecOnce sync.Once
+	plainSpecJobs []specJob
+	plainSpec     map[string]result
+)
+
+// plainSpecRuns are specJobs(64) and their greedy results without speculation, alone on a
+// roomy cache (computed once for the n-gram and the draft-model tests).
+func plainSpecRuns(t *testing.T) ([]specJob, map[string]result) {
+	plainSpecOnce.Do(func() {
+		jobs := specJobs(t, 64)
+		e := newTestEngineOn(t, tinyFixture(t), nil)
+		res := map[string]result{}
+		for _, j := range jobs {
+			res[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
+		}
+		plainSpecJobs, plainSpec = jobs, res
+	})
+	if plainSpec == nil {
+		t.Fatal("the plain reference runs failed")
+	}
+	return plainSpecJobs, plainSpec
+}
+
 // TestSpeculativeGreedyMatchesPlain: with n-gram speculation every request's greedy tokens
 // and logprobs equal those of the same engine without it (within 1e-5) — alone, among 64
 // concurrent requests of mixed lengths, with chunked prefill, with preemption forced by a
@@ -59,14 +84,7 @@ func specJobs(t *testing.T, n int) []specJob {
 // every block is back in its pool (newTestEngineOn's cleanup).
 func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
 	m := tinyFixture(t)
-	jobs := specJobs(t, 64)
-	plain := map[string]result{}
-	{
-		e := newTestEngineOn(t, m, nil)
-		for _, j := range jobs {
-			plain[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
-		}
-	}
+	jobs, plain := plainSpecRuns(t)
 	for i, g := range readGreedyGolden(t, engineFixtures[0]) {
 		got := plain[fmt.Sprintf("hf%d", i)].tokens
 		for s, want := range g.Greedy {
@@ -144,7 +162,8 @@ func TestSpeculativeConfigErrors(t *testing.T) {
 		{`{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_min":4,"prompt_lookup_max":2}`, "prompt_lookup_min 4 and prompt_lookup_max 2"},
 		{`{"method":"ngram","num_speculative_tokens":3,"lookahead":2}`, `unknown field "lookahead"`},
 		{`{"method":"ngram","num_speculative_tokens":"3"}`, "num_speculative_tokens"},
-		{`{"method":"draft_model","model":"tiny","num_speculative_tokens":3}`, "draft_model is not implemented"},
+		{`{"method":"draft_model","num_speculative_tokens":3}`, "method draft_model needs a model"},
+		{`{"method":"draft_model","model":"tiny","num_speculative_tokens":3,"prompt_lookup_max":2}`, "prompt_lookup_max and prompt_lookup_min are for method ngram"},
 	} {
 		_, err := ParseSpeculativeConfig(tc.json)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrInvalidRequest) {

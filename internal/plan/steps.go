@@ -36,6 +36,12 @@ const (
 	// KindVerifyFull is KindVerify with penalties, logit bias, top-k/top-p/min-p and the
 	// logprobs of every emitted token.
 	KindVerifyFull ProgramKind = "verify_full"
+	// KindDraftStep is the draft model's forward pass (speculative decoding with a draft
+	// model): the same shapes as KindStep, over the draft's own KV pools.
+	KindDraftStep ProgramKind = "draft_step"
+	// KindDraftPropose turns the draft's hidden states at Rows positions into proposals
+	// (the draft's argmax).
+	KindDraftPropose ProgramKind = "draft_propose"
 )
 
 // Program is one member of the closed set of compiled programs. Step programs have Shape;
@@ -48,9 +54,9 @@ type Program struct {
 
 // String is a short name for logs: step{T=64 B=64 Q=1 EG=2048 ES=256} or sample{rows=8}.
 func (p Program) String() string {
-	if p.Kind == KindStep {
+	if p.Kind == KindStep || p.Kind == KindDraftStep {
 		s := p.Shape
-		return fmt.Sprintf("step{T=%d B=%d Q=%d EG=%d ES=%d}", s.T, s.B, s.Q, s.EG, s.ES)
+		return fmt.Sprintf("%s{T=%d B=%d Q=%d EG=%d ES=%d}", p.Kind, s.T, s.B, s.Q, s.EG, s.ES)
 	}
 	return fmt.Sprintf("%s{rows=%d}", p.Kind, p.Rows)
 }
@@ -84,6 +90,9 @@ type StepOptions struct {
 	// A verification needs SpecTokens+1 positions in one attention row of the segment
 	// layouts, so it must be below SegmentLen.
 	SpecTokens int
+	// DraftModel adds the draft model's programs: a draft_step for every step shape and
+	// draft_propose in sample's row buckets (SpecTokens > 0 required).
+	DraftModel bool
 }
 
 // DefaultMinTokens is the smallest token bucket on backend ("go" or "xla:…"): 1 on the CPU,
@@ -129,6 +138,9 @@ func (o *StepOptions) setDefaults() error {
 		return fmt.Errorf("%w: step options: SpecTokens = %d: a verification of k proposals needs k+1 <= SegmentLen (%d) and <= MaxNumBatchedTokens (%d) positions",
 			model.ErrConfig, o.SpecTokens, o.SegmentLen, o.MaxNumBatchedTokens)
 	}
+	if o.DraftModel && o.SpecTokens == 0 {
+		return fmt.Errorf("%w: step options: DraftModel needs SpecTokens > 0", model.ErrConfig)
+	}
 	if o.MaxNumBatchedTokens < o.MaxNumSeqs {
 		return fmt.Errorf("%w: step options: MaxNumBatchedTokens %d must be >= MaxNumSeqs %d (every running sequence decodes in one step)",
 			model.ErrConfig, o.MaxNumBatchedTokens, o.MaxNumSeqs)
@@ -155,7 +167,8 @@ func (o *StepOptions) setDefaults() error {
 // windows can need when that is less. Sampler programs come in row buckets of powers of two
 // (sample, from MinTokens) or of eight (sample_full and sample_scored, from 1) up to
 // MaxNumSeqs, and prompt scoring in PromptLogprobRows rows. With SpecTokens (speculative
-// decoding) the verify and verify_full programs come in sample_full's row buckets.
+// decoding) the verify and verify_full programs come in sample_full's row buckets; with a
+// draft model, draft_step repeats every step shape and draft_propose comes in sample's.
 type StepSet struct {
 	opts         StepOptions
 	cfg          *model.Config
@@ -165,6 +178,7 @@ type StepSet struct {
 	sample, full []int // sample_scored has sample_full's buckets
 	prompt       []int
 	verify       []int // verify and verify_full (none without SpecTokens)
+	propose      []int // draft_propose (none without DraftModel)
 }
 
 // NewStepSet enumerates the program set for cfg served with opts.
@@ -204,6 +218,9 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 	if opts.SpecTokens > 0 {
 		// Speculating sequences are the decodes of latency-bound traffic: few, ×8 buckets.
 		s.verify = s.full
+	}
+	if opts.DraftModel {
+		s.propose = s.sample
 	}
 	return s, nil
 }
@@ -316,6 +333,8 @@ func (s *StepSet) RowsFor(kind ProgramKind, n int) (int, bool) {
 		list = s.prompt
 	case KindVerify, KindVerifyFull:
 		list = s.verify
+	case KindDraftPropose:
+		list = s.propose
 	default:
 		return 0, false
 	}
@@ -341,10 +360,15 @@ func (s *StepSet) Programs() []Program {
 	for _, sh := range s.steps {
 		out = append(out, Program{Kind: KindStep, Shape: sh})
 	}
+	if s.opts.DraftModel {
+		for _, sh := range s.steps {
+			out = append(out, Program{Kind: KindDraftStep, Shape: sh})
+		}
+	}
 	for _, k := range []struct {
 		kind ProgramKind
 		rows []int
-	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVerify, s.verify}, {KindVerifyFull, s.verify}} {
+	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVerify, s.verify}, {KindVerifyFull, s.verify}, {KindDraftPropose, s.propose}} {
 		for _, r := range k.rows {
 			out = append(out, Program{Kind: k.kind, Rows: r})
 		}

@@ -70,7 +70,7 @@ type Config struct {
 	// DraftModel is the draft of Speculative method draft_model (loaded by the caller from
 	// Speculative.Model); it must share the target's vocabulary.
 	DraftModel *model.Model
-	Logger      *slog.Logger
+	Logger     *slog.Logger
 }
 
 // Engine runs continuous batching over a model. Create it with New; Close it when done.

@@ -44,9 +44,9 @@ type runner struct {
 	// verify and verifyFull check speculative proposals (nil without speculation).
 	verify, verifyFull headProgram
 	// draft is the draft model (speculative decoding with method draft_model; nil without).
-	draft *draftRunner
-	compiled           map[plan.Program]bool
-	numCompiled        atomic.Int64
+	draft       *draftRunner
+	compiled    map[plan.Program]bool
+	numCompiled atomic.Int64
 	// servingCompilations counts programs compiled after start-up: with the whole set
 	// compiled before serving it stays 0, and a move is a bug (logged as an error).
 	servingCompilations atomic.Int64

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"github.com/tpuserve/tpuserve/engine"
@@ -405,9 +406,16 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		minTokens = plan.DefaultMinTokens(o.backend)
 	}
 	var spec *engine.SpeculativeConfig
+	var draft *model.Model
 	if o.speculativeConfig != "" {
 		if spec, err = engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
 			return fail(fmt.Errorf("--speculative-config: %w", err))
+		}
+		if spec.Method == engine.SpecMethodDraftModel {
+			if draft, err = loadDraft(backend, spec.Model, mc, dtype, o.seed, tok, log); err != nil {
+				return fail(fmt.Errorf("--speculative-config: %w", err))
+			}
+			defer draft.Close()
 		}
 	}
 	t0 = time.Now()
@@ -420,7 +428,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		},
 		PageSize: o.pageSize, KVCacheBytes: kvBytes, KVCacheDType: o.kvCacheDType, DisablePrefixCaching: o.disablePrefixCaching,
 		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
-		Speculative: spec,
+		Speculative: spec, DraftModel: draft,
 	})
 	if err != nil {
 		if spec != nil {
@@ -473,6 +481,20 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
+	if sp, err := engine.ParseSpeculativeConfig(o.speculativeConfig); o.speculativeConfig != "" && err == nil && sp.Method == engine.SpecMethodDraftModel {
+		// The draft's weights sit beside the target's (its activations are smaller than
+		// the target's and run after them; its KV pools share the KV budget, see engine).
+		dcfg, err := modelConfig(sp.Model)
+		if err != nil {
+			return 0, fmt.Errorf("--speculative-config draft model: %w", err)
+		}
+		draftBytes := dcfg.NumParams() * int64(dtype.Size())
+		if draftBytes >= mem {
+			return 0, fmt.Errorf("--speculative-config: the draft model %s (%s of weights) does not fit the device memory %s", sp.Model, plan.FormatBytes(draftBytes), plan.FormatBytes(mem))
+		}
+		log.Info("memory plan: the draft model's weights", "model", sp.Model, "bytes", plan.FormatBytes(draftBytes))
+		mem -= draftBytes
+	}
 	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
@@ -484,6 +506,53 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 		"activations", plan.FormatBytes(mp.Activations.Peak), "workspace", plan.FormatBytes(mp.WorkspaceBytes),
 		"kv_cache", plan.FormatBytes(mp.KVBytesPerChip), "kv_tokens", mp.KVTokens)
 	return mp.KVBytesPerChip, nil
+}
+
+// loadDraft loads the draft model of --speculative-config (a checkpoint directory or a
+// preset with seeded random weights) and refuses one whose tokenizer differs from the
+// target's: a checkpoint's own tokenizer.json must have the same pieces.
+func loadDraft(backend backends.Backend, name string, target *model.Config, dtype dtypes.DType, seed uint64, tok *tokenizer.Tokenizer, log *slog.Logger) (*model.Model, error) {
+	// The vocabulary first, from the config alone: a mismatch is refused before loading.
+	dcfg, err := modelConfig(name)
+	if err != nil {
+		return nil, fmt.Errorf("draft model: %w", err)
+	}
+	if dcfg.VocabSize != target.VocabSize {
+		return nil, fmt.Errorf("draft model %s: its vocabulary has %d rows, the target's %d: the draft must share the target's tokenizer", name, dcfg.VocabSize, target.VocabSize)
+	}
+	if isDirWith(name, "tokenizer.json") {
+		dt, err := loadTokenizer(name)
+		if err != nil {
+			return nil, fmt.Errorf("draft model %s: its tokenizer: %w", name, err)
+		}
+		if err := sameTokenizer(tok, dt); err != nil {
+			return nil, fmt.Errorf("draft model %s: %w", name, err)
+		}
+	}
+	t0 := time.Now()
+	m, err := model.Load(backend, model.LoadOptions{Model: name, DType: dtype, Seed: seed})
+	if err != nil {
+		return nil, fmt.Errorf("draft model %s: %w", name, err)
+	}
+	// As the target's: rows beyond the tokenizer are never proposed.
+	m.Config.TextVocabSize = min(m.Config.TextVocabSize, tok.VocabSize())
+	log.Info("draft model loaded", "model", name, "params", m.Config.NumParams(), "elapsed", time.Since(t0).Round(time.Millisecond))
+	return m, nil
+}
+
+// sameTokenizer reports how two tokenizers differ, if they do.
+func sameTokenizer(a, b *tokenizer.Tokenizer) error {
+	if a.VocabSize() != b.VocabSize() {
+		return fmt.Errorf("its tokenizer has %d tokens, the target's %d", b.VocabSize(), a.VocabSize())
+	}
+	for id := int32(0); int(id) < a.VocabSize(); id++ {
+		pa, _ := a.TokenString(id)
+		pb, _ := b.TokenString(id)
+		if pa != pb {
+			return fmt.Errorf("its tokenizer's token %d is %q, the target's %q", id, pb, pa)
+		}
+	}
+	return nil
 }
 
 func isDirWith(dir, file string) bool {

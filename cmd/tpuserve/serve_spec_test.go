@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,5 +72,30 @@ func TestServeSpeculative(t *testing.T) {
 	t.Logf("drafts %d, draft tokens %d, accepted %d", drafts, proposals, accepted)
 	if v := metric(t, plain.url, "vllm:spec_decode_num_drafts_total"); v != "0" {
 		t.Errorf("without speculation vllm:spec_decode_num_drafts_total = %q", v)
+	}
+	// The target as its own draft (the same preset, the same seed): every proposal is
+	// accepted and the text is the same.
+	self := startServe(t, func(o *serveOptions) {
+		o.speculativeConfig = `{"method":"draft_model","model":"tiny","num_speculative_tokens":3}`
+	})
+	if got := complete(self); got != want {
+		t.Errorf("with the target as its draft: text %q, plain %q", got, want)
+	}
+	d, a := metric(t, self.url, "vllm:spec_decode_num_draft_tokens_total"), metric(t, self.url, "vllm:spec_decode_num_accepted_tokens_total")
+	if d == "0" || d != a {
+		t.Errorf("the target as its own draft: %s proposals, %s accepted; want all", d, a)
+	}
+}
+
+// TestServeDraftModelRefused: a draft of another vocabulary is refused at start-up, before
+// its weights load, naming it.
+func TestServeDraftModelRefused(t *testing.T) {
+	_, o := serveFlags(io.Discard)
+	o.tokenizerDir = tokenizerDirForTest(t)
+	o.host, o.port, o.grpcPort, o.precompile = "127.0.0.1", 0, -1, "none"
+	o.speculativeConfig = `{"method":"draft_model","model":"gemma3-1b","num_speculative_tokens":3}`
+	err := serve(context.Background(), o, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err == nil || !strings.Contains(err.Error(), "draft model gemma3-1b: its vocabulary has 262144 rows, the target's 262208") {
+		t.Errorf("serve with a gemma3-1b draft for the tiny target: %v", err)
 	}
 }

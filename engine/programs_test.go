@@ -104,11 +104,13 @@ func TestNoCompilationWhileServing(t *testing.T) {
 		page                 int
 		kvBytes              int64
 		spec                 *SpeculativeConfig
+		draft                bool
 	}{
-		{"small steps, preemption", 4, 32, 96, 8, 320 << 10, nil},
-		{"serve-like", 16, 128, 256, 16, 0, nil},
-		{"long prompts, few sequences", 2, 64, 200, 4, 0, nil},
-		{"speculative n-gram, preemption", 4, 32, 96, 8, 320 << 10, ngramConfig(3)},
+		{"small steps, preemption", 4, 32, 96, 8, 320 << 10, nil, false},
+		{"serve-like", 16, 128, 256, 16, 0, nil, false},
+		{"long prompts, few sequences", 2, 64, 200, 4, 0, nil, false},
+		{"speculative n-gram, preemption", 4, 32, 96, 8, 320 << 10, ngramConfig(3), false},
+		{"speculative draft model, preemption", 4, 32, 96, 8, 720 << 10, draftConfig(2), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 7))
@@ -120,6 +122,9 @@ func TestNoCompilationWhileServing(t *testing.T) {
 					c.KVCacheBytes = tc.kvBytes
 				}
 				c.Speculative = tc.spec
+				if tc.draft {
+					c.DraftModel = c.Model // the target as its own draft
+				}
 			})
 			compiled := e.Stats().StepPrograms
 			randomWorkload(t, e, rng, 40, tc.seqs+2, tc.maxLn)

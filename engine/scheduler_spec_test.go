@@ -76,7 +76,7 @@ func TestSchedulerSpeculation(t *testing.T) {
 	if err := s.Abandon(plan); err != nil {
 		t.Fatal(err)
 	}
-	// max_tokens: with 10 of 12 outputs... drive it there and check the cap.
+	// max_tokens: at 10 of 12 outputs a step may emit two tokens, so one proposal.
 	for len(r.tokens)-r.numPrompt < 10 {
 		plan, _ = s.Schedule()
 		if _, err := s.UpdateFromOutputSpec(plan, []int32{57}, [][]int32{nil}); err != nil {
@@ -92,35 +92,5 @@ func TestSchedulerSpeculation(t *testing.T) {
 	}
 	if err := s.Finish("a"); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestTruncateReleasesBlocks: Truncate frees the blocks past a position in both groups
-// and refuses to drop a block already in the prefix cache.
-func TestTruncateReleasesBlocks(t *testing.T) {
-	m, err := kvcache.NewManager(kvcache.Config{PageSize: 4, NumGlobalBlocks: 10, NumSlidingBlocks: 10, SlidingWindow: 4, EnablePrefixCaching: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seq kvcache.Seq
-	if err := m.Allocate(&seq, nil, 0, 14); err != nil {
-		t.Fatal(err)
-	}
-	toks := prompt(3, 14)
-	if err := m.Commit(&seq, toks, 9); err != nil { // two full blocks registered
-		t.Fatal(err)
-	}
-	if err := m.Truncate(&seq, 9); err != nil {
-		t.Fatal(err)
-	}
-	if len(seq.GlobalBlocks()) != 3 || len(seq.SlidingBlocks()) != 3 {
-		t.Errorf("after truncating to 9 positions: %d global, %d sliding blocks; want 3", len(seq.GlobalBlocks()), len(seq.SlidingBlocks()))
-	}
-	if err := m.Truncate(&seq, 4); err == nil {
-		t.Errorf("truncating into a registered block: no error")
-	}
-	m.Free(&seq)
-	if err := m.CheckAllFree(); err != nil {
-		t.Error(err)
 	}
 }

@@ -6,6 +6,11 @@
 // Ownership: the scheduler decides and never touches tensors; kvcache allocates blocks; the
 // model builds graphs; the engine's step loop is the only goroutine that touches the device.
 //
+// Speculative decoding (Config.Speculative): the scheduler gives a decode up to K
+// proposals (prompt lookup, speculate.go; or slots a draft model fills on the device,
+// draft.go), the step computes their K/V with the rest of the batch, a verify head program
+// accepts on the device (verify.go), and UpdateFromOutputSpec commits the accepted run only.
+//
 // Concurrency: Submit may be called from any goroutine. Each request gets its own buffered
 // event channel, closed after the final event. Cancelling the request's context aborts it at
 // the next step and frees its blocks.

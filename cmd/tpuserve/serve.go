@@ -481,6 +481,10 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
+	specTokens := 0
+	if sp, err := engine.ParseSpeculativeConfig(o.speculativeConfig); o.speculativeConfig != "" && err == nil {
+		specTokens = sp.NumSpeculativeTokens
+	}
 	if sp, err := engine.ParseSpeculativeConfig(o.speculativeConfig); o.speculativeConfig != "" && err == nil && sp.Method == engine.SpecMethodDraftModel {
 		// The draft's weights sit beside the target's (its activations are smaller than
 		// the target's and run after them; its KV pools share the KV budget, see engine).
@@ -498,6 +502,7 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
+		SpecTokens: specTokens,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)

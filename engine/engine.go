@@ -71,6 +71,8 @@ type Config struct {
 	// Speculative.Model); it must share the target's vocabulary.
 	DraftModel *model.Model
 	Logger     *slog.Logger
+	// verify are the verifier's test hooks (the residual ablation).
+	verify verifyOptions
 }
 
 // Engine runs continuous batching over a model. Create it with New; Close it when done.
@@ -224,7 +226,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Logger.Info("speculative decoding", "config", sp.String())
 	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
-	run, err := newRunner(dev, layout, set, cfg.Logger)
+	run, err := newRunner(dev, layout, set, cfg.Logger, cfg.verify)
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}

@@ -105,7 +105,7 @@ type promptOutput struct {
 	topLP  []float32
 }
 
-func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *slog.Logger) (*runner, error) {
+func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *slog.Logger, vopt verifyOptions) (*runner, error) {
 	if err := dev.allocPools(layout); err != nil {
 		return nil, err
 	}
@@ -126,8 +126,8 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 		}
 	}
 	if k := set.SpecTokens(); err == nil && k > 0 {
-		if r.verify, err = dev.newHead("gemma3_verify", headVerify(verifyFeatures, r.textVocab, k), len(progs)); err == nil {
-			r.verifyFull, err = dev.newHead("gemma3_verify_full", headVerify(verifyFullFeatures, r.textVocab, k), len(progs))
+		if r.verify, err = dev.newHead("gemma3_verify", headVerify(verifyFeatures, r.textVocab, k, vopt), len(progs)); err == nil {
+			r.verifyFull, err = dev.newHead("gemma3_verify_full", headVerify(verifyFullFeatures, r.textVocab, k, vopt), len(progs))
 		}
 	}
 	if err != nil {

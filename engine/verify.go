@@ -51,8 +51,8 @@ type verifyOptions struct {
 
 // headVerify is the verifier as a head program: its extra inputs are the hidden-state
 // rows [R·(K+1)], the proposals [R, K] and their counts [R], then samplerRows.inputs(f).
-func headVerify(f samplerFeatures, textVocab, K int) model.HeadFn {
-	v := buildVerifier(f, textVocab, K, verifyOptions{})
+func headVerify(f samplerFeatures, textVocab, K int, opt verifyOptions) model.HeadFn {
+	v := buildVerifier(f, textVocab, K, opt)
 	return func(logits func(idx *Node) *Node, extra []*Node) []*Node {
 		return v(logits(extra[0]), extra[1:])
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 
@@ -33,22 +34,40 @@ func randomModel(b *testing.B, name string, seed uint64, mutate func(*model.Conf
 	return m
 }
 
-// BenchmarkSpeculative: greedy decoding of a 1B-shaped target (gemma3-1b's shapes, random
-// weights) on the CPU without speculation, with n-gram prompt lookup (K = 4) on
-// repetitive prompts (a phrase of 8 tokens repeated) and on random ones, and with a
-// tiny-shaped draft model (the tiny preset's layers with 1B's vocabulary, K = 4), at batch
-// 1 (16 new tokens) and 8 (8 new tokens each): 32-token prompts. It reports generated
-// tokens/s, target forward passes per generated token per request (steps × batch / tokens,
-// prefill steps included) and the acceptance rate. Run with -benchtime=1x: on the pure-Go
-// backend a 1B-shaped step takes seconds.
+// BenchmarkSpeculative: greedy decoding without speculation, with n-gram prompt lookup
+// (K = 4) on repetitive prompts (a phrase of 8 tokens repeated) and on random ones, and
+// with a draft model (K = 4), at batch 1 (16 new tokens) and 8 (8 new tokens each), on
+// 32-token prompts (plain decoding costs the same on either kind of prompt: one baseline). The target is TPUSERVE_SPEC_BENCH_TARGET: "tiny" (default: the tiny
+// preset, drafted by its own shape cut to one layer) or "1b" (gemma3-1b's shapes, drafted by
+// the tiny preset's layers with 1B's vocabulary), random weights. It reports generated
+// tokens/s, target forward passes per generated token per request (steps × batch /
+// tokens, prefill steps included) and the acceptance rate. Run with -benchtime=1x: on the
+// pure-Go backend a 1B-shaped step takes seconds.
 func BenchmarkSpeculative(b *testing.B) {
-	target := randomModel(b, "gemma3-1b", 1, nil)
+	var target, draft *model.Model
+	switch name := os.Getenv("TPUSERVE_SPEC_BENCH_TARGET"); name {
+	case "", "tiny":
+		target = randomModel(b, "tiny", 1, nil)
+		draft = randomModel(b, "tiny", 2, func(c *model.Config) {
+			c.NumHiddenLayers, c.LayerTypes = 1, c.LayerTypes[:1]
+		})
+	case "1b":
+		target = randomModel(b, "gemma3-1b", 1, nil)
+		draft = randomModel(b, "tiny", 2, func(c *model.Config) {
+			c.VocabSize, c.TextVocabSize = target.Config.VocabSize, target.Config.TextVocabSize
+			c.SlidingWindow = min(c.SlidingWindow, target.Config.SlidingWindow)
+		})
+	default:
+		b.Fatalf("TPUSERVE_SPEC_BENCH_TARGET=%q: want tiny or 1b", name)
+	}
 	defer target.Close()
-	draft := randomModel(b, "tiny", 2, func(c *model.Config) {
-		c.VocabSize, c.TextVocabSize = target.Config.VocabSize, target.Config.TextVocabSize
-		c.SlidingWindow = min(c.SlidingWindow, target.Config.SlidingWindow)
-	})
 	defer draft.Close()
+	// TPUSERVE_SPEC_BENCH_BATCHES=1 runs batch 1 only (a 1B-shaped batch of 8 takes many
+	// minutes on two cores).
+	batches := []int{1, 8}
+	if os.Getenv("TPUSERVE_SPEC_BENCH_BATCHES") == "1" {
+		batches = []int{1}
+	}
 	prompts := func(repetitive bool, batch, round int) [][]int32 {
 		rng := rand.New(rand.NewPCG(uint64(round), uint64(batch)))
 		var out [][]int32
@@ -74,18 +93,18 @@ func BenchmarkSpeculative(b *testing.B) {
 		spec       *SpeculativeConfig
 		draft      *model.Model
 		repetitive bool
-		batch8     bool
 	}{
-		// Plain decoding costs the same on either kind of prompt: one baseline.
-		{"plain", nil, nil, false, true},
-		{"ngram/repetitive", &SpeculativeConfig{Method: SpecMethodNgram, NumSpeculativeTokens: 4, PromptLookupMax: 4, PromptLookupMin: 2}, nil, true, true},
-		{"ngram/random", &SpeculativeConfig{Method: SpecMethodNgram, NumSpeculativeTokens: 4, PromptLookupMax: 4, PromptLookupMin: 2}, nil, false, false},
-		{"draft/random", &SpeculativeConfig{Method: SpecMethodDraftModel, Model: "tiny-shaped", NumSpeculativeTokens: 4}, draft, false, true},
+		{"plain", nil, nil, false},
+		{"ngram/repetitive", &SpeculativeConfig{Method: SpecMethodNgram, NumSpeculativeTokens: 4, PromptLookupMax: 4, PromptLookupMin: 2}, nil, true},
+		{"ngram/random", &SpeculativeConfig{Method: SpecMethodNgram, NumSpeculativeTokens: 4, PromptLookupMax: 4, PromptLookupMin: 2}, nil, false},
+		{"draft/random", &SpeculativeConfig{Method: SpecMethodDraftModel, Model: "tiny-shaped", NumSpeculativeTokens: 4}, draft, false},
+		// The target as its own draft: every proposal accepted, the bound on passes per token.
+		{"self-draft/random", &SpeculativeConfig{Method: SpecMethodDraftModel, Model: "target", NumSpeculativeTokens: 4}, target, false},
 	} {
-		for _, batch := range []int{1, 8} {
-			if batch == 8 && !mode.batch8 {
-				continue
-			}
+		if mode.draft == target && os.Getenv("TPUSERVE_SPEC_BENCH_TARGET") == "1b" {
+			continue // twice the 1B's cost per step: too slow here
+		}
+		for _, batch := range batches {
 			newTokens := 16
 			if batch == 8 {
 				newTokens = 8

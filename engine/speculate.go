@@ -97,44 +97,49 @@ func (c *SpeculativeConfig) String() string {
 // to lookupMax tokens, that occurred before; the tokens that followed an earlier
 // occurrence are the proposals — the latest occurrence with k tokens after it, else the
 // earliest (in a loop the latest occurrence overlaps the suffix and has one token after
-// it). O(len(tokens) · lookupMax) on the host, no allocation (a slice of the tokens).
+// it). One backward pass over the tokens (each earlier copy of the last token is extended
+// backwards up to lookupMax), stopping at the latest full-length occurrence with k tokens
+// after it; no allocation: the proposals are a slice of the tokens.
 func ngramProposer(lookupMin, lookupMax int) Proposer {
 	return func(tokens []int32, k int) []int32 {
 		L := len(tokens)
 		if k <= 0 || L < lookupMin+1 {
 			return nil
 		}
-		for n := min(lookupMax, L-1); n >= lookupMin; n-- {
-			suffix := tokens[L-n:]
-			match := func(i int) bool { return tokens[i] == suffix[0] && equalTokens(tokens[i:i+n], suffix) }
-			at := -1
-			for i := L - n - k; i >= 0; i-- {
-				if match(i) {
-					at = i
-					break
-				}
+		last := tokens[L-1]
+		best, latestFull, earliest := 0, -1, -1 // match length; its occurrences' last positions
+		for e := L - 2; e >= 0; e-- {
+			if tokens[e] != last {
+				continue
 			}
-			for i := max(0, L-n-k+1); at < 0 && i < L-n; i++ {
-				if match(i) {
-					at = i
-				}
+			m := 1
+			for m < lookupMax && e-m >= 0 && tokens[e-m] == tokens[L-1-m] {
+				m++
 			}
-			if at >= 0 {
-				from := at + n
-				return tokens[from:min(L, from+k):min(L, from+k)]
+			if m < lookupMin || m < best {
+				continue
+			}
+			if m > best {
+				best, latestFull = m, -1
+			}
+			if latestFull < 0 && L-1-e >= k {
+				latestFull = e // the scan runs backwards: the first found is the latest
+			}
+			earliest = e
+			if best == lookupMax && latestFull >= 0 {
+				break // nothing longer exists, and the latest with k after is found
 			}
 		}
-		return nil
-	}
-}
-
-func equalTokens(a, b []int32) bool {
-	for i := range a {
-		if a[i] != b[i] {
-			return false
+		at := latestFull
+		if at < 0 {
+			at = earliest
 		}
+		if at < 0 {
+			return nil
+		}
+		end := min(L, at+1+k)
+		return tokens[at+1 : end : end]
 	}
-	return true
 }
 
 // SpecStats are speculative decoding's counters, cumulative (vLLM's spec_decode metrics).

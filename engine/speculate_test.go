@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -387,5 +388,45 @@ func TestSpeculativeSamplingDistribution(t *testing.T) {
 	}
 	if xb <= 100 {
 		t.Errorf("the broken residual passed (χ² %.1f ≤ 100): the test cannot tell", xb)
+	}
+}
+
+// ngramReference is prompt lookup written the direct way: for n from lookupMax down, the
+// latest earlier occurrence of the n-token suffix with k tokens after it, else the earliest.
+func ngramReference(tokens []int32, lookupMin, lookupMax, k int) []int32 {
+	L := len(tokens)
+	for n := min(lookupMax, L-1); n >= lookupMin; n-- {
+		suffix := tokens[L-n:]
+		match := func(i int) bool { return slices.Equal(tokens[i:i+n], suffix) }
+		for i := L - n - k; i >= 0; i-- {
+			if match(i) {
+				return tokens[i+n : i+n+k]
+			}
+		}
+		for i := 0; i < L-n; i++ {
+			if match(i) {
+				return tokens[i+n:]
+			}
+		}
+	}
+	return nil
+}
+
+// TestNgramProposerMatchesReference: the one-pass proposer equals the direct definition on
+// random token strings over small alphabets (many repeats).
+func TestNgramProposerMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for trial := 0; trial < 3000; trial++ {
+		lo := 1 + rng.IntN(3)
+		hi := lo + rng.IntN(3)
+		k := 1 + rng.IntN(5)
+		toks := make([]int32, 1+rng.IntN(40))
+		for i := range toks {
+			toks[i] = int32(rng.IntN(2 + trial%5))
+		}
+		got, want := ngramProposer(lo, hi)(toks, k), ngramReference(toks, lo, hi, k)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%v lookup %d..%d k=%d: %v, want %v", toks, lo, hi, k, got, want)
+		}
 	}
 }

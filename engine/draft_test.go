@@ -73,6 +73,7 @@ func TestDraftModelGreedyMatchesPlain(t *testing.T) {
 			for id, ch := range chans {
 				got[id] = collect(t, ch)
 			}
+			checkHF(t, sc.name, got)
 			for _, j := range jobs {
 				if ok, why := sameResult(got[j.id], plain[j.id]); !ok {
 					t.Errorf("%s: with the draft differs from plain: %s", j.id, why)

@@ -56,6 +56,22 @@ func specJobs(t *testing.T, n int) []specJob {
 	return jobs
 }
 
+// checkHF compares the hf* results with HF's greedy runs wherever the margin is clear.
+func checkHF(t *testing.T, who string, res map[string]result) {
+	t.Helper()
+	for i, g := range readGreedyGolden(t, engineFixtures[0]) {
+		got := res[fmt.Sprintf("hf%d", i)].tokens
+		for s, want := range g.Greedy {
+			if g.Margins[s] <= 1e-3 {
+				break
+			}
+			if s >= len(got) || got[s] != want {
+				t.Fatalf("%s: HF greedy run %d step %d: %v, HF %d", who, i, s, got, want)
+			}
+		}
+	}
+}
+
 var (
 	plainSpecOnce sync.Once
 	plainSpecJobs []specJob
@@ -88,17 +104,7 @@ func plainSpecRuns(t *testing.T) ([]specJob, map[string]result) {
 func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
 	m := tinyFixture(t)
 	jobs, plain := plainSpecRuns(t)
-	for i, g := range readGreedyGolden(t, engineFixtures[0]) {
-		got := plain[fmt.Sprintf("hf%d", i)].tokens
-		for s, want := range g.Greedy {
-			if g.Margins[s] <= 1e-3 {
-				break
-			}
-			if got[s] != want {
-				t.Fatalf("plain engine: HF greedy run %d step %d: %d, HF %d", i, s, got[s], want)
-			}
-		}
-	}
+	checkHF(t, "plain engine", plain)
 	for _, sc := range []struct {
 		name       string
 		concurrent bool
@@ -130,6 +136,7 @@ func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
 					got[j.id] = collect(t, submit(t, e, j.id, j.prompt, greedyParams(j.max)))
 				}
 			}
+			checkHF(t, "speculative engine", got)
 			for _, j := range jobs {
 				if ok, why := sameResult(got[j.id], plain[j.id]); !ok {
 					t.Errorf("%s: speculative differs from plain: %s", j.id, why)

@@ -80,6 +80,9 @@ type Request struct {
 	Priority int
 	// ArrivalTime is when the server received the request (zero = time of Submit).
 	ArrivalTime time.Time
+	// Images are the request's images, one per placeholder run of image_token_index in
+	// PromptIDs, in prompt order (a vision model with Config.Vision set).
+	Images []Image
 }
 
 // TokenLogprob is the log-probability of one token (natural log, after penalties, before

@@ -10,6 +10,14 @@
 // proposals (prompt lookup, speculate.go; or slots a draft model fills on the device,
 // draft.go), the step computes their K/V with the rest of the batch, a verify head program
 // accepts on the device (verify.go), and UpdateFromOutputSpec commits the accepted run only.
+// Images (Config.Vision, a vision model): a Request carries preprocessed images
+// (Request.Images, one per placeholder run of its prompt). The step that first computes an
+// image's tokens encodes it on the device with the step set's vision program (images of a
+// step batched, features left on the device as the step's image-embedding input); the
+// scheduler never ends a chunk inside an image group and puts at most MaxImagesPerStep
+// images in a step; prefix-cache blocks that hold any of a group's positions hash its
+// images' content hashes (kvcache.ContentKey), so a repeated image reuses them and another
+// image with the same placeholder ids never does.
 //
 // Concurrency: Submit may be called from any goroutine. Each request gets its own buffered
 // event channel, closed after the final event. Cancelling the request's context aborts it at

@@ -14,6 +14,7 @@ import (
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/kvcache"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/vision"
 )
 
 // Engine errors returned by Submit (besides the scheduler's ErrInvalidRequest,
@@ -73,6 +74,14 @@ type Config struct {
 	Logger     *slog.Logger
 	// verify are the verifier's test hooks (the residual ablation).
 	verify verifyOptions
+	// Vision is the vision tower of a vision model (nil: requests carry no images). It
+	// runs on the model's device in the model's dtype, before the step whose prefill
+	// consumes the images; its programs are part of the step set. Not with Sharded.
+	Vision *vision.Encoder
+	// MaxImagesPerStep is the most images one step encodes and splices (default 4 with
+	// Vision): the step programs' image-embedding rows are MaxImagesPerStep·
+	// mm_tokens_per_image.
+	MaxImagesPerStep int
 }
 
 // Engine runs continuous batching over a model. Create it with New; Close it when done.
@@ -82,6 +91,9 @@ type Engine struct {
 	log  *slog.Logger
 	dev  stepDevice
 	eos  map[int32]bool
+	// vision is Config.Vision; maxImages the step set's images per step.
+	vision    *vision.Encoder
+	maxImages int
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -174,9 +186,31 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	imageTokens := 0
+	if cfg.Vision != nil {
+		vc := cfg.Vision.Config()
+		switch {
+		case cfg.Sharded != nil:
+			return nil, fmt.Errorf("%w: Config.Vision with a sharded model is not supported yet", ErrInvalidRequest)
+		case !mc.Vision:
+			return nil, fmt.Errorf("%w: Config.Vision is set, the model's config has no vision_config", ErrInvalidRequest)
+		case vc.TextHiddenSize != mc.HiddenSize:
+			return nil, fmt.Errorf("%w: the vision tower projects to %d, the model's hidden size is %d", ErrInvalidRequest, vc.TextHiddenSize, mc.HiddenSize)
+		case cfg.Vision.DType() != dev.dtype():
+			return nil, fmt.Errorf("%w: the vision tower computes in %s, the model in %s", ErrInvalidRequest, cfg.Vision.DType(), dev.dtype())
+		}
+		imageTokens = vc.MMTokensPerImage
+		if cfg.MaxImagesPerStep == 0 {
+			cfg.MaxImagesPerStep = 4
+		}
+	} else {
+		cfg.MaxImagesPerStep = 0
+	}
+	sc.MaxImagesPerStep = cfg.MaxImagesPerStep
 	set, err := plan.NewStepSet(mc, plan.StepOptions{
 		MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen,
 		PageSize: cfg.PageSize, SegmentLen: cfg.SegmentLen, MinTokens: cfg.MinTokenBucket, PromptLogprobRows: cfg.PromptLogprobRows,
+		MaxImagesPerStep: cfg.MaxImagesPerStep, ImageTokens: imageTokens,
 		SpecTokens: specTokens, DraftModel: cfg.DraftModel != nil,
 	})
 	if err != nil {
@@ -227,6 +261,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
 	run, err := newRunner(dev, layout, set, cfg.Logger, cfg.verify)
+	if err == nil {
+		run.vision = cfg.Vision
+	}
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
@@ -266,6 +303,7 @@ type stepDevice interface {
 func start(cfg Config, mc *model.Config, sched *Scheduler, dev stepDevice) *Engine {
 	e := &Engine{
 		cfg: cfg, mcfg: mc, log: cfg.Logger, dev: dev, sched: sched, reqs: map[string]*reqState{},
+		vision: cfg.Vision, maxImages: cfg.MaxImagesPerStep,
 		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x7470)), done: make(chan struct{}), eos: map[int32]bool{},
 	}
 	for _, id := range mc.EOSTokenIDs {
@@ -366,8 +404,17 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 		req.ArrivalTime = time.Now()
 	}
 	req.PromptIDs = append([]int32(nil), req.PromptIDs...)
+	images, err := e.planImages(&req)
+	if err != nil {
+		return nil, err
+	}
 	if err := e.sched.Add(&req); err != nil {
 		return nil, err
+	}
+	if images != nil {
+		seq := e.sched.reqs[req.ID]
+		seq.images = images
+		seq.kv.SetContentKeys(images.keys) // before its first prefix-cache lookup
 	}
 	seed := e.rng.Int64()
 	if req.Params.Seed != nil {
@@ -570,6 +617,7 @@ func (e *Engine) step() error {
 	in := &stepInput{chunks: make([]model.SeqChunk, len(plan.Seqs)), base: &samplerRows{}, full: &samplerRows{}, scored: &samplerRows{}}
 	states := make([]*reqState, len(plan.Seqs))
 	promptFrom := make([]int, len(plan.Seqs)) // first prompt row of each chunk in in.prompt
+	e.fillGrammarMasks(plan)
 	for i := range plan.Seqs {
 		ps := &plan.Seqs[i]
 		r := e.reqs[ps.RequestID]
@@ -583,6 +631,9 @@ func (e *Engine) step() error {
 		}
 		if len(ps.Draft) > 0 {
 			in.chunks[i].Tokens = append(slices.Clip(ps.TokenIDs), ps.Draft...)
+		}
+		if ip := r.seq.images; ip != nil {
+			e.addStepImages(in, i, r, ip, ps)
 		}
 		switch {
 		case ps.Sample && len(ps.Draft) > 0:
@@ -749,6 +800,19 @@ func (e *Engine) addVerifyRow(in *stepInput, i int, r *reqState, ps *ScheduledSe
 	v.rows.addRow(p, r.key, uint32(ps.NumOutputTokens), out, prompt, nil, r.bias, nil)
 }
 
+// addStepImages lists the images chunk i's step encodes (every image of a group it
+// touches) after the step's earlier images: their rows of the step's image embeddings.
+func (e *Engine) addStepImages(in *stepInput, i int, r *reqState, ip *imagePlan, ps *ScheduledSeq) {
+	first, count := ip.stepImages(ps.StartPos, ps.End())
+	T := e.vision.Config().MMTokensPerImage
+	for k := first; k < first+count; k++ {
+		im := ip.images[k]
+		im.Row = len(in.images) * T
+		in.chunks[i].Images = append(in.chunks[i].Images, im)
+		in.images = append(in.images, r.req.Images[k].Pixels)
+	}
+}
+
 // addSamplerRow adds chunk i's sampling row: to the full sampler when the request filters
 // (top-k/top-p/min-p), to the scored one when it needs penalties, banned tokens, logit bias
 // or logprobs, otherwise to the plain one (greedy or temperature).
@@ -767,14 +831,12 @@ func (e *Engine) addSamplerRow(in *stepInput, i int, r *reqState, ps *ScheduledS
 	counter := uint32(ps.NumOutputTokens)
 	var mask []uint32
 	if r.matcher != nil {
-		clear(r.mask)
-		if err := r.matcher.FillMask(r.mask); err == nil {
-			mask = r.mask
-		} else {
-			// Cannot happen for a live matcher; allow nothing but EOS rather than anything.
-			e.log.Error("grammar mask failed", "request", r.req.ID, "err", err)
-			mask = r.mask
+		// Filled by fillGrammarMasks before the rows are assembled.
+		if r.maskErr != nil {
+			// Cannot happen for a live matcher; allow nothing rather than anything.
+			e.log.Error("grammar mask failed", "request", r.req.ID, "err", r.maskErr)
 		}
+		mask = r.mask
 	}
 	switch {
 	case p.wantsFilters():

@@ -48,6 +48,7 @@ type reqState struct {
 	// matcher follows the request's grammar (nil without one); mask is its bitmask buffer.
 	matcher *grammar.Matcher
 	mask    []uint32
+	maskErr error // the last FillMask's error
 	// promptLP are the scored prompt positions so far (prompt_logprobs); promptSent once
 	// they went out on an event.
 	promptLP   []PositionLogprobs

@@ -11,6 +11,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/tpuserve/tpuserve/internal/plan"
 	"github.com/tpuserve/tpuserve/model"
+	"github.com/tpuserve/tpuserve/model/vision"
 )
 
 // errPoolsLost: a failed step took the donated pools with it and they were not rebuilt.
@@ -52,6 +53,8 @@ type runner struct {
 	servingCompilations atomic.Int64
 	precompiled         bool
 	log                 *slog.Logger
+	// vision encodes a step's images (nil: no images).
+	vision *vision.Encoder
 }
 
 // stepInput is one step for the device: the chunks, and who samples or scores what.
@@ -65,6 +68,8 @@ type stepInput struct {
 	// verify and verifyFull are the speculating sequences (plain and full sampler
 	// features); their chunks hold the last sampled token and the proposals.
 	verify, verifyFull verifyRows
+	// images are the step's images in row order (chunks' Images rows point into them).
+	images [][]float32
 }
 
 // promptRows are the prompt positions a step scores: the hidden state of position
@@ -202,6 +207,14 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(in.images) > 0 {
+		embeds, err := r.encodeImages(in.images, shape.M)
+		if err != nil {
+			return nil, err
+		}
+		defer embeds.FinalizeAll()
+		batch.ImageEmbeds = embeds
+	}
 	r.use(plan.Program{Kind: plan.KindStep, Shape: shape})
 	hidden, err := r.forward.run(batch)
 	if err != nil {
@@ -292,6 +305,24 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 	return out, nil
 }
 
+// encodeImages runs the vision program of the step's images: their features as the step's
+// image-embedding rows [rows, H], left on the device.
+func (r *runner) encodeImages(images [][]float32, rows int) (*tensors.Tensor, error) {
+	n, ok := r.set.RowsFor(plan.KindVision, len(images))
+	if !ok || r.vision == nil {
+		return nil, fmt.Errorf("%w: %d images in a step, the step set encodes at most %d", ErrSchedulerState, len(images), r.set.MaxImages())
+	}
+	p := plan.Program{Kind: plan.KindVision, Rows: n}
+	if !r.compiled[p] {
+		// Outside start-up's set (Precompile none): the encoder compiles only on request.
+		if err := r.vision.PrecompileRows(rows, n); err != nil {
+			return nil, err
+		}
+	}
+	r.use(p)
+	return r.vision.EncodeRows(images, rows)
+}
+
 // runSampler pads rows to their bucket and runs one sampler program.
 func (r *runner) runSampler(p headProgram, kind plan.ProgramKind, f samplerFeatures, hidden hiddenStates, rows *samplerRows, chunkOf []int, token func(int) int32) ([]*tensors.Tensor, error) {
 	n, ok := r.set.RowsFor(kind, len(chunkOf))
@@ -343,6 +374,11 @@ func (r *runner) precompile() error {
 			rows := &samplerRows{}
 			r.padRows(rows, p.Rows, f)
 			err = prog.precompile(hidden, append([]any{tensors.FromFlatDataAndDimensions(make([]int32, p.Rows), p.Rows)}, rows.inputs(f)...))
+		case plan.KindVision:
+			if r.vision == nil {
+				return fmt.Errorf("compiling %s: no vision tower", p)
+			}
+			err = r.vision.PrecompileRows(r.set.ImageRows(), p.Rows)
 		case plan.KindPromptLogprobs:
 			z := make([]int32, p.Rows)
 			err = r.prompt.precompile(hidden, []any{tensors.FromFlatDataAndDimensions(z, p.Rows), tensors.FromFlatDataAndDimensions(z, p.Rows)})

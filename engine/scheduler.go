@@ -52,6 +52,9 @@ type SchedulerConfig struct {
 	MaxPromptLogprobRows int
 	// Logger receives preemption and admission debug lines (default slog.Default()).
 	Logger *slog.Logger
+	// MaxImagesPerStep is the most images one step encodes (the engine sets it from its
+	// step set; 0: no images). A chunk never ends inside an image group.
+	MaxImagesPerStep int
 }
 
 func (c *SchedulerConfig) setDefaults() error {
@@ -114,6 +117,8 @@ type seqState struct {
 	noSpec               bool
 	// draft are the proposals of the pending plan (nil when none).
 	draft []int32
+	// images are the request's image groups (nil: none): a chunk never ends inside one.
+	images *imagePlan
 }
 
 // Scheduler decides, step by step, which requests run and how many tokens each computes,
@@ -285,11 +290,13 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 		promptBudget = math.MaxInt
 	}
 	s.scheduled = s.scheduled[:0]
+	imageBudget := s.cfg.MaxImagesPerStep
 
 	// Running requests first, in admission order.
 	for i := 0; i < len(s.running) && budget > 0; {
 		r := s.running[i]
 		n := s.capPromptRows(r, r.numComputed, s.numNewTokens(r, budget), promptBudget)
+		n = cutImages(r, r.numComputed, n, &imageBudget)
 		if n == 0 {
 			i++
 			continue
@@ -363,6 +370,10 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 			if n = s.capPromptRows(r, computed, n, promptBudget); n == 0 {
 				break // FCFS: the head of the queue waits for the next step's scoring rows
 			}
+			spare := imageBudget
+			if n = cutImages(r, computed, n, &spare); n == 0 {
+				break // FCFS: the head of the queue waits for a step with room for its image
+			}
 			if err := s.kv.Allocate(&r.kv, &hit, computed, n); err != nil {
 				if errors.Is(err, kvcache.ErrNoFreeBlocks) {
 					break // FCFS: nobody overtakes the head of the queue
@@ -370,6 +381,7 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 				return nil, fmt.Errorf("engine: allocating blocks for %q: %w", r.id, err)
 			}
 			heap.Pop(&s.waiting)
+			imageBudget = spare
 			s.kv.RecordPrefixQuery(len(r.tokens), computed)
 			if r.numCached < 0 {
 				r.numCached = computed

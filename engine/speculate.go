@@ -230,6 +230,8 @@ func checkSpeculative(cfg *Config) (int, error) {
 		return 0, fmt.Errorf("%w: speculative config: method draft_model: Config.DraftModel (the loaded %q) is required", ErrInvalidRequest, sp.Model)
 	case sp.Method != SpecMethodDraftModel && cfg.DraftModel != nil:
 		return 0, fmt.Errorf("%w: speculative config: Config.DraftModel is set but the method is %s", ErrInvalidRequest, sp.Method)
+	case cfg.DraftModel != nil && cfg.Vision != nil:
+		return 0, fmt.Errorf("%w: speculative config: a draft model with image inputs (Config.Vision) is not supported: the draft would need the images too", ErrInvalidRequest)
 	case cfg.DraftModel != nil:
 		if err := checkDraft(&cfg.Model.Config, &cfg.DraftModel.Config, cfg.Scheduler.MaxModelLen); err != nil {
 			return 0, fmt.Errorf("%w: speculative config: draft model %q: %w", ErrInvalidRequest, sp.Model, err)

@@ -75,9 +75,15 @@ type Seq struct {
 	global  []int32 // logical block j -> block id
 	sliding []int32 // same, NullBlock where the block left the window
 	hashes  []BlockHash
+	// keys are the sequence's content keys (SetContentKeys), hashed into its blocks.
+	keys []ContentKey
 	// Blocks [0, reg*) have been offered to the prefix cache.
 	regGlobal, regSliding int
 }
+
+// SetContentKeys sets what the sequence's positions depend on beyond their token ids (its
+// images); call it before the first Lookup. keys is kept, not copied.
+func (s *Seq) SetContentKeys(keys []ContentKey) { s.keys = keys }
 
 // GlobalBlocks is the global group's block table: entry j holds logical block j. It is
 // owned by the Manager and changes with the next Allocate, Commit or Free.
@@ -187,7 +193,7 @@ func (m *Manager) Lookup(seq *Seq, tokens []int32) Hit {
 		return Hit{}
 	}
 	maxBlocks := (len(tokens) - 1) / m.pageSize
-	seq.hashes = m.hasher.extend(seq.hashes, tokens, m.pageSize, maxBlocks)
+	seq.hashes = m.hasher.extend(seq.hashes, tokens, seq.keys, m.pageSize, maxBlocks)
 	hashes := seq.hashes[:maxBlocks]
 
 	n := maxBlocks
@@ -327,7 +333,7 @@ func (m *Manager) Commit(seq *Seq, tokens []int32, numComputed int) error {
 	if m.caching {
 		full := numComputed / m.pageSize
 		if full > seq.regGlobal || full > seq.regSliding {
-			seq.hashes = m.hasher.extend(seq.hashes, tokens, m.pageSize, full)
+			seq.hashes = m.hasher.extend(seq.hashes, tokens, seq.keys, m.pageSize, full)
 		}
 		if m.global != nil {
 			for i := seq.regGlobal; i < full; i++ {

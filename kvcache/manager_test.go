@@ -389,15 +389,15 @@ func TestConfigForBudget(t *testing.T) {
 
 func TestHashChain(t *testing.T) {
 	var h hasher
-	a := h.extend(nil, seqTokens(1, 8), 4, 10)
-	b := h.extend(nil, append(seqTokens(9, 4), seqTokens(1, 8)[4:]...), 4, 10)
+	a := h.extend(nil, seqTokens(1, 8), nil, 4, 10)
+	b := h.extend(nil, append(seqTokens(9, 4), seqTokens(1, 8)[4:]...), nil, 4, 10)
 	if len(a) != 2 || len(b) != 2 {
 		t.Fatalf("lengths %d %d", len(a), len(b))
 	}
 	if a[1] == b[1] {
 		t.Fatal("same second block after different first blocks must hash differently")
 	}
-	again := h.extend(a[:1], seqTokens(1, 8), 4, 2)
+	again := h.extend(a[:1], seqTokens(1, 8), nil, 4, 2)
 	if again[1] != a[1] {
 		t.Fatal("hash not deterministic")
 	}
@@ -431,6 +431,40 @@ func TestMaxChunkTokensFitsAlone(t *testing.T) {
 				mustCommit(t, m, &s, seqTokens(1, total), pos)
 			}
 			m.Free(&s)
+		})
+	}
+}
+
+// TestContentKeys: the same placeholder tokens with the same image content reuse blocks;
+// with other content they share only the blocks before the image, and a key changes every
+// block after it too (the chain).
+func TestContentKeys(t *testing.T) {
+	const page = 4
+	tokens := append(seqTokens(1, 5), 7, 7, 7, 7, 7, 7) // 5 text, 6 placeholders [5, 11)
+	tokens = append(tokens, seqTokens(2, 6)...)         // 17 tokens, 4 full blocks
+	keyA := []ContentKey{{Start: 5, End: 11, Hash: [16]byte{1}}}
+	keyB := []ContentKey{{Start: 5, End: 11, Hash: [16]byte{2}}}
+	for _, tc := range []struct {
+		name     string
+		first    []ContentKey
+		second   []ContentKey
+		wantHits int
+	}{
+		{"same image", keyA, keyA, 16},
+		{"other image", keyA, keyB, 4}, // block 0 (positions 0..3) holds no image token
+		{"no key vs key", nil, keyA, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestManager(t, Config{PageSize: page, NumGlobalBlocks: 20, EnablePrefixCaching: true})
+			var a, b Seq
+			a.SetContentKeys(tc.first)
+			b.SetContentKeys(tc.second)
+			prefill(t, m, &a, tokens, len(tokens))
+			if got := prefill(t, m, &b, tokens, len(tokens)); got != tc.wantHits {
+				t.Errorf("hit %d tokens, want %d", got, tc.wantHits)
+			}
+			m.Free(&a)
+			m.Free(&b)
 		})
 	}
 }

@@ -43,6 +43,63 @@ type SeqChunk struct {
 	SlidingFirstBlock int
 	// AllLogits asks for the logits of every new token; otherwise only the last one's.
 	AllLogits bool
+	// Images are the chunk's images: their soft tokens take their embeddings from the
+	// step's image-embedding input instead of the token table, and attend to each other
+	// bidirectionally. An image lies wholly inside one chunk (its keys must all be written
+	// in the step that reads them).
+	Images []ChunkImage
+}
+
+// ChunkImage is one image's run of soft tokens in a chunk: positions [Pos, Pos+Len), whose
+// embeddings are rows [Row, Row+Len) of the step's image-embedding input.
+type ChunkImage struct{ Pos, Len, Row int }
+
+// ImageRanges is how many key ranges an image token may see beyond causality (its own
+// image and, under a windowed mask, the neighbours on either side): ImageSpan's width / 2.
+const ImageRanges = 3
+
+// imageKeyRanges are the key ranges [start, end) the image token at pos sees beyond
+// causality (cfg.ImageMaskWindow), or nil when pos is no image token. images are sorted.
+func imageKeyRanges(window int, images []ChunkImage, pos int) ([][2]int, error) {
+	own := -1
+	for k, im := range images {
+		if pos >= im.Pos && pos < im.Pos+im.Len {
+			own = k
+		}
+	}
+	if own < 0 {
+		return nil, nil
+	}
+	if window == 0 {
+		im := images[own]
+		return [][2]int{{im.Pos, im.Pos + im.Len}}, nil
+	}
+	var out [][2]int
+	for _, im := range images {
+		lo, hi := max(im.Pos, pos-window), min(im.Pos+im.Len, pos+window+1)
+		if lo < hi {
+			out = append(out, [2]int{lo, hi})
+		}
+	}
+	if len(out) > ImageRanges {
+		return nil, fmt.Errorf("%w: the image token at position %d sees %d images within %d positions, at most %d fit", ErrInput, pos, len(out), window, ImageRanges)
+	}
+	return out, nil
+}
+
+// ImageGroups are the position ranges [start, end) that must run in one step: each image,
+// or under a windowed mask (window > 0) each chain of images less than window+1 apart
+// (their tokens see each other). images are sorted by position.
+func ImageGroups(window int, images []ChunkImage) [][2]int {
+	var out [][2]int
+	for _, im := range images {
+		if n := len(out); n > 0 && window > 0 && im.Pos-(out[n-1][1]-1) <= window {
+			out[n-1][1] = im.Pos + im.Len
+			continue
+		}
+		out = append(out, [2]int{im.Pos, im.Pos + im.Len})
+	}
+	return out
 }
 
 // BatchShape is a bucket: the padded sizes of a step's inputs. Attention runs on a grid of
@@ -57,6 +114,9 @@ type BatchShape struct {
 	EG int // global-layer entries (runs of PagesPerEntry pages of every row's context)
 	ES int // sliding-layer entries (runs of PagesPerEntry pages of every row's window)
 	N  int // logits rows (0: the program computes no logits; the engine's step programs)
+	// M is the rows of the image-embedding input (image soft tokens the step can splice
+	// in); 0: the program takes no image inputs (a text-only model).
+	M int
 }
 
 // Batch is a step's host-side inputs, padded to a BatchShape.
@@ -74,6 +134,13 @@ type Batch struct {
 	LogitsIndex                 []int32 // [N]
 	// LogitsRows[i] are the rows of the logits output that belong to sequence i, in order.
 	LogitsRows [][]int
+	// With Shape.M > 0: ImageRow [T] is each token's row of the image embeddings (M: not an
+	// image token), ImageSpan [T·2·ImageRanges] the key ranges [start, end) it sees
+	// whatever causality says (its image's, by cfg.ImageMaskWindow; [0, 0) if unused).
+	ImageRow, ImageSpan []int32
+	// ImageEmbeds [M, H] in the compute dtype are the step's image features (on the device,
+	// from the vision program); not owned by the batch. Nil: zeros (no image in the step).
+	ImageEmbeds *tensors.Tensor
 }
 
 // paddingBase is the first key position of a padding page entry: beyond any query, so
@@ -101,6 +168,23 @@ func rowPages(cfg *Config, pageSize, pos, rowEnd int) (first, last int) {
 	return max(0, pos-cfg.SlidingWindow+1) / pageSize, (rowEnd - 1) / pageSize
 }
 
+// chunkRowPages is rowPages of a chunk's row of queries [pos, rowEnd), widened to the
+// image keys its queries see beyond causality (after the row's last query, or before the
+// sliding window's start).
+func chunkRowPages(cfg *Config, pageSize int, sq *SeqChunk, pos, rowEnd int) (first, last int) {
+	first, last = rowPages(cfg, pageSize, pos, rowEnd)
+	for p := pos; p < rowEnd && len(sq.Images) > 0; p++ {
+		ranges, _ := imageKeyRanges(cfg.ImageMaskWindow, sq.Images, p) // BuildBatch reports the error
+		for _, r := range ranges {
+			first, last = min(first, r[0]/pageSize), max(last, (r[1]-1)/pageSize)
+		}
+	}
+	// The sliding pages before SlidingFirstBlock are gone: only a windowed image mask wider
+	// than the sliding window (toy configs) reaches there, and only from a chunk that
+	// resumes inside an image group.
+	return max(first, sq.SlidingFirstBlock), last
+}
+
 // NeededShape is the smallest BatchShape that holds seqs with rows of at most q queries
 // (q ≤ 0: one row per sequence, as long as its longest chunk).
 func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShape {
@@ -111,12 +195,16 @@ func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShap
 		}
 	}
 	s.Q = max(q, 1)
-	for _, sq := range seqs {
+	for i := range seqs {
+		sq := &seqs[i]
 		s.T += len(sq.Tokens)
+		for _, im := range sq.Images {
+			s.M = max(s.M, im.Row+im.Len)
+		}
 		end := sq.StartPos + len(sq.Tokens)
 		for off := 0; off < len(sq.Tokens); off += s.Q {
 			pos := sq.StartPos + off
-			first, last := rowPages(cfg, layout.PageSize, pos, min(end, pos+s.Q))
+			first, last := chunkRowPages(cfg, layout.PageSize, sq, pos, min(end, pos+s.Q))
 			s.B++
 			s.EG += entries(0, last)
 			s.ES += entries(first, last)
@@ -128,12 +216,15 @@ func NeededShape(cfg *Config, layout KVLayout, seqs []SeqChunk, q int) BatchShap
 		}
 	}
 	s.EG, s.ES = max(s.EG, 1), max(s.ES, 1)
+	if cfg.Vision {
+		s.M = max(s.M, 1) // the image inputs are always there (zeros for text)
+	}
 	return s
 }
 
 // Fits reports whether need fits in s (with the same row length).
 func (s BatchShape) Fits(need BatchShape) bool {
-	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.EG <= s.EG && need.ES <= s.ES && (s.N == 0 || need.N <= s.N)
+	return need.Q == s.Q && need.T <= s.T && need.B <= s.B && need.EG <= s.EG && need.ES <= s.ES && (s.N == 0 || need.N <= s.N) && need.M <= s.M
 }
 
 // BuildBatch checks seqs against the config and layout and lays them out padded to shape.
@@ -186,6 +277,9 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 					ErrInput, i, sq.SlidingFirstBlock+j, pg, layout.NumSlidingPages-1)
 			}
 		}
+		if err := checkChunkImages(i, &sq, shape.M); err != nil {
+			return nil, err
+		}
 		for q, tok := range sq.Tokens {
 			if tok < 0 || int(tok) >= cfg.VocabSize {
 				return nil, fmt.Errorf("%w: sequence %d: token id %d is outside the vocabulary [0, %d)", ErrInput, i, tok, cfg.VocabSize)
@@ -196,7 +290,7 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 				if q > 0 {
 					row++
 				}
-				first, last := rowPages(cfg, ps, pos, min(end, pos+shape.Q))
+				first, last := chunkRowPages(cfg, ps, &seqs[i], pos, min(end, pos+shape.Q))
 				for j := 0; j <= last; j += PagesPerEntry {
 					for k := j; k < min(j+PagesPerEntry, last+1); k++ {
 						b.EntPageG[eg*PagesPerEntry+k-j] = sq.GlobalBlocks[k]
@@ -217,6 +311,21 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 			b.Positions[t] = int32(pos)
 			b.SlotsGlobal[t] = sq.GlobalBlocks[lb]*int32(ps) + int32(pos%ps)
 			b.SlotsSliding[t] = sq.SlidingBlocks[lb-sq.SlidingFirstBlock]*int32(ps) + int32(pos%ps)
+			if shape.M > 0 {
+				b.ImageRow[t] = int32(shape.M)
+				for _, im := range sq.Images {
+					if pos >= im.Pos && pos < im.Pos+im.Len {
+						b.ImageRow[t] = int32(im.Row + pos - im.Pos)
+					}
+				}
+				ranges, err := imageKeyRanges(cfg.ImageMaskWindow, sq.Images, pos)
+				if err != nil {
+					return nil, fmt.Errorf("sequence %d: %w", i, err)
+				}
+				for k, r := range ranges {
+					b.ImageSpan[2*ImageRanges*t+2*k], b.ImageSpan[2*ImageRanges*t+2*k+1] = int32(r[0]), int32(r[1])
+				}
+			}
 			b.GridIndex[row*shape.Q+q%shape.Q] = int32(t)
 			b.TokenCell[t] = int32(row*shape.Q + q%shape.Q)
 			if shape.N > 0 && (sq.AllLogits || q == len(sq.Tokens)-1) {
@@ -230,6 +339,9 @@ func BuildBatch(cfg *Config, layout KVLayout, seqs []SeqChunk, shape BatchShape)
 	}
 	// Padding tokens write to distinct slots of the null page where they can.
 	for p := t; p < shape.T; p++ {
+		if shape.M > 0 {
+			b.ImageRow[p] = int32(shape.M)
+		}
 		b.SlotsGlobal[p] = int32(p % ps)
 		b.SlotsSliding[p] = int32(p % ps)
 	}
@@ -249,6 +361,12 @@ func ZeroBatch(shape BatchShape) *Batch {
 		EntPageS: make([]int32, shape.ES*PagesPerEntry), EntRowS: make([]int32, shape.ES), EntBaseS: make([]int32, shape.ES),
 		LogitsIndex: make([]int32, shape.N),
 	}
+	if shape.M > 0 {
+		b.ImageRow, b.ImageSpan = make([]int32, shape.T), make([]int32, 2*ImageRanges*shape.T)
+		for i := range b.ImageRow {
+			b.ImageRow[i] = int32(shape.M)
+		}
+	}
 	for _, e := range []struct{ row, base []int32 }{{b.EntRowG, b.EntBaseG}, {b.EntRowS, b.EntBaseS}} {
 		for i := range e.row {
 			e.row[i], e.base[i] = int32(shape.B), paddingBase
@@ -258,11 +376,12 @@ func ZeroBatch(shape BatchShape) *Batch {
 }
 
 // stepTensors are the batch's inputs of the step program, in StepNodes order (see
-// stepNodesFromSlice). LogitsIndex is not among them: only StepExec, which computes
-// logits inside the step, takes it (logitsIndexTensor).
+// stepNodesFromSlice), then ImageRow and ImageSpan when the shape has image rows (the
+// embeddings follow: imageEmbeds). LogitsIndex is not among them: only StepExec, which
+// computes logits inside the step, takes it (logitsIndexTensor).
 func (b *Batch) stepTensors() []*tensors.Tensor {
 	s := b.Shape
-	return []*tensors.Tensor{
+	return append([]*tensors.Tensor{
 		tensors.FromFlatDataAndDimensions(b.Tokens, s.T),
 		tensors.FromFlatDataAndDimensions(b.Positions, s.T),
 		tensors.FromFlatDataAndDimensions(b.SlotsGlobal, s.T),
@@ -275,7 +394,43 @@ func (b *Batch) stepTensors() []*tensors.Tensor {
 		tensors.FromFlatDataAndDimensions(b.EntPageS, s.ES, PagesPerEntry),
 		tensors.FromFlatDataAndDimensions(b.EntRowS, s.ES),
 		tensors.FromFlatDataAndDimensions(b.EntBaseS, s.ES),
+	}, b.imageTensors()...)
+}
+
+// imageTensors are the batch's image inputs after the step inputs (Shape.M > 0): ImageRow,
+// ImageSpan and the embeddings (zeros when nil: the caller passes its own).
+func (b *Batch) imageTensors() []*tensors.Tensor {
+	s := b.Shape
+	if s.M == 0 {
+		return nil
 	}
+	return []*tensors.Tensor{
+		tensors.FromFlatDataAndDimensions(b.ImageRow, s.T),
+		tensors.FromFlatDataAndDimensions(b.ImageSpan, s.T, 2*ImageRanges),
+	}
+}
+
+// checkChunkImages checks chunk i's images: inside the chunk, not overlapping, their rows
+// inside the image-embedding input of m rows.
+func checkChunkImages(i int, sq *SeqChunk, m int) error {
+	end := sq.StartPos + len(sq.Tokens)
+	for k, im := range sq.Images {
+		switch {
+		case im.Len <= 0:
+			return fmt.Errorf("%w: sequence %d: image %d has %d tokens", ErrInput, i, k, im.Len)
+		case im.Pos < 0 || im.Pos+im.Len > end:
+			// An image may start before the chunk (its first tokens' K/V already in the
+			// pages, from the prefix cache), never end after it: its later keys would be
+			// missing from this step's bidirectional attention.
+			return fmt.Errorf("%w: sequence %d: image %d at positions [%d, %d) ends after the chunk [%d, %d): an image's tokens must all run by the step that reads them",
+				ErrInput, i, k, im.Pos, im.Pos+im.Len, sq.StartPos, end)
+		case im.Row < 0 || im.Row+im.Len > m:
+			return fmt.Errorf("%w: sequence %d: image %d reads embedding rows [%d, %d), the step has %d", ErrInput, i, k, im.Row, im.Row+im.Len, m)
+		case k > 0 && im.Pos < sq.Images[k-1].Pos+sq.Images[k-1].Len:
+			return fmt.Errorf("%w: sequence %d: image %d overlaps image %d", ErrInput, i, k, k-1)
+		}
+	}
+	return nil
 }
 
 // logitsIndexTensor is LogitsIndex as the input StepExec takes after the step inputs.

@@ -56,6 +56,17 @@ type Config struct {
 	TextVocabSize int `json:"-"`
 	// Multimodal is true when the config came from Gemma3ForConditionalGeneration.
 	Multimodal bool `json:"-"`
+	// Vision is true when that config also has a vision_config (a vision tower to serve):
+	// then every step program takes the image inputs (StepNodes.ImageRow, ImageSpan,
+	// ImageEmbeds) and every BatchShape has M ≥ 1 image-embedding rows.
+	Vision bool `json:"-"`
+	// ImageMaskWindow is which keys an image soft token sees beyond causality. 0: every
+	// token of its own image (Gemma 3's training; transformers ≥ 4.54 with image_group_ids;
+	// --image-mask per-image). w > 0: every image token within w positions, its own
+	// image's or a neighbour's (transformers 4.53's token_type_ids_mask_function, w =
+	// mm_tokens_per_image, the fixtures' reference; --image-mask hf-4.53, the default).
+	// Images linked so must run in one step (ImageGroups).
+	ImageMaskWindow int `json:"-"`
 	// Quantization is how the decoder Linears are quantized (quantization_config, or a
 	// quantize-at-load; see quant.Scheme). The zero value: not quantized.
 	Quantization quant.Scheme `json:"-"`
@@ -63,6 +74,26 @@ type Config struct {
 	// or quant.FP8 (1 byte per element with a scale per position and kv head, see
 	// kvquant.go). A serving choice (--kv-cache-dtype), not part of config.json.
 	KVCache quant.Mode `json:"-"`
+}
+
+// Image mask modes (SetImageMask, --image-mask).
+const (
+	ImageMaskHF453    = "hf-4.53"
+	ImageMaskPerImage = "per-image"
+)
+
+// SetImageMask selects the bidirectional image mask (see ImageMaskWindow): ImageMaskHF453
+// with tokensPerImage (mm_tokens_per_image) as the window, or ImageMaskPerImage.
+func (c *Config) SetImageMask(mode string, tokensPerImage int) error {
+	switch mode {
+	case ImageMaskHF453:
+		c.ImageMaskWindow = tokensPerImage
+	case ImageMaskPerImage:
+		c.ImageMaskWindow = 0
+	default:
+		return fmt.Errorf("%w: image mask %q (want %s or %s)", ErrConfig, mode, ImageMaskHF453, ImageMaskPerImage)
+	}
+	return nil
 }
 
 // DefaultConfig returns Gemma 3's defaults for every field a hub config may omit; the
@@ -191,6 +222,16 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, err
 	}
 	c.Multimodal = multimodal
+	if raw, ok := top["vision_config"]; ok && multimodal && string(raw) != "null" {
+		c.Vision = true
+		if raw, ok := top["mm_tokens_per_image"]; ok {
+			if err := json.Unmarshal(raw, &c.ImageMaskWindow); err != nil || c.ImageMaskWindow < 0 {
+				return Config{}, fmt.Errorf("%w: field mm_tokens_per_image: want a non-negative integer, got %s", ErrConfig, raw)
+			}
+		} else {
+			c.ImageMaskWindow = 256 // Gemma3Config's default mm_tokens_per_image
+		}
+	}
 	if err := c.parseQuantization(top, text); err != nil {
 		return Config{}, err
 	}

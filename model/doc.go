@@ -11,6 +11,16 @@
 // per output row (WeightSpecs lists the scales after each layer's tensors), and Forward runs
 // those Linears with QuantizedLinear. The formats and the recipe are package quant's.
 //
+// Image input (a config with a vision_config: Config.Vision): every step program takes
+// three more inputs (StepNodes.ImageRow, ImageSpan, ImageEmbeds; Batch's fields of the same
+// names, BatchShape.M rows of embeddings): the image features replace the soft tokens'
+// embeddings after the √hidden scale (spliceImages), and image tokens see the keys of
+// their image mask beyond causality, OR-ed onto the causal and sliding masks inside the
+// page-entry attention (Config.ImageMaskWindow: transformers 4.53's windowed rule, the
+// fixtures' reference, or per image). Chunks list their images (SeqChunk.Images); an
+// image group (ImageGroups) must run by the step that reads it. The tower itself is
+// package vision's; the model never imports it.
+//
 // The math follows docs/gemma3.md (Hugging Face transformers is the reference). The graph
 // takes page tables and slot indices as inputs; which pages a sequence owns is kvcache's
 // business, and which sequences run in a step is the engine's. The model never schedules.

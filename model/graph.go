@@ -17,6 +17,10 @@ type StepNodes struct {
 	// Page entries (see Batch): page, row (B = padding) and first key position, [EG] for the
 	// global layers and [ES] for the sliding ones.
 	Global, Sliding PageEntries
+	// Image inputs (vision models only, else nil): ImageRow [T] int32 is each token's row
+	// of ImageEmbeds [M, H] (M: not an image token), ImageSpan [T, 2·ImageRanges] int32 the
+	// key ranges [start, end) an image token sees beyond causality ([0, 0) unused).
+	ImageRow, ImageSpan, ImageEmbeds *Node
 }
 
 // PageEntries are a flat list of (PagesPerEntry pages [E, PagesPerEntry], reading row [E],
@@ -31,6 +35,39 @@ func stepNodesFromSlice(in []*Node) StepNodes {
 		Tokens: in[0], Positions: in[1], SlotsGlobal: in[2], SlotsSliding: in[3], TokenCell: in[4],
 		GridIndex: in[5], Global: PageEntries{in[6], in[7], in[8]}, Sliding: PageEntries{in[9], in[10], in[11]},
 	}
+}
+
+// numImageInputs is the number of image inputs after the step inputs of a multimodal
+// model's step program (ImageRow, ImageSpan, ImageEmbeds).
+const numImageInputs = 3
+
+// stepInputCount is how many step inputs cfg's step programs take.
+func stepInputCount(cfg *Config) int {
+	if cfg.Vision {
+		return numStepInputs + numImageInputs
+	}
+	return numStepInputs
+}
+
+// stepNodesOf reads cfg's step inputs (stepInputCount of them) from in.
+func stepNodesOf(cfg *Config, in []*Node) StepNodes {
+	s := stepNodesFromSlice(in)
+	if cfg.Vision {
+		s.ImageRow, s.ImageSpan, s.ImageEmbeds = in[numStepInputs], in[numStepInputs+1], in[numStepInputs+2]
+	}
+	return s
+}
+
+// spliceImages replaces the embeddings x [T, H] of image soft tokens by their rows of
+// embeds [M, H] (row [T]: M for other tokens). As in HF's Gemma3Model the features are
+// spliced after the √hidden scale: they are not scaled.
+func spliceImages(x, embeds, row *Node) *Node {
+	g := x.Graph()
+	M, H := embeds.Shape().Dimensions[0], embeds.Shape().Dimensions[1]
+	T := x.Shape().Dimensions[0]
+	img := Gather(ConvertDType(embeds, x.DType()), InsertAxes(Min(row, Scalar(g, dtypes.Int32, M-1)), -1)) // [T, H]
+	isImage := BroadcastToDims(InsertAxes(LessThan(row, Scalar(g, dtypes.Int32, M)), -1), T, H)
+	return Where(isImage, img, x)
 }
 
 // maskedScore stands for −∞ in attention scores: finite, so a row with every key masked
@@ -56,6 +93,9 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 	x := Gather(embed, InsertAxes(in.Tokens, -1)) // [T, H]
 	// The scale is cast to the weights' dtype first, as HF does (sqrt(1152) → 34.0 in bf16).
 	x = Mul(x, Scalar(g, dtype, roundToDType(math.Sqrt(float64(H)), dtype)))
+	if in.ImageEmbeds != nil {
+		x = spliceImages(x, in.ImageEmbeds, in.ImageRow)
+	}
 
 	ropeGlobal := newRope(in.Positions, D, cfg.RopeTheta, cfg.RopeScalingFactor, dtype)
 	ropeLocal := newRope(in.Positions, D, cfg.RopeLocalBaseFreq, 1, dtype)
@@ -63,8 +103,12 @@ func Forward(cfg *Config, weights []*Node, pools []*Node, in StepNodes) (hidden 
 	// Query positions on the grid. Gathered as [T, 1] rows: gathering scalars from a rank-1
 	// operand fails on SimpleGo.
 	qpos := Reshape(Gather(InsertAxes(in.Positions, -1), InsertAxes(in.GridIndex, -1)), B, Q)
-	global := newEntryAttention(qpos, in.Global, pools[0].Shape().Dimensions[1], 0)
-	sliding := newEntryAttention(qpos, in.Sliding, pools[0].Shape().Dimensions[1], cfg.SlidingWindow)
+	var qspan *Node // [B, Q, 2·ImageRanges]: each query's image key ranges
+	if in.ImageSpan != nil {
+		qspan = Reshape(Gather(in.ImageSpan, InsertAxes(in.GridIndex, -1)), B, Q, 2*ImageRanges)
+	}
+	global := newEntryAttention(qpos, qspan, in.Global, pools[0].Shape().Dimensions[1], 0)
+	sliding := newEntryAttention(qpos, qspan, in.Sliding, pools[0].Shape().Dimensions[1], cfg.SlidingWindow)
 	scale := 1 / math.Sqrt(cfg.QueryPreAttnScalar)
 
 	newPools = make([]*Node, len(pools))
@@ -206,9 +250,12 @@ type entryAttention struct {
 }
 
 // newEntryAttention builds the mask of entries ent for queries at qpos [B, Q]: key position
-// base+s ≤ query position, and for a window w > 0 also > query position − w. Padding
-// entries (row B, base beyond every position) are masked everywhere.
-func newEntryAttention(qpos *Node, ent PageEntries, pageSize, window int) entryAttention {
+// base+s ≤ query position, and for a window w > 0 also > query position − w; or, with
+// qspan [B, Q, 2·ImageRanges] (nil: text only), the key inside one of the query's image key
+// ranges [start, end) (HF's token_type_ids mask, bidirectional among image tokens, OR-ed
+// onto both the causal and the sliding mask). Padding entries (row B, base beyond every
+// position) are masked everywhere.
+func newEntryAttention(qpos, qspan *Node, ent PageEntries, pageSize, window int) entryAttention {
 	g := qpos.Graph()
 	Q := qpos.Shape().Dimensions[1]
 	E := ent.Page.Shape().Dimensions[0]
@@ -219,6 +266,15 @@ func newEntryAttention(qpos *Node, ent PageEntries, pageSize, window int) entryA
 	mask := LessOrEqual(ke, qe)
 	if window > 0 {
 		mask = And(mask, GreaterThan(ke, SubScalar(qe, window)))
+	}
+	if qspan != nil {
+		spanPad := Concatenate([]*Node{qspan, Zeros(g, shapes.Make(dtypes.Int32, 1, Q, 2*ImageRanges))}, 0)
+		se := Gather(spanPad, InsertAxes(ent.Row, -1)) // [E, Q, 2·ImageRanges]
+		for r := 0; r < ImageRanges; r++ {
+			start := Slice(se, AxisRange(), AxisRange(), AxisRange(2*r, 2*r+1))
+			end := Slice(se, AxisRange(), AxisRange(), AxisRange(2*r+1, 2*r+2))
+			mask = Or(mask, And(GreaterOrEqual(ke, start), LessThan(ke, end)))
+		}
 	}
 	return entryAttention{ent: ent, mask: mask}
 }

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -17,6 +18,14 @@ type Model struct {
 	DType   dtypes.DType
 	Backend backends.Backend
 	Weights *Weights
+
+	zeros *imageZeros // the image input of steps without images (set by New)
+}
+
+// imageZeros are zero image embeddings on the device, by rows.
+type imageZeros struct {
+	mu  sync.Mutex
+	byM map[int]*tensors.Tensor
 }
 
 // New moves weights to the backend's device (freeing the host copies) and returns the model.
@@ -38,11 +47,55 @@ func New(backend backends.Backend, cfg Config, weights *Weights) (*Model, error)
 		}
 		t.FinalizeLocal()
 	}
-	return &Model{Config: cfg, DType: dtype, Backend: backend, Weights: weights}, nil
+	return &Model{Config: cfg, DType: dtype, Backend: backend, Weights: weights, zeros: &imageZeros{}}, nil
 }
 
 // Close frees the weights.
-func (m *Model) Close() { m.Weights.Finalize() }
+func (m *Model) Close() {
+	m.Weights.Finalize()
+	if z := m.zeros; z != nil {
+		z.mu.Lock()
+		for _, t := range z.byM {
+			t.FinalizeAll()
+		}
+		z.byM = nil
+		z.mu.Unlock()
+	}
+}
+
+// imageEmbeds is the image-embedding input of b (a vision model's step): b.ImageEmbeds,
+// checked, or zeros of [M, H] kept on the device, so a text step transfers nothing.
+func (m *Model) imageEmbeds(b *Batch) (*tensors.Tensor, error) {
+	M, H := b.Shape.M, m.Config.HiddenSize
+	if M == 0 {
+		return nil, fmt.Errorf("%w: the model takes image inputs, the batch shape has no image rows (M = 0)", ErrInput)
+	}
+	if t := b.ImageEmbeds; t != nil {
+		if !slices.Equal(t.Shape().Dimensions, []int{M, H}) || t.DType() != m.DType {
+			return nil, fmt.Errorf("%w: image embeddings are %s, the step wants [%d, %d] of %s", ErrInput, t.Shape(), M, H, m.DType)
+		}
+		return t, nil
+	}
+	z := m.zeros
+	if z == nil {
+		return nil, fmt.Errorf("%w: the model was not built by model.New: no zero image embeddings", ErrInput)
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if t, ok := z.byM[M]; ok {
+		return t, nil
+	}
+	t := tensors.FromShape(shapes.Make(m.DType, M, H))
+	if err := t.MaterializeOnDevice(m.Backend, false, 0); err != nil {
+		return nil, fmt.Errorf("model: zero image embeddings: %w", err)
+	}
+	t.FinalizeLocal()
+	if z.byM == nil {
+		z.byM = map[int]*tensors.Tensor{}
+	}
+	z.byM[M] = t
+	return t, nil
+}
 
 // KVPools are the model's paged K/V pools on the device: for layer l, Tensors[2l] is K and
 // Tensors[2l+1] is V, shaped [pages, pageSize, kvHeads, headDim] with the page count of
@@ -132,10 +185,11 @@ func stepProgram(cfg *Config, numW int, in []*graph.Node, tail func(hidden *grap
 	numP := numPoolTensors(cfg)
 	weights := in[:numW]
 	pools := in[numW : numW+numP]
-	step := stepNodesFromSlice(in[numW+numP : numW+numP+numStepInputs])
+	numS := stepInputCount(cfg)
+	step := stepNodesOf(cfg, in[numW+numP:numW+numP+numS])
 	hidden, newPools := Forward(cfg, weights, pools, step)
 	outs := append([]*graph.Node{}, newPools...)
-	return append(outs, tail(hidden, weights, in[numW+numP+numStepInputs:])...)
+	return append(outs, tail(hidden, weights, in[numW+numP+numS:])...)
 }
 
 // logitsTail computes logits at the rows of the first tail input (LogitsIndex) and hands
@@ -201,6 +255,13 @@ func (m *Model) stepArgs(pools *KVPools, b *Batch, donate bool) ([]any, error) {
 	}
 	for _, t := range b.stepTensors() {
 		args = append(args, t)
+	}
+	if m.Config.Vision {
+		embeds, err := m.imageEmbeds(b)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, embeds)
 	}
 	return args, nil
 }

@@ -17,26 +17,49 @@ func ContiguousChunk(tokens []int32, pageSize int, allLogits bool) SeqChunk {
 	return SeqChunk{Tokens: tokens, GlobalBlocks: blocks, SlidingBlocks: blocks, AllLogits: allLogits}
 }
 
-// onePrefill lays tokens out as one sequence, one prefill chunk, on just enough pages.
-func onePrefill(cfg *Config, tokens []int32) (KVLayout, *Batch, error) {
+// onePrefill lays tokens out as one sequence, one prefill chunk, on just enough pages,
+// with at least imageRows image-embedding rows.
+func onePrefill(cfg *Config, tokens []int32, images []ChunkImage, imageRows int) (KVLayout, *Batch, error) {
 	const pageSize = 16
 	if len(tokens) == 0 {
 		return KVLayout{}, nil, fmt.Errorf("%w: no tokens", ErrInput)
 	}
 	chunk := ContiguousChunk(tokens, pageSize, true)
+	chunk.Images = images
 	pages := len(chunk.GlobalBlocks) + 1
 	layout := KVLayout{PageSize: pageSize, NumGlobalPages: pages, NumSlidingPages: pages}
-	batch, err := BuildBatch(cfg, layout, []SeqChunk{chunk}, NeededShape(cfg, layout, []SeqChunk{chunk}, 0))
+	shape := NeededShape(cfg, layout, []SeqChunk{chunk}, 0)
+	if cfg.Vision {
+		shape.M = max(shape.M, imageRows)
+	}
+	batch, err := BuildBatch(cfg, layout, []SeqChunk{chunk}, shape)
 	return layout, batch, err
 }
 
 // ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
 // the float32 logits of every position, [T, V].
 func (m *Model) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
-	layout, batch, err := onePrefill(&m.Config, tokens)
+	return m.ForwardLogitsImages(tokens, nil, nil)
+}
+
+// ForwardLogitsImages is ForwardLogits with images (a vision model): the soft tokens of
+// each image (positions in tokens, sorted) take rows of embeds [M, H] (the image features
+// in the compute dtype, on the host or the device; nil without images).
+func (m *Model) ForwardLogitsImages(tokens []int32, images []ChunkImage, embeds *tensors.Tensor) (*tensors.Tensor, error) {
+	if len(images) > 0 && !m.Config.Vision {
+		return nil, fmt.Errorf("%w: the model has no vision tower (a text-only config): it takes no images", ErrInput)
+	}
+	rows := 0
+	if embeds != nil {
+		if d := embeds.Shape().Dimensions; len(d) == 2 {
+			rows = d[0]
+		}
+	}
+	layout, batch, err := onePrefill(&m.Config, tokens, images, rows)
 	if err != nil {
 		return nil, err
 	}
+	batch.ImageEmbeds = embeds
 	pools, err := m.NewKVPools(layout)
 	if err != nil {
 		return nil, err

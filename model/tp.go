@@ -487,7 +487,7 @@ func (e *ShardedStepExec) Finalize() { e.exec.Finalize() }
 // ForwardLogits runs tokens as one sequence, one prefill chunk, on fresh pools and returns
 // the float32 logits of every position, [T, V] (as Model.ForwardLogits).
 func (m *ShardedModel) ForwardLogits(tokens []int32) (*tensors.Tensor, error) {
-	layout, batch, err := onePrefill(&m.Config, tokens)
+	layout, batch, err := onePrefill(&m.Config, tokens, nil, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -646,6 +646,14 @@ func (m *ShardedModel) stepArgs(pools *ShardedKVPools, b *Batch, donate bool, ta
 		temps = append(temps, step...)
 		for _, t := range step {
 			args = append(args, t)
+		}
+		if m.Config.Vision { // image embeddings replicated: the tower runs replicated too
+			emb := b.ImageEmbeds
+			if emb == nil {
+				emb = tensors.FromShape(shapes.Make(m.DType, b.Shape.M, m.Config.HiddenSize))
+				temps = append(temps, emb)
+			}
+			args = append(args, emb)
 		}
 		if tail != nil {
 			more, tt, err := tail(d)

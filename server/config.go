@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
+	"strings"
 	"time"
 )
 
@@ -79,6 +81,22 @@ type Config struct {
 	Version string
 	// Logger receives the server's logs (default slog.Default()).
 	Logger *slog.Logger
+
+	// Images takes chat image parts (image_url) for a vision model; nil refuses them with
+	// a 400 naming the part (a text-only checkpoint).
+	Images ImageInput
+	// MaxImagesPerPrompt is --limit-mm-per-prompt's image count (default 16).
+	MaxImagesPerPrompt int
+	// MaxImageBytes bounds one image's encoded bytes, data URL or fetched (default 20 MiB).
+	MaxImageBytes int64
+	// AllowedMediaDomains are the hosts http(s) image URLs may name (vLLM's
+	// --allowed-media-domains); empty: only data URLs.
+	AllowedMediaDomains []string
+	// MediaFetchTimeout bounds fetching one image (default 10s).
+	MediaFetchTimeout time.Duration
+	// MediaClient fetches image URLs (default: a client following redirects to allowed
+	// hosts only).
+	MediaClient *http.Client
 }
 
 // Defaults of Config.
@@ -160,6 +178,9 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:       DefaultMaxHeaderBytes,
 		MaxTokenizeBodyBytes: DefaultMaxTokenizeBody,
 		MaxTokenizeTokens:    DefaultMaxTokenizeTokens,
+		MaxImagesPerPrompt:   DefaultMaxImagesPerPrompt,
+		MaxImageBytes:        DefaultMaxImageBytes,
+		MediaFetchTimeout:    DefaultMediaFetchTimeout,
 		Version:              "dev",
 	}
 }
@@ -234,6 +255,24 @@ func (c Config) withDefaults(tok Tokenizer) (Config, error) {
 		c.MaxTokenizeTokens = DefaultMaxTokenizeTokens
 	} else if c.MaxTokenizeTokens < 0 {
 		errs = append(errs, fmt.Errorf("MaxTokenizeTokens: must be positive, got %d", c.MaxTokenizeTokens))
+	}
+	if c.MaxImagesPerPrompt == 0 {
+		c.MaxImagesPerPrompt = DefaultMaxImagesPerPrompt
+	} else if c.MaxImagesPerPrompt < 0 {
+		errs = append(errs, fmt.Errorf("MaxImagesPerPrompt: must be >= 0, got %d", c.MaxImagesPerPrompt))
+	}
+	if c.MaxImageBytes == 0 {
+		c.MaxImageBytes = DefaultMaxImageBytes
+	} else if c.MaxImageBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxImageBytes: must be positive, got %d", c.MaxImageBytes))
+	}
+	if c.MediaFetchTimeout == 0 {
+		c.MediaFetchTimeout = DefaultMediaFetchTimeout
+	} else if c.MediaFetchTimeout < 0 {
+		errs = append(errs, fmt.Errorf("MediaFetchTimeout: must be positive, got %s", c.MediaFetchTimeout))
+	}
+	for i, d := range c.AllowedMediaDomains {
+		c.AllowedMediaDomains[i] = strings.ToLower(strings.TrimSpace(d))
 	}
 	if c.QueueCapacity < 0 {
 		errs = append(errs, fmt.Errorf("QueueCapacity: must be >= 0, got %d", c.QueueCapacity))

@@ -44,8 +44,19 @@
 // MaxRequestBodyBytes; 429 with Retry-After when the Engine says ErrQueueFull; 503 while
 // shutting down; 500 for anything else, with the cause logged and not sent. Engines report
 // those conditions by wrapping the sentinels in errors.go. Parameters the engine cannot
-// honour (suffix, tools, echo with logprobs while streaming, non-text content parts, custom
-// chat templates) are refused with a 400 naming them, never ignored.
+// honour (suffix, tools on /v1/responses, echo with logprobs while streaming, content parts
+// other than text and image_url, custom chat templates) are refused with a 400 naming them, never ignored.
+//
+// Images (images.go): chat content parts {"type":"image_url","image_url":{"url":…,
+// "detail":…}} with a data:image/…;base64 URL, or an http(s) URL whose host is in
+// AllowedMediaDomains (fetched within MediaFetchTimeout and MaxImageBytes, redirects only
+// to allowed hosts); at most MaxImagesPerPrompt per prompt (--limit-mm-per-prompt). Each
+// is preprocessed by Config.Images, the rendered prompt expanded as Gemma3Processor does,
+// and the images go with the engine request; usage.prompt_tokens counts the soft tokens.
+// gRPC takes GenerateRequest.images (encoded bytes). Corrupt base64, bytes that are not an
+// image, unsupported formats, oversize images, too many images, disallowed hosts and any
+// image for a model without Config.Images (a text-only checkpoint) are 400s naming the
+// content part (messages[i].content[j], or images[k] over gRPC).
 //
 // Prompt scoring: vLLM's prompt_logprobs (completions and chat) returns, per prompt
 // position after the first, the prompt token's logprob and the top alternatives; echo with
@@ -60,12 +71,25 @@
 // device. At most one constraint per request; one that does not compile, or uses a keyword
 // the grammar engine cannot enforce, is a 400 naming the field (and the keyword).
 //
+// Tool calling (tools.go, toolparse.go): chat completions take tools, tool_choice (none,
+// auto, required, a named function) and parallel_tool_calls. Gemma 3 has no tool tokens:
+// the tools are described in the first user turn (the tokenizer's ToolTemplater, vLLM's
+// Gemma 3 recipe) and the model answers with a JSON list [{"name", "arguments"}] — JSON
+// rather than vLLM's pythonic calls, see tools.go for why. "required" and named tools
+// compile that list's JSON Schema (each tool's parameters as its arguments) into the
+// request's grammar, so a valid call is guaranteed; "auto" parses an unconstrained answer.
+// Calls come back as message.tool_calls (content null, finish_reason "tool_calls") or, when
+// streaming, as OpenAI's tool-call deltas (id and name first, then the arguments as they
+// grow); role "tool" messages and assistant tool_calls render back into the prompt.
+//
 // # gRPC
 //
 // The TpuserveEngine service (proto/enginepb/engine.proto, modelled on vLLM's
 // vllm_engine.proto): Generate (server stream of chunks, then one complete or error per
 // sample), Abort, GetModelInfo, HealthCheck; plus grpc.health.v1. Validation is the HTTP
-// API's; errors before the stream starts are gRPC statuses (InvalidArgument,
+// API's (SamplingParams' constraint oneof is the structured_outputs field, its errors
+// naming sampling_params.json_schema and so on); errors before the stream starts are gRPC
+// statuses (InvalidArgument,
 // ResourceExhausted, Unavailable, …). A request message that does not decode is
 // InvalidArgument; server reflection is registered; an engine error ends the stream with an
 // error message and the error's status.

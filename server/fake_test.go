@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tpuserve/tpuserve/engine"
+	"github.com/tpuserve/tpuserve/engine/grammar"
 )
 
 // fakeTokenizer is a byte-level tokenizer with Gemma's special tokens: ids 0..5 are
@@ -145,6 +146,9 @@ type fakeEngine struct {
 	panicOn string
 	// stamp makes each token's text the emission time in ns, for the latency benchmark.
 	stamp bool
+	// script, when set, is what every request generates (byte by byte, then EOS) unless
+	// its grammar decides.
+	script string
 
 	mu        sync.Mutex
 	running   int
@@ -248,6 +252,10 @@ func (f *fakeEngine) generate(ctx context.Context, req engine.Request, ch chan<-
 	}
 	m.FirstScheduledTime = time.Now()
 	rng := fakeRNG(req)
+	var matcher *grammar.Matcher
+	if p.Grammar != nil {
+		matcher = p.Grammar.NewMatcher()
+	}
 	var out []int32 // generated ids, EOS and stop tokens included
 	var textIDs []int32
 	sent := 0 // bytes of text already emitted
@@ -282,9 +290,20 @@ func (f *fakeEngine) generate(ctx context.Context, req engine.Request, ch chan<-
 			return
 		}
 		var tok int32
-		if r := rng.IntN(64); r == 0 && !p.IgnoreEOS && len(out) >= p.MinTokens {
+		switch r := rng.IntN(64); {
+		case matcher != nil:
+			// Structured outputs: a token the grammar allows, as the real engine's mask.
+			tok = fakeGrammarToken(rng, matcher)
+			if err := matcher.Advance(tok); err != nil {
+				panic(err)
+			}
+		case f.script != "" && len(out) < len(f.script):
+			tok = int32(fakeByteBase + int(f.script[len(out)]))
+		case f.script != "":
 			tok = fakeEOS
-		} else {
+		case r == 0 && !p.IgnoreEOS && len(out) >= p.MinTokens:
+			tok = fakeEOS
+		default:
 			tok = int32(fakeByteBase + int(fakeAlphabet[rng.IntN(len(fakeAlphabet))]))
 		}
 		if f.stamp {
@@ -373,4 +392,77 @@ func holdBack(text string, stops []string) int {
 		}
 	}
 	return best
+}
+
+// fakeGrammars compiles structured-output grammars over the fake tokenizer's vocabulary
+// (one token per byte, EOS = fakeEOS).
+var fakeGrammars = sync.OnceValue(func() *grammar.Cache {
+	tokens := make([][]byte, fakeVocabSize)
+	for b := 0; b < 256; b++ {
+		tokens[fakeByteBase+b] = []byte{byte(b)}
+	}
+	v, err := grammar.NewVocabulary(tokens, []int32{fakeEOS})
+	if err != nil {
+		panic(err)
+	}
+	return grammar.NewCache(v, 64)
+})
+
+// fakeGrammarToken picks a token the matcher allows, preferring to finish: EOS when the
+// output may end, else a closing byte half the time, else a letter or digit.
+func fakeGrammarToken(rng *rand.Rand, m *grammar.Matcher) int32 {
+	mask := make([]uint32, (fakeVocabSize+31)/32)
+	if err := m.FillMask(mask); err != nil {
+		panic(err)
+	}
+	allowed := func(id int32) bool { return mask[id/32]&(1<<(id%32)) != 0 }
+	if allowed(fakeEOS) {
+		return fakeEOS
+	}
+	var closing, nice, all []int32
+	for id := int32(0); id < fakeVocabSize; id++ {
+		if !allowed(id) {
+			continue
+		}
+		all = append(all, id)
+		if id < fakeByteBase {
+			continue
+		}
+		switch c := byte(id - fakeByteBase); {
+		case c == '"' || c == '}' || c == ']':
+			closing = append(closing, id)
+		case c >= 'a' && c <= 'z' || c >= '0' && c <= '9':
+			nice = append(nice, id)
+		}
+	}
+	switch {
+	case len(closing) > 0 && rng.IntN(2) == 0:
+		return closing[rng.IntN(len(closing))]
+	case len(nice) > 0:
+		return nice[rng.IntN(len(nice))]
+	case len(all) > 0:
+		return all[rng.IntN(len(all))]
+	}
+	panic("grammar allows no token")
+}
+
+// ApplyToolChatTemplate renders tools and tool messages in a simple layout the tests
+// can read back from the prompt.
+func (fakeTokenizer) ApplyToolChatTemplate(msgs []ChatMessage, tools [][]byte, addGen bool) (string, error) {
+	var b strings.Builder
+	b.WriteString("<bos>")
+	for _, t := range tools {
+		b.WriteString("TOOL " + string(t) + "\n")
+	}
+	for _, m := range msgs {
+		b.WriteString("<start_of_turn>" + m.Role + "\n" + messageText(m))
+		for _, c := range m.ToolCalls {
+			b.WriteString("CALL " + c.Name + " " + c.Arguments)
+		}
+		b.WriteString("<end_of_turn>\n")
+	}
+	if addGen {
+		b.WriteString("<start_of_turn>model\n")
+	}
+	return b.String(), nil
 }

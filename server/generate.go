@@ -235,6 +235,7 @@ func (p *genPlan) engineRequests() []engine.Request {
 				Params:      params,
 				Priority:    p.priority,
 				ArrivalTime: p.arrival,
+				Images:      p.images,
 			})
 		}
 	}

@@ -234,9 +234,10 @@ func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) 
 	for _, id := range sp.GetStopTokenIds() {
 		f.StopTokenIDs = append(f.StopTokenIDs, int64(id))
 	}
+	grpcConstraint(sp, &f)
 	params, n, e := s.samplingParams(&f)
 	if e != nil {
-		return nil, e
+		return nil, grpcConstraintError(e)
 	}
 	plan := &genPlan{model: s.modelName, n: n, logprobs: -1, stream: req.GetStream(), priority: f.Priority}
 	if sp.Logprobs != nil {
@@ -247,10 +248,22 @@ func (g *grpcService) plan(req *enginepb.GenerateRequest) (*genPlan, *APIError) 
 		plan.logprobs = k
 		params.Logprobs = &k
 	}
+	images, crops, e := s.grpcImages(req.GetImages())
+	if e != nil {
+		return nil, e
+	}
+	plan.images = images
 	var pr promptIn
 	switch in := req.GetInput().(type) {
 	case *enginepb.GenerateRequest_Text:
-		pr.ids = s.tok.Encode(in.Text, true)
+		text := in.Text
+		if len(images) > 0 {
+			var err error
+			if text, err = s.cfg.Images.ExpandPrompt(text, crops); err != nil {
+				return nil, badParam("text", "text with images cannot be prompted: %v", err)
+			}
+		}
+		pr.ids = s.tok.Encode(text, true)
 	case *enginepb.GenerateRequest_Tokenized:
 		ids := in.Tokenized.GetInputIds()
 		pr.ids = make([]int32, len(ids))
@@ -448,4 +461,51 @@ func (g *grpcService) HealthCheck(context.Context, *enginepb.HealthCheckRequest)
 		return &enginepb.HealthCheckResponse{Healthy: false, Message: err.Error()}, nil
 	}
 	return &enginepb.HealthCheckResponse{Healthy: true, Message: "ok"}, nil
+}
+
+// grpcConstraint maps SamplingParams' structured-output oneof onto the HTTP API's fields,
+// so that both compile and check it the same way.
+func grpcConstraint(sp *enginepb.SamplingParams, f *samplingFields) {
+	switch c := sp.GetConstraint().(type) {
+	case *enginepb.SamplingParams_JsonSchema:
+		f.StructuredOutputs = &structuredOutputs{JSON: json.RawMessage(c.JsonSchema)}
+		if strings.TrimSpace(c.JsonSchema) == "" {
+			f.StructuredOutputs.JSON = json.RawMessage(`""`) // not a schema: an error, not "absent"
+		}
+	case *enginepb.SamplingParams_Regex:
+		f.StructuredOutputs = &structuredOutputs{Regex: &c.Regex}
+	case *enginepb.SamplingParams_Grammar:
+		f.StructuredOutputs = &structuredOutputs{Grammar: &c.Grammar}
+	case *enginepb.SamplingParams_Choice:
+		f.StructuredOutputs = &structuredOutputs{Choice: c.Choice.GetChoices()}
+		if f.StructuredOutputs.Choice == nil {
+			f.StructuredOutputs.Choice = []string{}
+		}
+	case *enginepb.SamplingParams_JsonObject:
+		if c.JsonObject {
+			f.ResponseFormat = &responseFormat{Type: "json_object"}
+		}
+	}
+}
+
+// grpcConstraintNames are the gRPC names of the HTTP fields grpcConstraint fills.
+var grpcConstraintNames = []struct{ http, grpc string }{
+	{"structured_outputs.json", "sampling_params.json_schema"},
+	{"structured_outputs.regex", "sampling_params.regex"},
+	{"structured_outputs.grammar", "sampling_params.grammar"},
+	{"structured_outputs.choice", "sampling_params.choice"},
+	{"response_format", "sampling_params.json_object"},
+}
+
+// grpcConstraintError names a constraint's error by its gRPC field.
+func grpcConstraintError(e *APIError) *APIError {
+	for _, n := range grpcConstraintNames {
+		if e.Param == n.http {
+			out := *e
+			out.Param = n.grpc
+			out.Message = strings.ReplaceAll(e.Message, n.http, n.grpc)
+			return &out
+		}
+	}
+	return e
 }

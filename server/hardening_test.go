@@ -202,7 +202,8 @@ func TestRequestsThatCanNeverBeAdmitted(t *testing.T) {
 	}
 }
 
-func TestToolsAndLegacyFunctionsAreRefused(t *testing.T) {
+// TestToolChoiceNeedsToolsAndLegacyFunctionsAreRefused (tool calling itself: tools_test.go).
+func TestToolChoiceNeedsToolsAndLegacyFunctionsAreRefused(t *testing.T) {
 	ts := startTestServer(t, &fakeEngine{}, nil)
 	msgs := `"messages":[{"role":"user","content":"a"}],"max_tokens":1`
 	for _, tc := range []struct{ extra, param string }{
@@ -210,7 +211,6 @@ func TestToolsAndLegacyFunctionsAreRefused(t *testing.T) {
 		{`"tool_choice":{"type":"function","function":{"name":"f"}}`, "tool_choice"},
 		{`"functions":[{"name":"f"}]`, "functions"},
 		{`"function_call":"auto"`, "function_call"},
-		{`"tools":[{"type":"function","function":{"name":"f"}}]`, "tools"},
 	} {
 		status, _, body := ts.post(t, "/v1/chat/completions", `{`+msgs+`,`+tc.extra+`}`)
 		if e := decodeError(t, body); status != 400 || e.Param == nil || *e.Param != tc.param {

@@ -65,13 +65,33 @@ type ChatMessage struct {
 	Content string
 	// Parts is the message's content when it was sent as an array of parts.
 	Parts []ContentPart
+	// ToolCalls are an assistant message's function calls; Role "tool" is a function's
+	// result. Both only reach a ToolTemplater.
+	ToolCalls []ToolCall
 }
 
-// ContentPart is one part of a message sent as an array; only "text" parts reach the
-// tokenizer.
+// ToolCall is one function call of an assistant message: the name and the arguments as
+// the text of a JSON object.
+type ToolCall struct {
+	Name      string
+	Arguments string
+}
+
+// ToolTemplater is optionally implemented by a Tokenizer: it renders chats with tools
+// (each the JSON text of one OpenAI tool object), assistant tool calls and "tool"
+// messages. Without it, such chat requests are refused with 400.
+type ToolTemplater interface {
+	ApplyToolChatTemplate(msgs []ChatMessage, tools [][]byte, addGenerationPrompt bool) (string, error)
+}
+
+// ContentPart is one part of a message sent as an array: "text" (Text), or "image" (an
+// image_url part: the template writes the image's marker; ImageURL and Param, the part's
+// place in the request, are the server's, the tokenizer adapter copies Type and Text).
 type ContentPart struct {
 	Type string
 	Text string
+	// ImageURL is an image part's url (data: or http(s)); Param is "messages[i].content[j]".
+	ImageURL, Param string
 }
 
 // GrammarCompiler compiles structured-output constraints over the model's vocabulary

@@ -161,8 +161,11 @@ func (s *Server) chatResponse(plan *genPlan, outs []choiceAcc) chatResponse {
 		if plan.echo {
 			text = plan.promptOf(i).echoText + text
 		}
-		ch := chatChoice{Index: i, Message: &chatMessageOut{Role: "assistant", Content: text, ToolCalls: []any{}},
+		ch := chatChoice{Index: i, Message: &chatMessageOut{Role: "assistant", Content: text, ToolCalls: []toolCallOut{}},
 			FinishReason: finishPtr(o.finish), StopReason: o.stop}
+		if plan.tools != nil {
+			plan.tools.answer(&ch, o)
+		}
 		if plan.logprobs >= 0 {
 			lp := &chatLogprobs{Content: []chatTokenLogprob{}}
 			s.appendChatLogprobs(lp, o.positions, plan.logprobs, plan.returnTokenIDs)
@@ -262,6 +265,7 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 	}
 	w.flush()
 	prefix := chunkPrefix(plan, "chat.completion.chunk", s.fingerprint)
+	toolStreams := make([]*toolStream, len(accs))
 	failed := false
 	for {
 		i, ev, ok := r.next()
@@ -280,6 +284,16 @@ func (s *Server) streamChat(c *gin.Context, plan *genPlan, r *run) {
 		}
 		a := &accs[i]
 		a.add(&ev, plan.logprobs >= 0, false)
+		if plan.tools != nil {
+			if toolStreams[i] == nil {
+				toolStreams[i] = newToolStream(plan.tools)
+			}
+			s.streamToolEvent(w, plan, chunk, i, a, &ev, toolStreams[i])
+			if !r.ready() {
+				w.flush()
+			}
+			continue
+		}
 		positions := a.lastPositions
 		if a.lastText == "" && !ev.Finished && len(positions) == 0 {
 			continue

@@ -94,18 +94,28 @@ type chatRequest struct {
 	ToolChoice           json.RawMessage `json:"tool_choice"`
 	Functions            json.RawMessage `json:"functions"`
 	FunctionCall         json.RawMessage `json:"function_call"`
+	ParallelToolCalls    *bool           `json:"parallel_tool_calls"`
 }
 
 type chatMessageIn struct {
-	Role      string          `json:"role"`
-	Content   json.RawMessage `json:"content"`
-	Name      string          `json:"name"`
-	ToolCalls json.RawMessage `json:"tool_calls"`
+	Role       string          `json:"role"`
+	Content    json.RawMessage `json:"content"`
+	Name       string          `json:"name"`
+	ToolCalls  json.RawMessage `json:"tool_calls"`
+	ToolCallID string          `json:"tool_call_id"`
 }
 
 type contentPartIn struct {
-	Type string  `json:"type"`
-	Text *string `json:"text"`
+	Type     string      `json:"type"`
+	Text     *string     `json:"text"`
+	ImageURL *imageURLIn `json:"image_url"`
+}
+
+// imageURLIn is OpenAI's image_url object ({"url": …, "detail": "auto"|"low"|"high"}).
+// detail is accepted and ignored: Gemma 3 sees every image at one resolution.
+type imageURLIn struct {
+	URL    string `json:"url"`
+	Detail string `json:"detail"`
 }
 
 type tokenizeRequest struct {
@@ -189,8 +199,10 @@ type chatMessageOut struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
 	// Refusal is always null (the model's refusals are plain content), as OpenAI sends it.
-	Refusal   *string `json:"refusal"`
-	ToolCalls []any   `json:"tool_calls"`
+	Refusal   *string       `json:"refusal"`
+	ToolCalls []toolCallOut `json:"tool_calls"`
+	// nullContent writes "content": null (a message that is only tool calls).
+	nullContent bool
 }
 
 type chatDelta struct {
@@ -198,7 +210,8 @@ type chatDelta struct {
 	Content *string `json:"content,omitempty"`
 	// Refusal is "refusal": null in a choice's first delta (with the role), as OpenAI
 	// sends it; absent after.
-	Refusal json.RawMessage `json:"refusal,omitempty"`
+	Refusal   json.RawMessage `json:"refusal,omitempty"`
+	ToolCalls []toolCallDelta `json:"tool_calls,omitempty"`
 }
 
 // jsonNull is a JSON null that omitempty keeps.

@@ -594,6 +594,11 @@ func (s *Server) handleTokenize(c *gin.Context) {
 		ids = s.tok.Encode(*req.Prompt, add)
 	case req.Messages != nil:
 		msgs, e := convertMessages(req.Messages)
+		if e == nil {
+			if imgs := chatImages(msgs); len(imgs) > 0 {
+				e = unsupported(imgs[0].param, "%s: /tokenize does not take image parts", imgs[0].param)
+			}
+		}
 		if e != nil {
 			s.writeError(c, e)
 			return
@@ -602,9 +607,9 @@ func (s *Server) handleTokenize(c *gin.Context) {
 		if req.AddGenerationPrompt != nil {
 			addGen = *req.AddGenerationPrompt
 		}
-		text, err := s.tok.ApplyChatTemplate(msgs, addGen)
-		if err != nil {
-			s.writeError(c, badParam("messages", "messages cannot be rendered with the chat template: %v", err))
+		text, e := s.renderChat(msgs, nil, addGen)
+		if e != nil {
+			s.writeError(c, e)
 			return
 		}
 		add := false

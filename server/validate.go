@@ -39,6 +39,10 @@ type genPlan struct {
 	priority        int
 	// arrival is when the request reached the server (zero: when it is submitted).
 	arrival time.Time
+	// tools: a chat request that may answer with tool calls (nil: it may not).
+	tools *toolSet
+	// images go with every prompt's requests (a chat's image parts, preprocessed).
+	images []engine.Image
 }
 
 // promptIn is one prompt: its token ids, the text echo prepends, and the max_tokens it
@@ -601,9 +605,14 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	if req.ContinueFinalMessage {
 		return nil, unsupported("continue_final_message", "continue_final_message is not supported")
 	}
-	if e := checkTools(req.Tools, req.ToolChoice, req.Functions, req.FunctionCall); e != nil {
+	tools, e := s.parseTools(&req, params.Grammar != nil)
+	if e != nil {
 		return nil, e
 	}
+	if tools != nil && tools.grammar != nil {
+		params.Grammar = tools.grammar
+	}
+	plan.tools = tools
 	msgs, e := convertMessages(req.Messages)
 	if e != nil {
 		return nil, e
@@ -615,9 +624,23 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	if req.AddGenerationPrompt != nil {
 		addGen = *req.AddGenerationPrompt
 	}
-	rendered, err := s.tok.ApplyChatTemplate(msgs, addGen)
-	if err != nil {
-		return nil, badParam("messages", "messages cannot be rendered with the chat template: %v", err)
+	images, crops, e := s.loadImages(msgs)
+	if e != nil {
+		return nil, e
+	}
+	var toolsRaw [][]byte
+	if tools != nil {
+		toolsRaw = tools.raw
+	}
+	rendered, e := s.renderChat(msgs, toolsRaw, addGen)
+	if e != nil {
+		return nil, e
+	}
+	if len(images) > 0 {
+		var err error
+		if rendered, err = s.cfg.Images.ExpandPrompt(rendered, crops); err != nil {
+			return nil, badParam("messages", "messages with images cannot be prompted: %v", err)
+		}
 	}
 	ids := s.tok.Encode(rendered, req.AddSpecialTokens)
 	if len(ids) == 0 {
@@ -640,24 +663,9 @@ func (s *Server) chatPlan(body []byte) (*genPlan, *APIError) {
 	plan.echo = req.Echo
 	plan.prompts = prompts
 	plan.params = params
+	plan.images = images
 	plan.id = newRequestID("chatcmpl-")
 	return plan, nil
-}
-
-// checkTools refuses what would need tool calling: tools (unless tool_choice is "none"),
-// a tool_choice without tools, and the legacy functions / function_call.
-func checkTools(tools, toolChoice, functions, functionCall json.RawMessage) *APIError {
-	switch {
-	case present(functions):
-		return unsupported("functions", "functions (the legacy form of tools) is not supported")
-	case present(functionCall):
-		return unsupported("function_call", "function_call (the legacy form of tool_choice) is not supported")
-	case hasElements(tools) && !isJSONString(toolChoice, "none"):
-		return unsupported("tools", "tool calling is not supported")
-	case !hasElements(tools) && present(toolChoice) && !isJSONString(toolChoice, "none"):
-		return badParam("tool_choice", "tool_choice needs tools: it is only allowed when tools is set")
-	}
-	return nil
 }
 
 // present reports whether a field was sent with a non-null value.
@@ -687,7 +695,22 @@ func messageText(m ChatMessage) string {
 	return b.String()
 }
 
-// convertMessages validates chat messages: known roles, text content only.
+// imagePart checks an image_url content part at pp.
+func imagePart(pp string, p contentPartIn) (ContentPart, *APIError) {
+	if p.ImageURL == nil || p.ImageURL.URL == "" {
+		return ContentPart{}, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: pp + ".image_url.url",
+			Message: pp + ".image_url.url is required"}
+	}
+	switch p.ImageURL.Detail {
+	case "", "auto", "low", "high":
+	default:
+		return ContentPart{}, badParam(pp+".image_url.detail", "%s.image_url.detail must be auto, low or high; got %q", pp, truncate(p.ImageURL.Detail, 40))
+	}
+	return ContentPart{Type: "image", ImageURL: p.ImageURL.URL, Param: pp}, nil
+}
+
+// convertMessages validates chat messages: known roles, text and image_url parts (the
+// images are fetched later, by loadImages, for the endpoints that take them).
 func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
 	if len(in) == 0 {
 		return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: "messages",
@@ -704,15 +727,23 @@ func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
 		case "":
 			return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: param + ".role",
 				Message: param + ".role is required"}
-		case "tool", "function":
-			return nil, unsupported(param+".role", "%s.role %q is not supported (no tool calling)", param, role)
+		case "tool":
+		case "function":
+			return nil, unsupported(param+".role", "%s.role \"function\" (the legacy form of \"tool\") is not supported; use \"tool\"", param)
 		default:
-			return nil, badParam(param+".role", "%s.role must be one of system, developer, user, assistant; got %q", param, truncate(role, 40))
-		}
-		if hasElements(m.ToolCalls) {
-			return nil, unsupported(param+".tool_calls", "%s.tool_calls is not supported", param)
+			return nil, badParam(param+".role", "%s.role must be one of system, developer, user, assistant, tool; got %q", param, truncate(role, 40))
 		}
 		msg := ChatMessage{Role: role}
+		if hasElements(m.ToolCalls) {
+			if role != "assistant" {
+				return nil, badParam(param+".tool_calls", "%s.tool_calls is only allowed on assistant messages", param)
+			}
+			calls, e := convertToolCalls(param+".tool_calls", m.ToolCalls)
+			if e != nil {
+				return nil, e
+			}
+			msg.ToolCalls = calls
+		}
 		content := bytes.TrimSpace(m.Content)
 		switch {
 		case len(content) == 0 || string(content) == "null":
@@ -733,8 +764,16 @@ func convertMessages(in []chatMessageIn) ([]ChatMessage, *APIError) {
 			msg.Parts = make([]ContentPart, 0, len(parts))
 			for j, p := range parts {
 				pp := fmt.Sprintf("%s.content[%d]", param, j)
+				if p.Type == "image_url" {
+					part, e := imagePart(pp, p)
+					if e != nil {
+						return nil, e
+					}
+					msg.Parts = append(msg.Parts, part)
+					continue
+				}
 				if p.Type != "text" {
-					return nil, unsupported(pp+".type", "%s.type %q is not supported; only \"text\" parts are", pp, truncate(p.Type, 40))
+					return nil, unsupported(pp+".type", "%s.type %q is not supported; only \"text\" and \"image_url\" parts are", pp, truncate(p.Type, 40))
 				}
 				if p.Text == nil {
 					return nil, &APIError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: codeMissing, Param: pp + ".text",

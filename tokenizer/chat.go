@@ -20,6 +20,8 @@ type Message struct {
 	Role    string
 	Content string
 	Parts   []ContentPart
+	// ToolCalls are an assistant message's function calls (ApplyToolChatTemplate).
+	ToolCalls []ToolCall
 }
 
 // gemma3TemplateSHA256 is the sha256 of the chat_template that Gemma 3's

@@ -15,6 +15,9 @@
 //     never split a UTF-8 character.
 //   - ApplyChatTemplate: Gemma 3's template rendered natively (recognised by the sha256 of
 //     the template text; another template is an error, not a guess).
+//   - ApplyToolChatTemplate: the same layout extended for tool calling as vLLM's Gemma 3
+//     tool template extends it (tools in the first user turn, assistant calls as a JSON
+//     list, tool results in <tool_response>); without tools it is ApplyChatTemplate's text.
 //
 // Fidelity. Ids match HF's Rust tokenizer on the golden data in testdata/golden (edge
 // cases, a 1.1 MB mixed corpus chunk by chunk and whole, chat renderings), made by

@@ -54,6 +54,7 @@ type serveOptions struct {
 	pjrtAutoInstall                       bool
 	idleTimeout, bodyReadTimeout          time.Duration
 	speculativeConfig                     string
+	images                                imageOptions
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
@@ -91,6 +92,11 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.BoolVar(&o.pjrtAutoInstall, "pjrt-auto-install", false, "let an xla: backend download a missing PJRT plugin (off: TPU nodes often have no internet access)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive HTTP connections idle this long")
 	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", server.DefaultBodyReadTimeout, "most time a client may take to send a request body (slower: 408)")
+	fs.StringVar(&o.images.allowedMediaDomains, "allowed-media-domains", "", "hosts whose http(s) image URLs may be fetched, comma-separated (default: none, data URLs only)")
+	fs.StringVar(&o.images.limitMMPerPrompt, "limit-mm-per-prompt", "", `most images per prompt, as {"image": N} (default 16; 0 refuses images)`)
+	fs.StringVar(&o.images.imageMask, "image-mask", model.ImageMaskHF453, "attention among image tokens: "+model.ImageMaskHF453+" (transformers 4.53, the reference: image tokens within mm_tokens_per_image positions) or "+model.ImageMaskPerImage+" (within each image only)")
+	fs.IntVar(&o.images.maxImagesPerStep, "max-images-per-step", 4, "most images one engine step encodes (sizes every step program's image input)")
+	fs.Int64Var(&o.images.maxImageBytes, "max-image-bytes", server.DefaultMaxImageBytes, "largest encoded image accepted, data URL or fetched")
 	return fs, o
 }
 
@@ -158,6 +164,15 @@ func validateServeOptions(o *serveOptions) error {
 	}
 	if o.maxNumSeqs > 0 && o.maxBatched > 0 && o.maxBatched < o.maxNumSeqs {
 		errs = append(errs, fmt.Errorf("--max-num-batched-tokens %d must be >= --max-num-seqs %d (every running request decodes a token per step)", o.maxBatched, o.maxNumSeqs))
+	}
+	if m := o.images.imageMask; m != model.ImageMaskHF453 && m != model.ImageMaskPerImage {
+		errs = append(errs, fmt.Errorf("--image-mask %q must be %s or %s", m, model.ImageMaskHF453, model.ImageMaskPerImage))
+	}
+	if o.images.maxImagesPerStep <= 0 {
+		errs = append(errs, fmt.Errorf("--max-images-per-step %d must be > 0", o.images.maxImagesPerStep))
+	}
+	if _, err := parseLimitMM(o.images.limitMMPerPrompt); err != nil {
+		errs = append(errs, err)
 	}
 	if o.maxQueueLen < -1 {
 		errs = append(errs, fmt.Errorf("--max-queue-len %d must be >= 0 (0: 4 × max-num-seqs), or -1 for no limit", o.maxQueueLen))
@@ -349,6 +364,10 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	vocab.Warm()
 	cfg.Grammars = grammar.NewCache(vocab, 256)
 	log.Info("structured outputs ready", "vocab", vocab.Size(), "elapsed", time.Since(t0).Round(time.Millisecond))
+	vcfg, err := setupImages(o, &mcfg, tok, &cfg, log)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(cfg, nil, tokenizerAdapter{tok})
 	if err != nil {
 		return err
@@ -381,6 +400,14 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		}
 		defer m.Close()
 		ecfg.Model, mc = m, &m.Config
+		if vcfg != nil {
+			enc, err := loadVisionTower(o, backend, dtype, m, vcfg)
+			if err != nil {
+				return fail(err)
+			}
+			defer enc.Close()
+			ecfg.Vision, ecfg.MaxImagesPerStep = enc, o.images.maxImagesPerStep
+		}
 	} else {
 		m, err := model.LoadShardedModel(backend, loadOpts, o.tensorParallel)
 		if err != nil {
@@ -429,6 +456,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		PageSize: o.pageSize, KVCacheBytes: kvBytes, KVCacheDType: o.kvCacheDType, DisablePrefixCaching: o.disablePrefixCaching,
 		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
 		Speculative: spec, DraftModel: draft,
+		Vision: ecfg.Vision, MaxImagesPerStep: ecfg.MaxImagesPerStep,
 	})
 	if err != nil {
 		if spec != nil {
@@ -499,11 +527,15 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 		log.Info("memory plan: the draft model's weights", "model", sp.Model, "bytes", plan.FormatBytes(draftBytes))
 		mem -= draftBytes
 	}
-	mp, err := plan.PlanMemory(&cfg, plan.MemoryOptions{
+	mopts := plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
 		SpecTokens: specTokens,
-	})
+	}
+	if err := planVision(o, &cfg, dtype, &mopts); err != nil {
+		return 0, err
+	}
+	mp, err := plan.PlanMemory(&cfg, mopts)
 	if err != nil {
 		return 0, fmt.Errorf("memory plan (tpuserve plan shows it in full): %w", err)
 	}
@@ -606,6 +638,15 @@ func (a engineAdapter) Health() error { return a.e.Health() }
 type tokenizerAdapter struct{ *tokenizer.Tokenizer }
 
 func (a tokenizerAdapter) ApplyChatTemplate(msgs []server.ChatMessage, addGenerationPrompt bool) (string, error) {
+	return a.Tokenizer.ApplyChatTemplate(tokenizerMessages(msgs), addGenerationPrompt)
+}
+
+// ApplyToolChatTemplate renders chats with tools, tool calls and tool results.
+func (a tokenizerAdapter) ApplyToolChatTemplate(msgs []server.ChatMessage, tools [][]byte, addGenerationPrompt bool) (string, error) {
+	return a.Tokenizer.ApplyToolChatTemplate(tokenizerMessages(msgs), tools, addGenerationPrompt)
+}
+
+func tokenizerMessages(msgs []server.ChatMessage) []tokenizer.Message {
 	out := make([]tokenizer.Message, len(msgs))
 	for i, m := range msgs {
 		out[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
@@ -615,6 +656,9 @@ func (a tokenizerAdapter) ApplyChatTemplate(msgs []server.ChatMessage, addGenera
 				out[i].Parts[j] = tokenizer.ContentPart{Type: p.Type, Text: p.Text}
 			}
 		}
+		for _, c := range m.ToolCalls {
+			out[i].ToolCalls = append(out[i].ToolCalls, tokenizer.ToolCall{Name: c.Name, Arguments: c.Arguments})
+		}
 	}
-	return a.Tokenizer.ApplyChatTemplate(out, addGenerationPrompt)
+	return out
 }

@@ -104,6 +104,10 @@ func TestServeStartupErrors(t *testing.T) {
 		{func(o *serveOptions) { o.model = "gemma3-1bb" }, "gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, tiny"},
 		{func(o *serveOptions) { o.generationConfig = t.TempDir() }, "--generation-config"},
 		{func(o *serveOptions) { o.tokenizerDir = filepath.Join(t.TempDir(), "missing.json") }, "--tokenizer"},
+		{func(o *serveOptions) { o.images.imageMask = "causal" }, "--image-mask"},
+		{func(o *serveOptions) { o.images.limitMMPerPrompt = `{"video": 1}` }, "--limit-mm-per-prompt"},
+		{func(o *serveOptions) { o.images.limitMMPerPrompt = "3" }, "--limit-mm-per-prompt"},
+		{func(o *serveOptions) { o.images.maxImagesPerStep = 0 }, "--max-images-per-step"},
 	} {
 		_, o := serveFlags(io.Discard)
 		o.tokenizerDir = tokenizerDirForTest(t)

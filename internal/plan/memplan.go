@@ -73,6 +73,16 @@ type MemoryOptions struct {
 	// SpecTokens is speculative decoding's K (0: off): the verify programs score K+1
 	// positions per running sequence, so the sampler's rows grow K+1 times.
 	SpecTokens int `json:"spec_tokens,omitempty"`
+	// VisionWeightBytes and VisionActivationBytes are a vision model's tower on each chip
+	// (replicated: vision.Config.WeightBytes) and the peak activations of its largest image
+	// bucket (vision.Config.PeakActivationBytes); the tower runs before the step, so the
+	// plan keeps the larger of its activations and the step's. 0: no images served.
+	VisionWeightBytes     int64 `json:"vision_weight_bytes,omitempty"`
+	VisionActivationBytes int64 `json:"vision_activation_bytes,omitempty"`
+	// MaxImagesPerStep and ImageTokens are StepOptions' (a vision model serving images):
+	// the step set then lists the vision programs and sizes the image inputs.
+	MaxImagesPerStep int `json:"max_images_per_step,omitempty"`
+	ImageTokens      int `json:"image_tokens,omitempty"`
 }
 
 // NamedBytes is one line of an estimate.
@@ -212,7 +222,8 @@ func (o MemoryOptions) StepSet(cfg *model.Config) (*StepSet, error) {
 	return NewStepSet(cfg, StepOptions{
 		MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: o.MaxNumBatchedTokens, MaxModelLen: o.MaxModelLen,
 		PageSize: o.PageSize, SegmentLen: o.SegmentLen, MinTokens: o.MinTokens, PromptLogprobRows: o.PromptLogprobRows,
-		SpecTokens: o.SpecTokens,
+		SpecTokens:       o.SpecTokens,
+		MaxImagesPerStep: o.MaxImagesPerStep, ImageTokens: o.ImageTokens,
 	})
 }
 
@@ -337,6 +348,11 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 	compute := opts.Format.ComputeDType()
 	elem, scale := model.KVElementBytes(cfg, compute)
 	p.SeqKVBytesPerChip = SeqKVBytesFor(cfg, opts.SeqLen, sp.KVHeadsPerChip, compute)
+	if opts.VisionActivationBytes > p.Activations.Peak {
+		p.Activations = ActivationEstimate{Kind: "vision", Peak: opts.VisionActivationBytes,
+			Items: []NamedBytes{{"vision tower, largest image bucket", opts.VisionActivationBytes}}}
+	}
+	p.WeightBytesPerChip += opts.VisionWeightBytes
 	fixed := p.WeightBytesPerChip + p.Activations.Peak + p.WorkspaceBytes
 	p.KVBytesPerChip = opts.DeviceMemoryBytes - fixed
 	if p.KVBytesPerChip <= 0 {

@@ -369,3 +369,28 @@ func TestPlanMemoryKVCacheDType(t *testing.T) {
 		t.Errorf("int4: %v", err)
 	}
 }
+
+// TestPlanMemoryVision: a vision tower's replicated weights and its activations (when
+// larger than the step's) come out of the KV budget.
+func TestPlanMemoryVision(t *testing.T) {
+	cfg, err := model.Preset("gemma3-4b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := plan.MemoryOptions{DeviceMemoryBytes: 32 << 30, MaxModelLen: 4096, MaxNumSeqs: 8, MaxNumBatchedTokens: 512}
+	text, err := plan.PlanMemory(&cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.VisionWeightBytes, opts.VisionActivationBytes = 840<<20, text.Activations.Peak+(1<<30)
+	vis, err := plan.PlanMemory(&cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := text.KVBytesPerChip-vis.KVBytesPerChip, opts.VisionWeightBytes+(1<<30); got != want {
+		t.Errorf("the tower took %d bytes of KV budget, want %d (weights + the activations beyond the step's)", got, want)
+	}
+	if vis.Activations.Kind != "vision" {
+		t.Errorf("activations %q, want the vision bucket's", vis.Activations.Kind)
+	}
+}

@@ -42,6 +42,10 @@ const (
 	// KindDraftPropose turns the draft's hidden states at Rows positions into proposals
 	// (the draft's argmax).
 	KindDraftPropose ProgramKind = "draft_propose"
+	// KindVision is the vision tower and projector over Rows images (zero-padded), its
+	// features left on the device as the image-embedding rows of the step that consumes
+	// them (vision models serving images only).
+	KindVision ProgramKind = "vision"
 )
 
 // Program is one member of the closed set of compiled programs. Step programs have Shape;
@@ -56,6 +60,9 @@ type Program struct {
 func (p Program) String() string {
 	if p.Kind == KindStep || p.Kind == KindDraftStep {
 		s := p.Shape
+		if s.M > 0 {
+			return fmt.Sprintf("%s{T=%d B=%d Q=%d EG=%d ES=%d M=%d}", p.Kind, s.T, s.B, s.Q, s.EG, s.ES, s.M)
+		}
 		return fmt.Sprintf("%s{T=%d B=%d Q=%d EG=%d ES=%d}", p.Kind, s.T, s.B, s.Q, s.EG, s.ES)
 	}
 	return fmt.Sprintf("%s{rows=%d}", p.Kind, p.Rows)
@@ -93,6 +100,13 @@ type StepOptions struct {
 	// DraftModel adds the draft model's programs: a draft_step for every step shape and
 	// draft_propose in sample's row buckets (SpecTokens > 0 required).
 	DraftModel bool
+	// MaxImagesPerStep is the most images one step takes (a vision model serving images;
+	// 0: none), ImageTokens the soft tokens per image (mm_tokens_per_image). Every step
+	// shape of a vision model has M = MaxImagesPerStep·ImageTokens image-embedding rows
+	// (at least 1: the inputs are there for text steps too), so images add no step
+	// programs, only the vision programs: image buckets of powers of two up to
+	// MaxImagesPerStep.
+	MaxImagesPerStep, ImageTokens int
 }
 
 // DefaultMinTokens is the smallest token bucket on backend ("go" or "xla:…"): 1 on the CPU,
@@ -141,6 +155,9 @@ func (o *StepOptions) setDefaults() error {
 	if o.DraftModel && o.SpecTokens == 0 {
 		return fmt.Errorf("%w: step options: DraftModel needs SpecTokens > 0", model.ErrConfig)
 	}
+	if o.MaxImagesPerStep < 0 || (o.MaxImagesPerStep > 0 && o.ImageTokens <= 0) {
+		return fmt.Errorf("%w: step options: MaxImagesPerStep %d with ImageTokens %d (want both > 0, or no images)", model.ErrConfig, o.MaxImagesPerStep, o.ImageTokens)
+	}
 	if o.MaxNumBatchedTokens < o.MaxNumSeqs {
 		return fmt.Errorf("%w: step options: MaxNumBatchedTokens %d must be >= MaxNumSeqs %d (every running sequence decodes in one step)",
 			model.ErrConfig, o.MaxNumBatchedTokens, o.MaxNumSeqs)
@@ -168,7 +185,10 @@ func (o *StepOptions) setDefaults() error {
 // (sample, from MinTokens) or of eight (sample_full and sample_scored, from 1) up to
 // MaxNumSeqs, and prompt scoring in PromptLogprobRows rows. With SpecTokens (speculative
 // decoding) the verify and verify_full programs come in sample_full's row buckets; with a
-// draft model, draft_step repeats every step shape and draft_propose comes in sample's.
+// draft model, draft_step repeats every step shape and draft_propose comes in sample's. A vision model's step shapes
+// all carry M = MaxImagesPerStep·ImageTokens image-embedding rows (at least 1) and a
+// sliding entry budget that allows the image mask's reach, and the set adds one vision
+// program per image bucket (powers of two up to MaxImagesPerStep).
 type StepSet struct {
 	opts         StepOptions
 	cfg          *model.Config
@@ -179,6 +199,7 @@ type StepSet struct {
 	prompt       []int
 	verify       []int // verify and verify_full (none without SpecTokens)
 	propose      []int // draft_propose (none without DraftModel)
+	vision       []int // image buckets of the vision programs
 }
 
 // NewStepSet enumerates the program set for cfg served with opts.
@@ -205,8 +226,18 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 			shapes = s.ladder(t, 1, t, min(t*minEntries, top), top, one)
 			shapes = append(shapes, s.ladder(t, q, b, top/4, top, opts.EntryLevels-one)...)
 		}
+		if cfg.Vision {
+			for i := range shapes {
+				shapes[i].M = max(1, opts.MaxImagesPerStep*opts.ImageTokens)
+			}
+		}
 		s.perToken = append(s.perToken, shapes)
 		s.steps = append(s.steps, shapes...)
+	}
+	if cfg.Vision && opts.MaxImagesPerStep > 0 {
+		s.vision = powersUpTo(1, opts.MaxImagesPerStep)
+	} else if opts.MaxImagesPerStep > 0 {
+		return nil, fmt.Errorf("%w: step options: MaxImagesPerStep %d for a model without a vision tower", model.ErrConfig, opts.MaxImagesPerStep)
 	}
 	s.sample = powersUpTo(min(opts.MinTokens, opts.MaxNumSeqs), opts.MaxNumSeqs)
 	// The feature samplers' rows are few (only requests that ask for a feature): ×8 buckets.
@@ -258,7 +289,13 @@ func (s *StepSet) ladder(t, q, b, bottom, top, levels int) []model.BatchShape {
 		if len(shapes) > 0 && e <= shapes[len(shapes)-1].EG {
 			continue
 		}
-		es := min(e, b*ceilDiv(model.SlidingPagesPerRow(s.cfg, s.opts.PageSize, q), model.PagesPerEntry))
+		// An image token's row reads on to the keys its image mask shows it (at most
+		// its image's rest and a neighbour's mm_tokens_per_image): 2·ImageTokens more.
+		reach := q
+		if s.cfg.Vision {
+			reach += 2 * s.opts.ImageTokens
+		}
+		es := min(e, b*ceilDiv(model.SlidingPagesPerRow(s.cfg, s.opts.PageSize, reach), model.PagesPerEntry))
 		shapes = append(shapes, model.BatchShape{T: t, B: b, Q: q, EG: e, ES: es})
 	}
 	return shapes
@@ -286,6 +323,22 @@ func (s *StepSet) Steps() []model.BatchShape { return slices.Clone(s.steps) }
 // MaxTokens is the largest token bucket: the row count of the hidden states every step
 // leaves for the sampler programs (smaller steps are padded to it).
 func (s *StepSet) MaxTokens() int { return s.tokens[len(s.tokens)-1] }
+
+// ImageRows is the image-embedding rows of every step shape (0: a text-only model).
+func (s *StepSet) ImageRows() int {
+	if len(s.steps) == 0 {
+		return 0
+	}
+	return s.steps[0].M
+}
+
+// MaxImages is the most images one step takes (0: no images).
+func (s *StepSet) MaxImages() int {
+	if len(s.vision) == 0 {
+		return 0
+	}
+	return s.vision[len(s.vision)-1]
+}
 
 // MaxPromptRows is the most prompt positions one step may score.
 func (s *StepSet) MaxPromptRows() int { return s.prompt[len(s.prompt)-1] }
@@ -335,6 +388,8 @@ func (s *StepSet) RowsFor(kind ProgramKind, n int) (int, bool) {
 		list = s.verify
 	case KindDraftPropose:
 		list = s.propose
+	case KindVision:
+		list = s.vision
 	default:
 		return 0, false
 	}
@@ -368,7 +423,7 @@ func (s *StepSet) Programs() []Program {
 	for _, k := range []struct {
 		kind ProgramKind
 		rows []int
-	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVerify, s.verify}, {KindVerifyFull, s.verify}, {KindDraftPropose, s.propose}} {
+	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVerify, s.verify}, {KindVerifyFull, s.verify}, {KindDraftPropose, s.propose}, {KindVision, s.vision}} {
 		for _, r := range k.rows {
 			out = append(out, Program{Kind: k.kind, Rows: r})
 		}

@@ -110,3 +110,37 @@ func TestStepSetBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestStepSetVision: a vision model's step set adds only the vision programs (image buckets
+// 1, 2, 4), and every step shape carries the image rows.
+func TestStepSetVision(t *testing.T) {
+	cfg, err := model.Preset("gemma3-4b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := plan.StepOptions{MaxNumSeqs: 8, MaxNumBatchedTokens: 512, MaxModelLen: 4096, PageSize: 16}
+	text, err := plan.NewStepSet(&cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plan.NewStepSet(&cfg, plan.StepOptions{MaxNumSeqs: 8, MaxNumBatchedTokens: 512, MaxModelLen: 4096, PageSize: 16, MaxImagesPerStep: 4, ImageTokens: 256}); err == nil {
+		t.Error("images for a model without a vision tower: want an error")
+	}
+	cfg.Vision = true
+	opts.MaxImagesPerStep, opts.ImageTokens = 4, 256
+	vis, err := plan.NewStepSet(&cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(vis.Programs()), len(text.Programs())+3; got != want {
+		t.Errorf("%d programs, want %d (the text set's + 3 vision buckets)", got, want)
+	}
+	for _, s := range vis.Steps() {
+		if s.M != 4*256 {
+			t.Fatalf("step %+v: M = %d, want %d", s, s.M, 4*256)
+		}
+	}
+	if n, ok := vis.RowsFor(plan.KindVision, 3); !ok || n != 4 || vis.MaxImages() != 4 || vis.ImageRows() != 1024 {
+		t.Errorf("RowsFor(vision, 3) = %d %v, MaxImages %d, ImageRows %d", n, ok, vis.MaxImages(), vis.ImageRows())
+	}
+}

@@ -6,7 +6,10 @@
 // closed set of batch sizes (Encoder).
 //
 // It does not splice features into the language model's prefill, build attention masks,
-// hash prefixes or expand prompts: that is the model/engine's business. What it gives them:
+// hash prefixes or expand prompts: that is the model's (SeqChunk.Images, the image mask),
+// the engine's (Request.Images, prefix keys) and the tokenizer's (ExpandImages) business.
+// EncodeRows is the form the engine runs: the features as the step's image-embedding rows
+// [rows, text hidden], left on the device (PrecompileRows compiles it per image bucket). What it gives them:
 // Config's token ids (image_token_index, boi/eoi), mm_tokens_per_image soft tokens per image
 // (Config.PlaceholderIDs, Config.ImageSpans to find and check them in a prompt: the spans
 // are the bidirectional-attention groups and the order features are spliced in), features

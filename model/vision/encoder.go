@@ -80,6 +80,11 @@ type Encoder struct {
 
 	mu      sync.Mutex // serialises Precompile and Encode
 	buckets []int      // sorted, compiled
+
+	// The step-input form (EncodeRows): features as rows [rows, text hidden] left on the
+	// device, one program per bucket; by rows.
+	rowsExec    map[int]*graph.Exec
+	rowsBuckets map[int][]int
 }
 
 // LoadEncoder reads config.json and the checkpoint in dir and puts the tower's weights on
@@ -247,26 +252,11 @@ func (e *Encoder) Encode(images [][]float32) (*Features, error) {
 
 // run encodes len(images) ≤ bucket images in the bucket's program into dst.
 func (e *Encoder) run(images [][]float32, bucket int, dst []float32) error {
-	S, C := e.cfg.ImageSize, e.cfg.NumChannels
-	per := C * S * S
-	pixels := tensors.FromShape(shapes.Make(e.dtype, bucket, C, S, S))
-	defer pixels.FinalizeAll()
-	if err := pixels.MutableBytes(func(buf []byte) {
-		clear(buf)
-		for i, img := range images {
-			if e.dtype == dtypes.BFloat16 {
-				for j, v := range img {
-					binary.LittleEndian.PutUint16(buf[2*(i*per+j):], bf16Bits(v))
-				}
-			} else {
-				for j, v := range img {
-					binary.LittleEndian.PutUint32(buf[4*(i*per+j):], math.Float32bits(v))
-				}
-			}
-		}
-	}); err != nil {
-		return fmt.Errorf("vision: filling the pixel input: %w", err)
+	pixels, err := e.pixelTensor(images, bucket)
+	if err != nil {
+		return err
 	}
+	defer pixels.FinalizeAll()
 	before := e.compilations.Load()
 	outs, err := e.exec.Exec(e.args(pixels)...)
 	if err != nil {
@@ -304,6 +294,139 @@ func (e *Encoder) run(images [][]float32, bucket int, dst []float32) error {
 	return copyErr
 }
 
+// PrecompileRows compiles the step-input form of the tower (EncodeRows with rows rows)
+// for each batch size in buckets. It is what the engine compiles at start-up: one program
+// per bucket.
+func (e *Encoder) PrecompileRows(rows int, buckets ...int) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.exec == nil {
+		return fmt.Errorf("%w: the encoder is closed", ErrInput)
+	}
+	T := e.cfg.MMTokensPerImage
+	exec, err := e.rowsProgram(rows)
+	if err != nil {
+		return err
+	}
+	for _, b := range buckets {
+		if b <= 0 || b*T > rows {
+			return fmt.Errorf("%w: bucket of %d images (%d soft tokens each) does not fit %d rows", ErrInput, b, T, rows)
+		}
+		if slices.Contains(e.rowsBuckets[rows], b) {
+			continue
+		}
+		start := time.Now()
+		pixels := tensors.FromShape(shapes.Make(e.dtype, b, e.cfg.NumChannels, e.cfg.ImageSize, e.cfg.ImageSize))
+		err := exec.PreCompile(e.args(pixels)...)
+		pixels.FinalizeAll()
+		if err != nil {
+			return fmt.Errorf("vision: compiling the encoder for %d images into %d rows: %w", b, rows, err)
+		}
+		e.rowsBuckets[rows] = append(e.rowsBuckets[rows], b)
+		slices.Sort(e.rowsBuckets[rows])
+		slog.Info("vision encoder compiled", "images", b, "rows", rows, "elapsed", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// rowsProgram is the program of the step-input form with rows rows (e.mu held).
+func (e *Encoder) rowsProgram(rows int) (*graph.Exec, error) {
+	if exec, ok := e.rowsExec[rows]; ok {
+		return exec, nil
+	}
+	if rows <= 0 {
+		return nil, fmt.Errorf("%w: %d rows", ErrInput, rows)
+	}
+	numW := len(e.weights.Tensors)
+	T, H := e.cfg.MMTokensPerImage, e.cfg.TextHiddenSize
+	exec, err := graph.NewExec(e.backend, func(in []*graph.Node) []*graph.Node {
+		e.compilations.Add(1)
+		f := Encode(&e.cfg, in[:numW], in[numW]) // [N, T, H]
+		n := f.Shape().Dimensions[0]
+		return []*graph.Node{model.PadRows(graph.Reshape(f, n*T, H), rows)}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vision: building the encoder program: %w", err)
+	}
+	exec = exec.WithName(fmt.Sprintf("gemma3_vision_rows%d", rows)).SetMaxCache(MaxBuckets)
+	if e.rowsExec == nil {
+		e.rowsExec, e.rowsBuckets = map[int]*graph.Exec{}, map[int][]int{}
+	}
+	e.rowsExec[rows] = exec
+	return exec, nil
+}
+
+// EncodeRows runs the tower on images in the smallest bucket PrecompileRows(rows, …)
+// compiled that holds them, and returns their features as rows [rows, text hidden] in the
+// compute dtype, left on the device (image i's soft tokens at rows i·T…, zero rows after
+// the last image): the image-embedding input of a step (model.Batch.ImageEmbeds). The
+// caller frees the result. It never compiles.
+func (e *Encoder) EncodeRows(images [][]float32, rows int) (*tensors.Tensor, error) {
+	if len(images) == 0 {
+		return nil, fmt.Errorf("%w: no images", ErrInput)
+	}
+	S, C := e.cfg.ImageSize, e.cfg.NumChannels
+	for i, img := range images {
+		if len(img) != C*S*S {
+			return nil, fmt.Errorf("%w: image %d has %d pixel values, want %d ([%d, %d, %d])", ErrInput, i, len(img), C*S*S, C, S, S)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.exec == nil {
+		return nil, fmt.Errorf("%w: the encoder is closed", ErrInput)
+	}
+	bucket := 0
+	for _, b := range e.rowsBuckets[rows] {
+		if b >= len(images) {
+			bucket = b
+			break
+		}
+	}
+	if bucket == 0 {
+		return nil, fmt.Errorf("%w: %d images into %d rows (compiled: %v)", ErrNotCompiled, len(images), rows, e.rowsBuckets[rows])
+	}
+	pixels, err := e.pixelTensor(images, bucket)
+	if err != nil {
+		return nil, err
+	}
+	defer pixels.FinalizeAll()
+	before := e.compilations.Load()
+	outs, err := e.rowsExec[rows].Exec(e.args(pixels)...)
+	if err != nil {
+		return nil, fmt.Errorf("vision: running the encoder for %d images (bucket %d): %w", len(images), bucket, err)
+	}
+	if e.compilations.Load() != before {
+		slog.Warn("vision encoder compiled while serving", "bucket", bucket, "rows", rows)
+	}
+	return outs[0], nil
+}
+
+// pixelTensor packs images into a zero-padded pixel input of bucket images.
+func (e *Encoder) pixelTensor(images [][]float32, bucket int) (*tensors.Tensor, error) {
+	S, C := e.cfg.ImageSize, e.cfg.NumChannels
+	per := C * S * S
+	pixels := tensors.FromShape(shapes.Make(e.dtype, bucket, C, S, S))
+	if err := pixels.MutableBytes(func(buf []byte) {
+		clear(buf)
+		for i, img := range images {
+			if e.dtype == dtypes.BFloat16 {
+				for j, v := range img {
+					binary.LittleEndian.PutUint16(buf[2*(i*per+j):], bf16Bits(v))
+				}
+			} else {
+				for j, v := range img {
+					binary.LittleEndian.PutUint32(buf[4*(i*per+j):], math.Float32bits(v))
+				}
+			}
+		}
+	}); err != nil {
+		pixels.FinalizeAll()
+		return nil, fmt.Errorf("vision: filling the pixel input: %w", err)
+	}
+	return pixels, nil
+}
+
 // Close frees the compiled programs and the weights.
 func (e *Encoder) Close() {
 	e.mu.Lock()
@@ -312,6 +435,10 @@ func (e *Encoder) Close() {
 		e.exec.Finalize()
 		e.exec = nil
 	}
+	for _, x := range e.rowsExec {
+		x.Finalize()
+	}
+	e.rowsExec = nil
 	if e.weights != nil {
 		e.weights.Finalize()
 		e.weights = nil

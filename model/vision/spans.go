@@ -1,6 +1,10 @@
 package vision
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/tpuserve/tpuserve/model"
+)
 
 // Span is one image's soft tokens in a prompt: positions [Start, Start+Len) hold
 // image_token_index and attend to each other bidirectionally (HF's token_type_ids groups).
@@ -35,4 +39,20 @@ func (c *Config) ImageSpans(ids []int32) ([]Span, error) {
 		spans = append(spans, Span{Start: start, Len: n})
 	}
 	return spans, nil
+}
+
+// ChunkImages are the image spans of ids as the model's step input lays them out
+// (model.SeqChunk.Images): image k of the prompt (k from 0) reads rows
+// [(firstImage+k)·T, …) of the image embeddings, T = mm_tokens_per_image, as EncodeRows
+// leaves them for images firstImage, firstImage+1, ….
+func (c *Config) ChunkImages(ids []int32, firstImage int) ([]model.ChunkImage, error) {
+	spans, err := c.ImageSpans(ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]model.ChunkImage, len(spans))
+	for k, sp := range spans {
+		out[k] = model.ChunkImage{Pos: sp.Start, Len: sp.Len, Row: (firstImage + k) * c.MMTokensPerImage}
+	}
+	return out, nil
 }

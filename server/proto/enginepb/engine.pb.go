@@ -52,8 +52,20 @@ type SamplingParams struct {
 	Seed                   *int64                 `protobuf:"varint,24,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
 	IncludeStopStrInOutput bool                   `protobuf:"varint,25,opt,name=include_stop_str_in_output,json=includeStopStrInOutput,proto3" json:"include_stop_str_in_output,omitempty"`
 	Priority               int32                  `protobuf:"varint,26,opt,name=priority,proto3" json:"priority,omitempty"` // lower is scheduled first when priority scheduling is on
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// Structured outputs (at most one), as the HTTP API's structured_outputs: the output is
+	// constrained on the device to match. A constraint that does not compile, or uses a
+	// JSON Schema keyword the engine cannot enforce, is INVALID_ARGUMENT naming the field.
+	//
+	// Types that are valid to be assigned to Constraint:
+	//
+	//	*SamplingParams_JsonSchema
+	//	*SamplingParams_Regex
+	//	*SamplingParams_Grammar
+	//	*SamplingParams_Choice
+	//	*SamplingParams_JsonObject
+	Constraint    isSamplingParams_Constraint `protobuf_oneof:"constraint"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SamplingParams) Reset() {
@@ -212,6 +224,137 @@ func (x *SamplingParams) GetPriority() int32 {
 	return 0
 }
 
+func (x *SamplingParams) GetConstraint() isSamplingParams_Constraint {
+	if x != nil {
+		return x.Constraint
+	}
+	return nil
+}
+
+func (x *SamplingParams) GetJsonSchema() string {
+	if x != nil {
+		if x, ok := x.Constraint.(*SamplingParams_JsonSchema); ok {
+			return x.JsonSchema
+		}
+	}
+	return ""
+}
+
+func (x *SamplingParams) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Constraint.(*SamplingParams_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *SamplingParams) GetGrammar() string {
+	if x != nil {
+		if x, ok := x.Constraint.(*SamplingParams_Grammar); ok {
+			return x.Grammar
+		}
+	}
+	return ""
+}
+
+func (x *SamplingParams) GetChoice() *ChoiceConstraint {
+	if x != nil {
+		if x, ok := x.Constraint.(*SamplingParams_Choice); ok {
+			return x.Choice
+		}
+	}
+	return nil
+}
+
+func (x *SamplingParams) GetJsonObject() bool {
+	if x != nil {
+		if x, ok := x.Constraint.(*SamplingParams_JsonObject); ok {
+			return x.JsonObject
+		}
+	}
+	return false
+}
+
+type isSamplingParams_Constraint interface {
+	isSamplingParams_Constraint()
+}
+
+type SamplingParams_JsonSchema struct {
+	JsonSchema string `protobuf:"bytes,27,opt,name=json_schema,json=jsonSchema,proto3,oneof"` // a JSON Schema, as JSON text
+}
+
+type SamplingParams_Regex struct {
+	Regex string `protobuf:"bytes,28,opt,name=regex,proto3,oneof"` // RE2 syntax, matching the whole output
+}
+
+type SamplingParams_Grammar struct {
+	Grammar string `protobuf:"bytes,29,opt,name=grammar,proto3,oneof"` // GBNF (llama.cpp's syntax), start rule "root"
+}
+
+type SamplingParams_Choice struct {
+	Choice *ChoiceConstraint `protobuf:"bytes,30,opt,name=choice,proto3,oneof"`
+}
+
+type SamplingParams_JsonObject struct {
+	JsonObject bool `protobuf:"varint,31,opt,name=json_object,json=jsonObject,proto3,oneof"` // any JSON object (response_format json_object)
+}
+
+func (*SamplingParams_JsonSchema) isSamplingParams_Constraint() {}
+
+func (*SamplingParams_Regex) isSamplingParams_Constraint() {}
+
+func (*SamplingParams_Grammar) isSamplingParams_Constraint() {}
+
+func (*SamplingParams_Choice) isSamplingParams_Constraint() {}
+
+func (*SamplingParams_JsonObject) isSamplingParams_Constraint() {}
+
+// ChoiceConstraint limits the output to one of the choices, exactly.
+type ChoiceConstraint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Choices       []string               `protobuf:"bytes,1,rep,name=choices,proto3" json:"choices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChoiceConstraint) Reset() {
+	*x = ChoiceConstraint{}
+	mi := &file_enginepb_engine_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChoiceConstraint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChoiceConstraint) ProtoMessage() {}
+
+func (x *ChoiceConstraint) ProtoReflect() protoreflect.Message {
+	mi := &file_enginepb_engine_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChoiceConstraint.ProtoReflect.Descriptor instead.
+func (*ChoiceConstraint) Descriptor() ([]byte, []int) {
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ChoiceConstraint) GetChoices() []string {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
 // TokenizedInput is a prompt the caller already tokenized.
 type TokenizedInput struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -223,7 +366,7 @@ type TokenizedInput struct {
 
 func (x *TokenizedInput) Reset() {
 	*x = TokenizedInput{}
-	mi := &file_enginepb_engine_proto_msgTypes[1]
+	mi := &file_enginepb_engine_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +378,7 @@ func (x *TokenizedInput) String() string {
 func (*TokenizedInput) ProtoMessage() {}
 
 func (x *TokenizedInput) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[1]
+	mi := &file_enginepb_engine_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +391,7 @@ func (x *TokenizedInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizedInput.ProtoReflect.Descriptor instead.
 func (*TokenizedInput) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{1}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TokenizedInput) GetOriginalText() string {
@@ -278,14 +421,19 @@ type GenerateRequest struct {
 	SamplingParams *SamplingParams         `protobuf:"bytes,4,opt,name=sampling_params,json=samplingParams,proto3" json:"sampling_params,omitempty"`
 	// stream = true sends a GenerateStreamChunk per engine step; false sends only the
 	// GenerateComplete messages.
-	Stream        bool `protobuf:"varint,5,opt,name=stream,proto3" json:"stream,omitempty"`
+	Stream bool `protobuf:"varint,5,opt,name=stream,proto3" json:"stream,omitempty"`
+	// images are the request's images, encoded (PNG, JPEG, WebP or GIF), in the order of
+	// their placeholders (a vision model). With text input, each <start_of_image> of the text
+	// is expanded as Gemma3Processor does; tokenized input must already hold each image's
+	// expanded run (<start_of_image>, mm_tokens_per_image soft tokens, <end_of_image>).
+	Images        [][]byte `protobuf:"bytes,6,rep,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_enginepb_engine_proto_msgTypes[2]
+	mi := &file_enginepb_engine_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +445,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[2]
+	mi := &file_enginepb_engine_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +458,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{2}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GenerateRequest) GetRequestId() string {
@@ -359,6 +507,13 @@ func (x *GenerateRequest) GetStream() bool {
 	return false
 }
 
+func (x *GenerateRequest) GetImages() [][]byte {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
 type isGenerateRequest_Input interface {
 	isGenerateRequest_Input()
 }
@@ -393,7 +548,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_enginepb_engine_proto_msgTypes[3]
+	mi := &file_enginepb_engine_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +560,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[3]
+	mi := &file_enginepb_engine_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +573,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{3}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GenerateResponse) GetRequestId() string {
@@ -501,7 +656,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_enginepb_engine_proto_msgTypes[4]
+	mi := &file_enginepb_engine_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -513,7 +668,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[4]
+	mi := &file_enginepb_engine_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -526,7 +681,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{4}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TokenLogprob) GetTokenId() uint32 {
@@ -555,7 +710,7 @@ type PositionLogprobs struct {
 
 func (x *PositionLogprobs) Reset() {
 	*x = PositionLogprobs{}
-	mi := &file_enginepb_engine_proto_msgTypes[5]
+	mi := &file_enginepb_engine_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +722,7 @@ func (x *PositionLogprobs) String() string {
 func (*PositionLogprobs) ProtoMessage() {}
 
 func (x *PositionLogprobs) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[5]
+	mi := &file_enginepb_engine_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +735,7 @@ func (x *PositionLogprobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PositionLogprobs.ProtoReflect.Descriptor instead.
 func (*PositionLogprobs) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{5}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PositionLogprobs) GetChosen() *TokenLogprob {
@@ -613,7 +768,7 @@ type GenerateStreamChunk struct {
 
 func (x *GenerateStreamChunk) Reset() {
 	*x = GenerateStreamChunk{}
-	mi := &file_enginepb_engine_proto_msgTypes[6]
+	mi := &file_enginepb_engine_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +780,7 @@ func (x *GenerateStreamChunk) String() string {
 func (*GenerateStreamChunk) ProtoMessage() {}
 
 func (x *GenerateStreamChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[6]
+	mi := &file_enginepb_engine_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +793,7 @@ func (x *GenerateStreamChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateStreamChunk.ProtoReflect.Descriptor instead.
 func (*GenerateStreamChunk) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{6}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GenerateStreamChunk) GetTokenIds() []uint32 {
@@ -708,7 +863,7 @@ type GenerateComplete struct {
 
 func (x *GenerateComplete) Reset() {
 	*x = GenerateComplete{}
-	mi := &file_enginepb_engine_proto_msgTypes[7]
+	mi := &file_enginepb_engine_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +875,7 @@ func (x *GenerateComplete) String() string {
 func (*GenerateComplete) ProtoMessage() {}
 
 func (x *GenerateComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[7]
+	mi := &file_enginepb_engine_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +888,7 @@ func (x *GenerateComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateComplete.ProtoReflect.Descriptor instead.
 func (*GenerateComplete) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{7}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GenerateComplete) GetOutputIds() []uint32 {
@@ -839,7 +994,7 @@ type GenerateError struct {
 
 func (x *GenerateError) Reset() {
 	*x = GenerateError{}
-	mi := &file_enginepb_engine_proto_msgTypes[8]
+	mi := &file_enginepb_engine_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1006,7 @@ func (x *GenerateError) String() string {
 func (*GenerateError) ProtoMessage() {}
 
 func (x *GenerateError) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[8]
+	mi := &file_enginepb_engine_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1019,7 @@ func (x *GenerateError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateError.ProtoReflect.Descriptor instead.
 func (*GenerateError) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{8}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GenerateError) GetMessage() string {
@@ -898,7 +1053,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_enginepb_engine_proto_msgTypes[9]
+	mi := &file_enginepb_engine_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1065,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[9]
+	mi := &file_enginepb_engine_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1078,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{9}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AbortRequest) GetRequestIds() []string {
@@ -949,7 +1104,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_enginepb_engine_proto_msgTypes[10]
+	mi := &file_enginepb_engine_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1116,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[10]
+	mi := &file_enginepb_engine_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1129,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{10}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AbortResponse) GetNumAborted() uint32 {
@@ -992,7 +1147,7 @@ type HealthCheckRequest struct {
 
 func (x *HealthCheckRequest) Reset() {
 	*x = HealthCheckRequest{}
-	mi := &file_enginepb_engine_proto_msgTypes[11]
+	mi := &file_enginepb_engine_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1159,7 @@ func (x *HealthCheckRequest) String() string {
 func (*HealthCheckRequest) ProtoMessage() {}
 
 func (x *HealthCheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[11]
+	mi := &file_enginepb_engine_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1172,7 @@ func (x *HealthCheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheckRequest.ProtoReflect.Descriptor instead.
 func (*HealthCheckRequest) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{11}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{12}
 }
 
 type HealthCheckResponse struct {
@@ -1030,7 +1185,7 @@ type HealthCheckResponse struct {
 
 func (x *HealthCheckResponse) Reset() {
 	*x = HealthCheckResponse{}
-	mi := &file_enginepb_engine_proto_msgTypes[12]
+	mi := &file_enginepb_engine_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1197,7 @@ func (x *HealthCheckResponse) String() string {
 func (*HealthCheckResponse) ProtoMessage() {}
 
 func (x *HealthCheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[12]
+	mi := &file_enginepb_engine_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1210,7 @@ func (x *HealthCheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheckResponse.ProtoReflect.Descriptor instead.
 func (*HealthCheckResponse) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{12}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HealthCheckResponse) GetHealthy() bool {
@@ -1080,7 +1235,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_enginepb_engine_proto_msgTypes[13]
+	mi := &file_enginepb_engine_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1247,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[13]
+	mi := &file_enginepb_engine_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1260,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{13}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{14}
 }
 
 type GetModelInfoResponse struct {
@@ -1122,7 +1277,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_enginepb_engine_proto_msgTypes[14]
+	mi := &file_enginepb_engine_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1289,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_enginepb_engine_proto_msgTypes[14]
+	mi := &file_enginepb_engine_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1302,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_enginepb_engine_proto_rawDescGZIP(), []int{14}
+	return file_enginepb_engine_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetModelInfoResponse) GetModelPath() string {
@@ -1196,47 +1351,59 @@ var File_enginepb_engine_proto protoreflect.FileDescriptor
 
 const file_enginepb_engine_proto_rawDesc = "" +
 	"\n" +
-	"\x15enginepb/engine.proto\x12\x14tpuserve.grpc.engine\"\xe6\x05\n" +
+	"\x15enginepb/engine.proto\x12\x14tpuserve.grpc.engine\"\xb0\a\n" +
 	"\x0eSamplingParams\x12%\n" +
-	"\vtemperature\x18\x01 \x01(\x02H\x00R\vtemperature\x88\x01\x01\x12\x18\n" +
-	"\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x13\n" +
+	"\vtemperature\x18\x01 \x01(\x02H\x01R\vtemperature\x88\x01\x01\x12\x18\n" +
+	"\x05top_p\x18\x02 \x01(\x02H\x02R\x04topP\x88\x01\x01\x12\x13\n" +
 	"\x05top_k\x18\x03 \x01(\x05R\x04topK\x12\x13\n" +
 	"\x05min_p\x18\x04 \x01(\x02R\x04minP\x12+\n" +
 	"\x11frequency_penalty\x18\x05 \x01(\x02R\x10frequencyPenalty\x12)\n" +
 	"\x10presence_penalty\x18\x06 \x01(\x02R\x0fpresencePenalty\x122\n" +
-	"\x12repetition_penalty\x18\a \x01(\x02H\x02R\x11repetitionPenalty\x88\x01\x01\x12\"\n" +
+	"\x12repetition_penalty\x18\a \x01(\x02H\x03R\x11repetitionPenalty\x88\x01\x01\x12\"\n" +
 	"\n" +
-	"max_tokens\x18\b \x01(\rH\x03R\tmaxTokens\x88\x01\x01\x12\x1d\n" +
+	"max_tokens\x18\b \x01(\rH\x04R\tmaxTokens\x88\x01\x01\x12\x1d\n" +
 	"\n" +
 	"min_tokens\x18\t \x01(\rR\tminTokens\x12\x12\n" +
 	"\x04stop\x18\n" +
 	" \x03(\tR\x04stop\x12$\n" +
 	"\x0estop_token_ids\x18\v \x03(\rR\fstopTokenIds\x123\n" +
-	"\x13skip_special_tokens\x18\f \x01(\bH\x04R\x11skipSpecialTokens\x88\x01\x01\x12\x1d\n" +
+	"\x13skip_special_tokens\x18\f \x01(\bH\x05R\x11skipSpecialTokens\x88\x01\x01\x12\x1d\n" +
 	"\n" +
 	"ignore_eos\x18\x0e \x01(\bR\tignoreEos\x12\f\n" +
 	"\x01n\x18\x0f \x01(\rR\x01n\x12\x1f\n" +
-	"\blogprobs\x18\x16 \x01(\x05H\x05R\blogprobs\x88\x01\x01\x12\x17\n" +
-	"\x04seed\x18\x18 \x01(\x03H\x06R\x04seed\x88\x01\x01\x12:\n" +
+	"\blogprobs\x18\x16 \x01(\x05H\x06R\blogprobs\x88\x01\x01\x12\x17\n" +
+	"\x04seed\x18\x18 \x01(\x03H\aR\x04seed\x88\x01\x01\x12:\n" +
 	"\x1ainclude_stop_str_in_output\x18\x19 \x01(\bR\x16includeStopStrInOutput\x12\x1a\n" +
-	"\bpriority\x18\x1a \x01(\x05R\bpriorityB\x0e\n" +
+	"\bpriority\x18\x1a \x01(\x05R\bpriority\x12!\n" +
+	"\vjson_schema\x18\x1b \x01(\tH\x00R\n" +
+	"jsonSchema\x12\x16\n" +
+	"\x05regex\x18\x1c \x01(\tH\x00R\x05regex\x12\x1a\n" +
+	"\agrammar\x18\x1d \x01(\tH\x00R\agrammar\x12@\n" +
+	"\x06choice\x18\x1e \x01(\v2&.tpuserve.grpc.engine.ChoiceConstraintH\x00R\x06choice\x12!\n" +
+	"\vjson_object\x18\x1f \x01(\bH\x00R\n" +
+	"jsonObjectB\f\n" +
+	"\n" +
+	"constraintB\x0e\n" +
 	"\f_temperatureB\b\n" +
 	"\x06_top_pB\x15\n" +
 	"\x13_repetition_penaltyB\r\n" +
 	"\v_max_tokensB\x16\n" +
 	"\x14_skip_special_tokensB\v\n" +
 	"\t_logprobsB\a\n" +
-	"\x05_seed\"R\n" +
+	"\x05_seed\",\n" +
+	"\x10ChoiceConstraint\x12\x18\n" +
+	"\achoices\x18\x01 \x03(\tR\achoices\"R\n" +
 	"\x0eTokenizedInput\x12#\n" +
 	"\roriginal_text\x18\x01 \x01(\tR\foriginalText\x12\x1b\n" +
-	"\tinput_ids\x18\x02 \x03(\rR\binputIds\"\xfc\x01\n" +
+	"\tinput_ids\x18\x02 \x03(\rR\binputIds\"\x94\x02\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12D\n" +
 	"\ttokenized\x18\x02 \x01(\v2$.tpuserve.grpc.engine.TokenizedInputH\x00R\ttokenized\x12\x14\n" +
 	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12M\n" +
 	"\x0fsampling_params\x18\x04 \x01(\v2$.tpuserve.grpc.engine.SamplingParamsR\x0esamplingParams\x12\x16\n" +
-	"\x06stream\x18\x05 \x01(\bR\x06streamB\a\n" +
+	"\x06stream\x18\x05 \x01(\bR\x06stream\x12\x16\n" +
+	"\x06images\x18\x06 \x03(\fR\x06imagesB\a\n" +
 	"\x05input\"\x99\x02\n" +
 	"\x10GenerateResponse\x12\x1d\n" +
 	"\n" +
@@ -1315,47 +1482,49 @@ func file_enginepb_engine_proto_rawDescGZIP() []byte {
 	return file_enginepb_engine_proto_rawDescData
 }
 
-var file_enginepb_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_enginepb_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_enginepb_engine_proto_goTypes = []any{
 	(*SamplingParams)(nil),       // 0: tpuserve.grpc.engine.SamplingParams
-	(*TokenizedInput)(nil),       // 1: tpuserve.grpc.engine.TokenizedInput
-	(*GenerateRequest)(nil),      // 2: tpuserve.grpc.engine.GenerateRequest
-	(*GenerateResponse)(nil),     // 3: tpuserve.grpc.engine.GenerateResponse
-	(*TokenLogprob)(nil),         // 4: tpuserve.grpc.engine.TokenLogprob
-	(*PositionLogprobs)(nil),     // 5: tpuserve.grpc.engine.PositionLogprobs
-	(*GenerateStreamChunk)(nil),  // 6: tpuserve.grpc.engine.GenerateStreamChunk
-	(*GenerateComplete)(nil),     // 7: tpuserve.grpc.engine.GenerateComplete
-	(*GenerateError)(nil),        // 8: tpuserve.grpc.engine.GenerateError
-	(*AbortRequest)(nil),         // 9: tpuserve.grpc.engine.AbortRequest
-	(*AbortResponse)(nil),        // 10: tpuserve.grpc.engine.AbortResponse
-	(*HealthCheckRequest)(nil),   // 11: tpuserve.grpc.engine.HealthCheckRequest
-	(*HealthCheckResponse)(nil),  // 12: tpuserve.grpc.engine.HealthCheckResponse
-	(*GetModelInfoRequest)(nil),  // 13: tpuserve.grpc.engine.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil), // 14: tpuserve.grpc.engine.GetModelInfoResponse
+	(*ChoiceConstraint)(nil),     // 1: tpuserve.grpc.engine.ChoiceConstraint
+	(*TokenizedInput)(nil),       // 2: tpuserve.grpc.engine.TokenizedInput
+	(*GenerateRequest)(nil),      // 3: tpuserve.grpc.engine.GenerateRequest
+	(*GenerateResponse)(nil),     // 4: tpuserve.grpc.engine.GenerateResponse
+	(*TokenLogprob)(nil),         // 5: tpuserve.grpc.engine.TokenLogprob
+	(*PositionLogprobs)(nil),     // 6: tpuserve.grpc.engine.PositionLogprobs
+	(*GenerateStreamChunk)(nil),  // 7: tpuserve.grpc.engine.GenerateStreamChunk
+	(*GenerateComplete)(nil),     // 8: tpuserve.grpc.engine.GenerateComplete
+	(*GenerateError)(nil),        // 9: tpuserve.grpc.engine.GenerateError
+	(*AbortRequest)(nil),         // 10: tpuserve.grpc.engine.AbortRequest
+	(*AbortResponse)(nil),        // 11: tpuserve.grpc.engine.AbortResponse
+	(*HealthCheckRequest)(nil),   // 12: tpuserve.grpc.engine.HealthCheckRequest
+	(*HealthCheckResponse)(nil),  // 13: tpuserve.grpc.engine.HealthCheckResponse
+	(*GetModelInfoRequest)(nil),  // 14: tpuserve.grpc.engine.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil), // 15: tpuserve.grpc.engine.GetModelInfoResponse
 }
 var file_enginepb_engine_proto_depIdxs = []int32{
-	1,  // 0: tpuserve.grpc.engine.GenerateRequest.tokenized:type_name -> tpuserve.grpc.engine.TokenizedInput
-	0,  // 1: tpuserve.grpc.engine.GenerateRequest.sampling_params:type_name -> tpuserve.grpc.engine.SamplingParams
-	6,  // 2: tpuserve.grpc.engine.GenerateResponse.chunk:type_name -> tpuserve.grpc.engine.GenerateStreamChunk
-	7,  // 3: tpuserve.grpc.engine.GenerateResponse.complete:type_name -> tpuserve.grpc.engine.GenerateComplete
-	8,  // 4: tpuserve.grpc.engine.GenerateResponse.error:type_name -> tpuserve.grpc.engine.GenerateError
-	4,  // 5: tpuserve.grpc.engine.PositionLogprobs.chosen:type_name -> tpuserve.grpc.engine.TokenLogprob
-	4,  // 6: tpuserve.grpc.engine.PositionLogprobs.top:type_name -> tpuserve.grpc.engine.TokenLogprob
-	5,  // 7: tpuserve.grpc.engine.GenerateStreamChunk.logprobs:type_name -> tpuserve.grpc.engine.PositionLogprobs
-	5,  // 8: tpuserve.grpc.engine.GenerateComplete.logprobs:type_name -> tpuserve.grpc.engine.PositionLogprobs
-	2,  // 9: tpuserve.grpc.engine.TpuserveEngine.Generate:input_type -> tpuserve.grpc.engine.GenerateRequest
-	9,  // 10: tpuserve.grpc.engine.TpuserveEngine.Abort:input_type -> tpuserve.grpc.engine.AbortRequest
-	13, // 11: tpuserve.grpc.engine.TpuserveEngine.GetModelInfo:input_type -> tpuserve.grpc.engine.GetModelInfoRequest
-	11, // 12: tpuserve.grpc.engine.TpuserveEngine.HealthCheck:input_type -> tpuserve.grpc.engine.HealthCheckRequest
-	3,  // 13: tpuserve.grpc.engine.TpuserveEngine.Generate:output_type -> tpuserve.grpc.engine.GenerateResponse
-	10, // 14: tpuserve.grpc.engine.TpuserveEngine.Abort:output_type -> tpuserve.grpc.engine.AbortResponse
-	14, // 15: tpuserve.grpc.engine.TpuserveEngine.GetModelInfo:output_type -> tpuserve.grpc.engine.GetModelInfoResponse
-	12, // 16: tpuserve.grpc.engine.TpuserveEngine.HealthCheck:output_type -> tpuserve.grpc.engine.HealthCheckResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	1,  // 0: tpuserve.grpc.engine.SamplingParams.choice:type_name -> tpuserve.grpc.engine.ChoiceConstraint
+	2,  // 1: tpuserve.grpc.engine.GenerateRequest.tokenized:type_name -> tpuserve.grpc.engine.TokenizedInput
+	0,  // 2: tpuserve.grpc.engine.GenerateRequest.sampling_params:type_name -> tpuserve.grpc.engine.SamplingParams
+	7,  // 3: tpuserve.grpc.engine.GenerateResponse.chunk:type_name -> tpuserve.grpc.engine.GenerateStreamChunk
+	8,  // 4: tpuserve.grpc.engine.GenerateResponse.complete:type_name -> tpuserve.grpc.engine.GenerateComplete
+	9,  // 5: tpuserve.grpc.engine.GenerateResponse.error:type_name -> tpuserve.grpc.engine.GenerateError
+	5,  // 6: tpuserve.grpc.engine.PositionLogprobs.chosen:type_name -> tpuserve.grpc.engine.TokenLogprob
+	5,  // 7: tpuserve.grpc.engine.PositionLogprobs.top:type_name -> tpuserve.grpc.engine.TokenLogprob
+	6,  // 8: tpuserve.grpc.engine.GenerateStreamChunk.logprobs:type_name -> tpuserve.grpc.engine.PositionLogprobs
+	6,  // 9: tpuserve.grpc.engine.GenerateComplete.logprobs:type_name -> tpuserve.grpc.engine.PositionLogprobs
+	3,  // 10: tpuserve.grpc.engine.TpuserveEngine.Generate:input_type -> tpuserve.grpc.engine.GenerateRequest
+	10, // 11: tpuserve.grpc.engine.TpuserveEngine.Abort:input_type -> tpuserve.grpc.engine.AbortRequest
+	14, // 12: tpuserve.grpc.engine.TpuserveEngine.GetModelInfo:input_type -> tpuserve.grpc.engine.GetModelInfoRequest
+	12, // 13: tpuserve.grpc.engine.TpuserveEngine.HealthCheck:input_type -> tpuserve.grpc.engine.HealthCheckRequest
+	4,  // 14: tpuserve.grpc.engine.TpuserveEngine.Generate:output_type -> tpuserve.grpc.engine.GenerateResponse
+	11, // 15: tpuserve.grpc.engine.TpuserveEngine.Abort:output_type -> tpuserve.grpc.engine.AbortResponse
+	15, // 16: tpuserve.grpc.engine.TpuserveEngine.GetModelInfo:output_type -> tpuserve.grpc.engine.GetModelInfoResponse
+	13, // 17: tpuserve.grpc.engine.TpuserveEngine.HealthCheck:output_type -> tpuserve.grpc.engine.HealthCheckResponse
+	14, // [14:18] is the sub-list for method output_type
+	10, // [10:14] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_enginepb_engine_proto_init() }
@@ -1363,17 +1532,23 @@ func file_enginepb_engine_proto_init() {
 	if File_enginepb_engine_proto != nil {
 		return
 	}
-	file_enginepb_engine_proto_msgTypes[0].OneofWrappers = []any{}
-	file_enginepb_engine_proto_msgTypes[2].OneofWrappers = []any{
+	file_enginepb_engine_proto_msgTypes[0].OneofWrappers = []any{
+		(*SamplingParams_JsonSchema)(nil),
+		(*SamplingParams_Regex)(nil),
+		(*SamplingParams_Grammar)(nil),
+		(*SamplingParams_Choice)(nil),
+		(*SamplingParams_JsonObject)(nil),
+	}
+	file_enginepb_engine_proto_msgTypes[3].OneofWrappers = []any{
 		(*GenerateRequest_Tokenized)(nil),
 		(*GenerateRequest_Text)(nil),
 	}
-	file_enginepb_engine_proto_msgTypes[3].OneofWrappers = []any{
+	file_enginepb_engine_proto_msgTypes[4].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Complete)(nil),
 		(*GenerateResponse_Error)(nil),
 	}
-	file_enginepb_engine_proto_msgTypes[7].OneofWrappers = []any{
+	file_enginepb_engine_proto_msgTypes[8].OneofWrappers = []any{
 		(*GenerateComplete_StopStr)(nil),
 		(*GenerateComplete_StopTokenId)(nil),
 	}
@@ -1383,7 +1558,7 @@ func file_enginepb_engine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_enginepb_engine_proto_rawDesc), len(file_enginepb_engine_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

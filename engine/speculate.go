@@ -209,8 +209,10 @@ func (l *specLogger) maybeLog(log *slog.Logger, now time.Time, st *SpecStats) {
 	l.lastTime, l.last = now, st.clone()
 }
 
-// errSpecTP refuses speculation with tensor parallelism.
-var errSpecTP = errors.New("speculative decoding is not supported with tensor parallelism (the sharded sampler is being rewritten as per-chip code; issue #16)")
+// errDraftTP refuses a draft model with tensor parallelism: the draft would need a
+// sharded device of its own. Prompt lookup works at any TP (the verifier runs on the
+// vocabulary shards as the sampler does).
+var errDraftTP = errors.New("a draft model is not supported with tensor parallelism yet (method ngram is)")
 
 // checkSpeculative validates cfg.Speculative against the rest of the configuration and
 // returns K (0 without speculation).
@@ -222,8 +224,8 @@ func checkSpeculative(cfg *Config) (int, error) {
 	if err := sp.normalize(); err != nil {
 		return 0, err
 	}
-	if cfg.Sharded != nil {
-		return 0, fmt.Errorf("%w: speculative config: %w", ErrInvalidRequest, errSpecTP)
+	if cfg.Sharded != nil && sp.Method == SpecMethodDraftModel {
+		return 0, fmt.Errorf("%w: speculative config: %w", ErrInvalidRequest, errDraftTP)
 	}
 	switch {
 	case sp.Method == SpecMethodDraftModel && cfg.DraftModel == nil:

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/tpuserve/tpuserve/internal/backendtest"
 	"github.com/tpuserve/tpuserve/model"
 )
 
@@ -114,6 +116,8 @@ func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
 		{"concurrent", true, nil},
 		// Chunked prefill, and preemption forced by a tiny cache.
 		{"mixed", true, func(c *Config) { c.Scheduler.MaxNumBatchedTokens = 64; c.SegmentLen = 8; c.KVCacheBytes = 512 << 10 }},
+		// Tensor parallelism on a virtual mesh: the verifier works on vocabulary shards.
+		{"tp2", true, func(c *Config) { c.Model, c.Sharded = nil, shardedFixture(t, 2) }},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			e := newTestEngineOn(t, m, func(c *Config) {
@@ -159,6 +163,17 @@ func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
 				st.Spec.NumDraftTokens, st.Spec.NumAcceptedTokens, st.Spec.AcceptanceRate(), st.Spec.AcceptedPerPos)
 		})
 	}
+}
+
+// shardedFixture is the tiny fixture split over a virtual mesh of tp chips.
+func shardedFixture(t *testing.T, tp int) *model.ShardedModel {
+	t.Helper()
+	sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sm.Close)
+	return sm
 }
 
 // TestSpeculativeConfigErrors: a bad --speculative-config is refused at start-up with an

@@ -88,7 +88,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.schedulingPolicy, "scheduling-policy", "fcfs", "fcfs (arrival order; a request with a non-zero priority is refused) or priority (lower priority values first)")
 	fs.StringVar(&o.generationConfig, "generation-config", "auto", "sampling defaults for what requests leave out: auto (the checkpoint's generation_config.json), vllm (vLLM's defaults) or a directory with a generation_config.json")
-	fs.StringVar(&o.speculativeConfig, "speculative-config", "", `speculative decoding as vLLM's JSON, e.g. {"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4,"prompt_lookup_min":2} (prompt lookup; not with --tensor-parallel-size > 1)`)
+	fs.StringVar(&o.speculativeConfig, "speculative-config", "", `speculative decoding as vLLM's JSON, e.g. {"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4,"prompt_lookup_min":2} (prompt lookup; a draft model not with --tensor-parallel-size > 1)`)
 	fs.BoolVar(&o.pjrtAutoInstall, "pjrt-auto-install", false, "let an xla: backend download a missing PJRT plugin (off: TPU nodes often have no internet access)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive HTTP connections idle this long")
 	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", server.DefaultBodyReadTimeout, "most time a client may take to send a request body (slower: 408)")
@@ -205,8 +205,8 @@ func validateServeOptions(o *serveOptions) error {
 	if o.speculativeConfig != "" {
 		if _, err := engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
 			errs = append(errs, fmt.Errorf("--speculative-config: %w", err))
-		} else if o.tensorParallel > 1 {
-			errs = append(errs, fmt.Errorf("--speculative-config: speculative decoding is not supported with --tensor-parallel-size %d", o.tensorParallel))
+		} else if sc, _ := engine.ParseSpeculativeConfig(o.speculativeConfig); sc.Method == engine.SpecMethodDraftModel && o.tensorParallel > 1 {
+			errs = append(errs, fmt.Errorf("--speculative-config: a draft model is not supported with --tensor-parallel-size %d (method ngram is)", o.tensorParallel))
 		}
 	}
 	return errors.Join(errs...)

@@ -23,7 +23,7 @@ func TestServeSpeculativeConfigErrors(t *testing.T) {
 		{`{"method":"eagle9","num_speculative_tokens":2}`, 1, `--speculative-config: engine: invalid request: speculative config: unknown method "eagle9"`},
 		{`{"method":"ngram","num_speculative_tokens":0}`, 1, "num_speculative_tokens 0 must be > 0"},
 		{`{"method":"ngram"`, 1, "--speculative-config"},
-		{`{"method":"ngram","num_speculative_tokens":2}`, 2, "not supported with --tensor-parallel-size 2"},
+		{`{"method":"draft_model","model":"tiny","num_speculative_tokens":2}`, 2, "a draft model is not supported with --tensor-parallel-size 2"},
 	} {
 		_, o := serveFlags(io.Discard)
 		o.speculativeConfig, o.tensorParallel = tc.json, tc.tp

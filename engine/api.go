@@ -161,4 +161,6 @@ type Stats struct {
 	ServingCompilations int64
 	// StepTokens counts tokens computed by steps, cumulative (for vllm:iteration_tokens).
 	StepTokens int64
+	// Spec counts speculative decoding's proposals and acceptances (zero when it is off).
+	Spec SpecStats
 }

@@ -11,6 +11,10 @@
 // Ownership: the scheduler decides and never touches tensors; kvcache allocates blocks; the
 // model builds graphs; the engine's step loop is the only goroutine that touches the device.
 //
+// Speculative decoding (Config.Speculative): the scheduler gives a decode up to K
+// proposals (prompt lookup, speculate.go; or slots a draft model fills on the device,
+// draft.go), the step computes their K/V with the rest of the batch, a verify head program
+// accepts on the device (verify.go), and UpdateFromOutputSpec commits the accepted run only.
 // Images (Config.Vision, a vision model): a Request carries preprocessed images
 // (Request.Images, one per placeholder run of its prompt). The step that first computes an
 // image's tokens encodes it on the device with the step set's vision program (images of a

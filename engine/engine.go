@@ -65,7 +65,15 @@ type Config struct {
 	PromptLogprobRows int
 	// Precompile is PrecompileAll (default) or PrecompileNone.
 	Precompile string
+	// Speculative turns on speculative decoding (--speculative-config; nil: off): decodes
+	// carry up to NumSpeculativeTokens proposals, verified on the device (verify.go).
+	Speculative *SpeculativeConfig
+	// DraftModel is the draft of Speculative method draft_model (loaded by the caller from
+	// Speculative.Model); it must share the target's vocabulary.
+	DraftModel *model.Model
 	Logger     *slog.Logger
+	// verify are the verifier's test hooks (the residual ablation).
+	verify verifyOptions
 	// Vision is the vision tower of a vision model (nil: requests carry no images). It
 	// runs on the model's device in the model's dtype, before the step whose prefill
 	// consumes the images; its programs are part of the step set. With Sharded it is
@@ -103,6 +111,9 @@ type Engine struct {
 	stepTokens int64
 	// onStep, when set, is told each step's token count (vllm:iteration_tokens_total).
 	onStep func(tokens int)
+	// spec counts speculative verifications (zero without speculation); specLog logs them.
+	spec    SpecStats
+	specLog specLogger
 }
 
 // SetStepObserver makes the engine call f with the tokens computed by every step (from the
@@ -174,6 +185,10 @@ func New(cfg Config) (*Engine, error) {
 	if sc.Logger == nil {
 		sc.Logger = cfg.Logger
 	}
+	specTokens, err := checkSpeculative(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	imageTokens := 0
 	if cfg.Vision != nil {
 		vc := cfg.Vision.Config()
@@ -202,19 +217,36 @@ func New(cfg Config) (*Engine, error) {
 		MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens, MaxModelLen: sc.MaxModelLen,
 		PageSize: cfg.PageSize, SegmentLen: cfg.SegmentLen, MinTokens: cfg.MinTokenBucket, PromptLogprobRows: cfg.PromptLogprobRows,
 		MaxImagesPerStep: cfg.MaxImagesPerStep, ImageTokens: imageTokens,
+		SpecTokens: specTokens, DraftModel: cfg.DraftModel != nil,
 	})
 	if err != nil {
+		if specTokens > 0 {
+			return nil, fmt.Errorf("%w: speculative config num_speculative_tokens %d: %w", ErrInvalidRequest, specTokens, err)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	sc.MaxPromptLogprobRows = set.MaxPromptRows()
 	elemBytes, scaleBytes := model.KVElementBytes(mc, dev.dtype())
-	kvCfg, err := kvcache.ConfigForBudget(cfg.KVCacheBytes, kvcache.MemorySpec{
+	spec := kvcache.MemorySpec{
 		PageSize: cfg.PageSize, NumGlobalLayers: mc.NumGlobalLayers(), NumSlidingLayers: mc.NumSlidingLayers(),
 		KVHeads: dev.kvHeadsPerDevice(), HeadDim: mc.HeadDim, DTypeBytes: elemBytes, ScaleBytes: scaleBytes,
 		SlidingWindow: mc.SlidingWindow, MaxNumSeqs: sc.MaxNumSeqs, MaxNumBatchedTokens: sc.MaxNumBatchedTokens,
 		MaxModelLen: sc.MaxModelLen, EnablePrefixCaching: !cfg.DisablePrefixCaching,
-	})
+	}
+	budget := cfg.KVCacheBytes
+	if d := cfg.DraftModel; d != nil {
+		// The draft's pools share the blocks: each block costs the target's and the draft's.
+		dspec := spec
+		dspec.NumGlobalLayers, dspec.NumSlidingLayers = d.Config.NumGlobalLayers(), d.Config.NumSlidingLayers()
+		dspec.KVHeads, dspec.HeadDim, dspec.DTypeBytes, dspec.ScaleBytes = d.Config.NumKeyValueHeads, d.Config.HeadDim, d.DType.Size(), 0
+		budget = splitKVBudget(budget, spec, dspec)
+	}
+	kvCfg, err := kvcache.ConfigForBudget(budget, spec)
 	if err != nil {
+		if cfg.DraftModel != nil {
+			return nil, fmt.Errorf("%w: speculative config: the draft model does not fit the memory plan: its KV pools on the same blocks leave the target %d of %d bytes: %w",
+				ErrInvalidRequest, budget, cfg.KVCacheBytes, err)
+		}
 		return nil, fmt.Errorf("engine: sizing the KV cache: %w", err)
 	}
 	kv, err := kvcache.NewManager(kvCfg)
@@ -225,13 +257,27 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sp := cfg.Speculative; sp != nil {
+		propose := ngramProposer(sp.PromptLookupMin, sp.PromptLookupMax)
+		if sp.Method == SpecMethodDraftModel {
+			propose = draftProposer(specTokens)
+		}
+		sched.SetSpeculation(specTokens, propose)
+		cfg.Logger.Info("speculative decoding", "config", sp.String())
+	}
 	layout := model.KVLayout{PageSize: cfg.PageSize, NumGlobalPages: max(2, kvCfg.NumGlobalBlocks), NumSlidingPages: max(2, kvCfg.NumSlidingBlocks)}
-	run, err := newRunner(dev, layout, set, cfg.Logger)
+	run, err := newRunner(dev, layout, set, cfg.Logger, cfg.verify)
 	if err == nil {
 		run.vision = cfg.Vision
 	}
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
+	}
+	if cfg.DraftModel != nil {
+		if run.draft, err = newDraftRunner(cfg.DraftModel, layout, set); err != nil {
+			run.close()
+			return nil, fmt.Errorf("engine: %w", err)
+		}
 	}
 	cfg.Logger.Info("step programs", "count", len(set.Programs()), "token_buckets_max", set.MaxTokens(), "precompile", cfg.Precompile)
 	cfg.Logger.Info("KV cache", "pool_bytes_per_device", poolBytes(mc, layout, dev), "budget", cfg.KVCacheBytes, "page_size", cfg.PageSize,
@@ -268,6 +314,9 @@ func start(cfg Config, mc *model.Config, sched *Scheduler, dev stepDevice) *Engi
 	}
 	for _, id := range mc.EOSTokenIDs {
 		e.eos[int32(id)] = true
+	}
+	if sp := cfg.Speculative; sp != nil {
+		e.spec.AcceptedPerPos = make([]int64, sp.NumSpeculativeTokens)
 	}
 	e.cond = sync.NewCond(&e.mu)
 	go e.loop()
@@ -437,6 +486,7 @@ func (e *Engine) Stats() Stats {
 	st := e.sched.Stats()
 	st.StepPrograms, st.ServingCompilations = e.dev.counts()
 	st.StepTokens = e.stepTokens
+	st.Spec = e.spec.clone()
 	return st
 }
 
@@ -585,10 +635,16 @@ func (e *Engine) step() error {
 			Tokens: ps.TokenIDs, StartPos: ps.StartPos, GlobalBlocks: ps.GlobalBlocks,
 			SlidingBlocks: ps.SlidingBlocks, SlidingFirstBlock: ps.SlidingFirstBlock,
 		}
+		if len(ps.Draft) > 0 {
+			in.chunks[i].Tokens = append(slices.Clip(ps.TokenIDs), ps.Draft...)
+		}
 		if ip := r.seq.images; ip != nil {
 			e.addStepImages(in, i, r, ip, ps)
 		}
-		if ps.Sample && r.req.Params.MaxTokens > 0 {
+		switch {
+		case ps.Sample && len(ps.Draft) > 0:
+			e.addVerifyRow(in, i, r, ps)
+		case ps.Sample && r.req.Params.MaxTokens > 0:
 			e.addSamplerRow(in, i, r, ps)
 		}
 		promptFrom[i] = len(in.prompt.chunk)
@@ -640,7 +696,11 @@ func (e *Engine) step() error {
 			}
 		}
 	}
-	capped, err := e.sched.UpdateFromOutput(plan, out.tokens)
+	var accepted [][]int32
+	if out.spec != nil {
+		accepted = e.acceptSpec(plan, out)
+	}
+	capped, err := e.sched.UpdateFromOutputSpec(plan, out.tokens, accepted)
 	if err != nil {
 		return err
 	}
@@ -653,6 +713,10 @@ func (e *Engine) step() error {
 		ps := &plan.Seqs[i]
 		r := states[i]
 		if r == nil || r.finished || !ps.Sample {
+			continue
+		}
+		if out.spec != nil && out.spec[i] != nil {
+			e.emitSpec(r, out.spec[i], cappedSet[ps.RequestID], end)
 			continue
 		}
 		var lp *PositionLogprobs
@@ -678,6 +742,68 @@ func (e *Engine) step() error {
 		}
 	}
 	return nil
+}
+
+// acceptSpec counts the step's verifications and returns, per chunk, the accepted
+// proposals (nil for the others); out.tokens[i] becomes the token drawn after them.
+func (e *Engine) acceptSpec(plan *StepPlan, out *stepOutput) [][]int32 {
+	accepted := make([][]int32, len(plan.Seqs))
+	for i, v := range out.spec {
+		if v == nil {
+			continue
+		}
+		m := len(v.tokens)
+		accepted[i] = v.tokens[:m-1]
+		out.tokens[i] = v.tokens[m-1]
+		e.spec.record(len(plan.Seqs[i].Draft), m-1)
+	}
+	e.specLog.maybeLog(e.log, time.Now(), &e.spec)
+	return accepted
+}
+
+// emitSpec hands a verification's tokens to the request one by one, as plain decoding
+// would have produced them: a stop (token, string, max_tokens) inside the run ends the
+// request there, and the tokens after it are dropped from its record.
+func (e *Engine) emitSpec(r *reqState, v *verifyOutput, capped bool, end time.Time) {
+	n0 := len(r.output()) - len(v.tokens) // outputs before this step
+	for j, tok := range v.tokens {
+		var lp *PositionLogprobs
+		if k := r.req.Params.Logprobs; k != nil && v.hasLP {
+			lp = &PositionLogprobs{Chosen: TokenLogprob{TokenID: tok, Logprob: v.chosen[j]}}
+			for t := 0; t < *k; t++ {
+				lp.Top = append(lp.Top, TokenLogprob{TokenID: v.topIDs[j*maxTopLogprobs+t], Logprob: v.topLP[j*maxTopLogprobs+t]})
+			}
+		}
+		last := j == len(v.tokens)-1
+		res := r.addTokenAt(tok, n0+j+1, lp, capped && last, end)
+		if res.reason == "" {
+			continue
+		}
+		if !last {
+			// The request ends inside the accepted run: what follows was never generated.
+			r.seq.tokens = r.seq.tokens[:r.seq.numPrompt+n0+j+1]
+		}
+		if !capped {
+			_ = e.sched.Finish(r.req.ID)
+		}
+		r.finish(res.reason, res.stopReason, res.err)
+		return
+	}
+}
+
+// addVerifyRow adds chunk i's verification row: the full verifier when the request needs
+// any sampler feature, the plain one otherwise.
+func (e *Engine) addVerifyRow(in *stepInput, i int, r *reqState, ps *ScheduledSeq) {
+	p := &r.req.Params
+	v := &in.verify
+	out, prompt := []int32(nil), []int32(nil)
+	if p.wantsFilters() || p.wantsScoring(false) {
+		v, out, prompt = &in.verifyFull, r.output(), r.req.PromptIDs
+	}
+	v.chunkOf = append(v.chunkOf, i)
+	v.drafts = append(v.drafts, ps.Draft)
+	v.chunkLens = append(v.chunkLens, len(in.chunks[i].Tokens))
+	v.rows.addRow(p, r.key, uint32(ps.NumOutputTokens), out, prompt, nil, r.bias, nil)
 }
 
 // addStepImages lists the images chunk i's step encodes (every image of a group it

@@ -130,8 +130,13 @@ type tokenResult struct {
 // max_tokens and max_model_len. It queues an event and returns a non-empty reason when the
 // token finishes the request. at is when the step that produced tok ended.
 func (r *reqState) addToken(tok int32, lp *PositionLogprobs, maxModelLenReached bool, at time.Time) tokenResult {
+	return r.addTokenAt(tok, len(r.output()), lp, maxModelLenReached, at)
+}
+
+// addTokenAt is addToken for the n-th output token (1-based) when a speculative step
+// appended several at once.
+func (r *reqState) addTokenAt(tok int32, n int, lp *PositionLogprobs, maxModelLenReached bool, at time.Time) tokenResult {
 	p := &r.req.Params
-	n := len(r.output())
 	if n == 1 {
 		r.metrics.FirstTokenTime = at
 	}

@@ -34,6 +34,10 @@ type ScheduledSeq struct {
 	// Admitted is true on the first step after the request left the waiting queue (its
 	// first admission, or its resumption after a preemption).
 	Admitted bool
+	// Draft are speculative proposals for the tokens after TokenIDs (a decode only): the step
+	// computes their K/V too, at End(), End()+1, …, and verifies them; the scheduler
+	// learns which were accepted from UpdateFromOutputSpec. Empty without speculation.
+	Draft []int32
 }
 
 // End is the position after this step's tokens.

@@ -106,10 +106,14 @@ func TestNoCompilationWhileServing(t *testing.T) {
 		seqs, batched, maxLn int
 		page                 int
 		kvBytes              int64
+		spec                 *SpeculativeConfig
+		draft                bool
 	}{
-		{"small steps, preemption", 4, 32, 96, 8, 320 << 10},
-		{"serve-like", 16, 128, 256, 16, 0},
-		{"long prompts, few sequences", 2, 64, 200, 4, 0},
+		{"small steps, preemption", 4, 32, 96, 8, 320 << 10, nil, false},
+		{"serve-like", 16, 128, 256, 16, 0, nil, false},
+		{"long prompts, few sequences", 2, 64, 200, 4, 0, nil, false},
+		{"speculative n-gram, preemption", 4, 32, 96, 8, 320 << 10, ngramConfig(3), false},
+		{"speculative draft model, preemption", 4, 32, 96, 8, 720 << 10, draftConfig(2), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 7))
@@ -119,6 +123,10 @@ func TestNoCompilationWhileServing(t *testing.T) {
 				c.Precompile = PrecompileAll
 				if tc.kvBytes > 0 {
 					c.KVCacheBytes = tc.kvBytes
+				}
+				c.Speculative = tc.spec
+				if tc.draft {
+					c.DraftModel = c.Model // the target as its own draft
 				}
 			})
 			compiled := e.Stats().StepPrograms
@@ -132,6 +140,9 @@ func TestNoCompilationWhileServing(t *testing.T) {
 			}
 			if st.PrefixCacheHits == 0 {
 				t.Errorf("no prefix-cache hit")
+			}
+			if tc.spec != nil && st.Spec.NumAcceptedTokens == 0 {
+				t.Errorf("speculation on, nothing accepted: %+v", st.Spec)
 			}
 		})
 	}

@@ -31,17 +31,21 @@ const (
 // left on the device, and returns what the host needs (token ids and requested logprobs
 // only). It is used by the step loop alone, except its counters (atomic).
 type runner struct {
-	dev         deviceModel
-	cfg         *model.Config
-	layout      model.KVLayout
-	set         *plan.StepSet
-	textVocab   int
-	listWidth   int // penalty token lists: the longest sequence (max model length)
-	forward     forwardProgram
-	sample      headProgram
-	full        headProgram
-	scored      headProgram
-	prompt      headProgram
+	dev       deviceModel
+	cfg       *model.Config
+	layout    model.KVLayout
+	set       *plan.StepSet
+	textVocab int
+	listWidth int // penalty token lists: the longest sequence (max model length)
+	forward   forwardProgram
+	sample    headProgram
+	full      headProgram
+	scored    headProgram
+	prompt    headProgram
+	// verify and verifyFull check speculative proposals (nil without speculation).
+	verify, verifyFull headProgram
+	// draft is the draft model (speculative decoding with method draft_model; nil without).
+	draft       *draftRunner
 	compiled    map[plan.Program]bool
 	numCompiled atomic.Int64
 	// servingCompilations counts programs compiled after start-up: with the whole set
@@ -61,6 +65,9 @@ type stepInput struct {
 	baseChunk              []int // chunk index of each base row
 	fullChunk, scoredChunk []int
 	prompt                 promptRows
+	// verify and verifyFull are the speculating sequences (plain and full sampler
+	// features); their chunks hold the last sampled token and the proposals.
+	verify, verifyFull verifyRows
 	// images are the step's images in row order (chunks' Images rows point into them).
 	images [][]float32
 }
@@ -82,6 +89,19 @@ type stepOutput struct {
 	topIDs   []int32 // [chunks·maxTopLogprobs]
 	topLP    []float32
 	prompt   promptOutput
+	// spec, per chunk, is a speculating sequence's verification (nil for the others).
+	spec []*verifyOutput
+}
+
+// verifyOutput is one speculating sequence's result: the emitted tokens (its accepted
+// proposals, then the token drawn after them) and, for full rows, each one's logprob and
+// top maxTopLogprobs.
+type verifyOutput struct {
+	tokens []int32
+	hasLP  bool
+	chosen []float32
+	topIDs []int32 // [len(tokens)·maxTopLogprobs]
+	topLP  []float32
 }
 
 type promptOutput struct {
@@ -90,7 +110,7 @@ type promptOutput struct {
 	topLP  []float32
 }
 
-func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *slog.Logger) (*runner, error) {
+func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *slog.Logger, vopt verifyOptions) (*runner, error) {
 	if err := dev.allocPools(layout); err != nil {
 		return nil, err
 	}
@@ -110,6 +130,11 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 			}
 		}
 	}
+	if k := set.SpecTokens(); err == nil && k > 0 {
+		if r.verify, err = dev.newHead("gemma3_verify", headVerify(verifyFeatures, r.textVocab, k, vopt), len(progs)); err == nil {
+			r.verifyFull, err = dev.newHead("gemma3_verify_full", headVerify(verifyFullFeatures, r.textVocab, k, vopt), len(progs))
+		}
+	}
 	if err != nil {
 		r.close()
 		return nil, err
@@ -118,13 +143,23 @@ func newRunner(dev deviceModel, layout model.KVLayout, set *plan.StepSet, log *s
 }
 
 // resetPools replaces the pools after a failed step lost them (they were donated).
-func (r *runner) resetPools() error { return r.dev.allocPools(r.layout) }
+func (r *runner) resetPools() error {
+	if r.draft != nil {
+		if err := r.draft.dev.allocPools(r.layout); err != nil {
+			return fmt.Errorf("draft model: %w", err)
+		}
+	}
+	return r.dev.allocPools(r.layout)
+}
 
 func (r *runner) close() {
-	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.scored, r.prompt} {
+	for _, p := range []interface{ finalize() }{r.forward, r.sample, r.full, r.scored, r.prompt, r.verify, r.verifyFull} {
 		if p != nil {
 			p.finalize()
 		}
+	}
+	if r.draft != nil {
+		r.draft.close()
 	}
 	r.dev.freePools()
 }
@@ -159,6 +194,11 @@ func (r *runner) shapeOf(chunks []model.SeqChunk) (model.BatchShape, error) {
 
 // run executes one step.
 func (r *runner) run(in *stepInput) (*stepOutput, error) {
+	if r.draft != nil {
+		if err := r.draftPropose(in); err != nil {
+			return nil, err
+		}
+	}
 	shape, err := r.shapeOf(in.chunks)
 	if err != nil {
 		return nil, err
@@ -226,6 +266,20 @@ func (r *runner) run(in *stepInput) (*stepOutput, error) {
 			copy(out.topLP[c*maxTopLogprobs:(c+1)*maxTopLogprobs], lps[j*maxTopLogprobs:])
 		}
 		finalize(outs)
+	}
+	if len(in.verify.chunkOf)+len(in.verifyFull.chunkOf) > 0 {
+		out.spec = make([]*verifyOutput, n)
+		if err := r.runVerify(hidden, &in.verify, offsets, out.spec, false); err != nil {
+			return nil, err
+		}
+		if err := r.runVerify(hidden, &in.verifyFull, offsets, out.spec, true); err != nil {
+			return nil, err
+		}
+		if r.draft != nil {
+			if err := r.draftCatchUp(in, out); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if m := len(in.prompt.chunk); m > 0 {
 		rows, ok := r.set.RowsFor(plan.KindPromptLogprobs, m)
@@ -328,6 +382,10 @@ func (r *runner) precompile() error {
 		case plan.KindPromptLogprobs:
 			z := make([]int32, p.Rows)
 			err = r.prompt.precompile(hidden, []any{tensors.FromFlatDataAndDimensions(z, p.Rows), tensors.FromFlatDataAndDimensions(z, p.Rows)})
+		case plan.KindVerify, plan.KindVerifyFull:
+			err = r.precompileVerify(hidden, p)
+		case plan.KindDraftStep, plan.KindDraftPropose:
+			err = r.precompileDraft(p)
 		}
 		if err != nil {
 			return fmt.Errorf("compiling %s: %w", p, err)

@@ -176,112 +176,147 @@ func allowedByMask(words *Node, lg *model.VocabShards, c int) *Node {
 // histograms and the top-20 logprob candidates, never the [N, V] logits.
 func buildSampler(f samplerFeatures, textVocab int) func(lg *model.VocabShards, extra []*Node) []*Node {
 	return func(lg *model.VocabShards, extra []*Node) []*Node {
-		g := lg.Parts[0].Graph()
-		N, W, V := lg.Parts[0].Shape().Dimensions[0], lg.Width, lg.Vocab
-		temperature, key, counter := extra[0], extra[1], extra[2]
-		next := 3
-		negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, W)
-		ids := lg.Each(lg.GlobalIDs)
-		// Each chip's first vocabulary id, for its token lists (nil on one chip: no remapping).
-		offset := func(c int) *Node {
-			if lg.Mesh.Chips() == 1 {
-				return nil
-			}
-			return lg.Offsets[c]
-		}
-
-		// Padding rows of the vocabulary are never sampled, nor reported.
-		valid := lg.Each(func(c int) *Node { return LessThan(ids[c], Scalar(g, dtypes.Int32, textVocab)) })
-		logits := lg.Each(func(c int) *Node { return Where(valid[c], lg.Parts[c], negInf) })
-		raw := &model.VocabShards{Mesh: lg.Mesh, Parts: slices.Clone(logits), Offsets: lg.Offsets, Index: lg.Index, Width: W, Vocab: V}
-		if f.Bias {
-			// logit_bias is added before penalties and sampling, as vLLM's logits
-			// processors do; logprobs stay the raw model's. Its inputs come last.
-			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
-			logits = lg.Each(func(c int) *Node { return Add(logits[c], tokenSums(extra[at], extra[at+1], offset(c), N, W)) })
-		}
-		if f.Mask {
-			// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
-			// structured-output bitmasks); logprobs stay the raw model's.
-			at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters) + 2*boolInt(f.Bias)
-			logits = lg.Each(func(c int) *Node { return Where(allowedByMask(extra[at], lg, c), logits[c], negInf) })
-		}
-
-		if f.Penalties {
-			presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
-			outTok, promptTok, banned := extra[next+3], extra[next+4], extra[next+5]
-			next += 6
-			rp := InsertAxes(repetition, -1)
-			logits = lg.Each(func(c int) *Node {
-				x := logits[c]
-				outCounts := tokenCounts(outTok, offset(c), N, W)
-				promptCounts := tokenCounts(promptTok, offset(c), N, W)
-				seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
-				penalized := Where(GreaterThan(x, ZerosLike(x)), Div(x, rp), Mul(x, rp))
-				x = Where(seen, penalized, x)
-				x = Sub(x, Mul(InsertAxes(frequency, -1), outCounts))
-				x = Sub(x, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
-				isBanned := GreaterThan(tokenCounts(banned, offset(c), N, W), ZerosLike(outCounts))
-				return Where(isBanned, negInf, x)
-			})
-		}
-		greedyTokens := lg.ArgMax(logits)[0]
-
-		isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
-		safeT := InsertAxes(Where(isGreedy, OnesLike(temperature), temperature), -1)
-		z := lg.Each(func(c int) *Node { return Div(logits[c], safeT) }) // [N, W] per chip
-		keep := valid
-		if f.Filters {
-			zmax := lg.Reduce(z, backends.ReduceOpMax)[0] // [N, 1]
-			topK, topP, minP := extra[next], extra[next+1], extra[next+2]
-			// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
-			tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
-			tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, 1))
-			minPKeep := lg.Each(func(c int) *Node { return GreaterOrEqual(z[c], tau) })
-			// Top-k and top-p select on a 30-bit key of z's distance below the row's maximum
-			// (bins of 80/2³⁰ in log-probability, far below float32 rounding of real logits),
-			// found by a few histograms over its digits instead of a 32-step bisection: about a
-			// third of the passes over the vocabulary. The histograms are summed across chips.
-			keys, inRange := make([]*Node, len(z)), make([]*Node, len(z))
-			for c := range z {
-				keys[c], inRange[c] = selectionKey(z[c], zmax, valid[c])
-			}
-			digits := newKeyDigits(lg, keys)
-			// top-k: the smallest key whose tokens at or above it number at least k.
-			k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
-			kKey := digits.selectKey(lg.Each(func(c int) *Node { return ConvertDType(inRange[c], dtypes.Float32) }), k)
-			kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
-			kKeep := lg.Each(func(c int) *Node { return Or(LogicalNot(kOn), LessOrEqual(keys[c], kKey)) })
-			// top-p over the distribution renormalised after min-p and top-k.
-			mass := lg.Each(func(c int) *Node {
-				survive := And(And(inRange[c], minPKeep[c]), kKeep[c])
-				return Where(survive, Exp(Sub(z[c], zmax)), ZerosLike(z[c]))
-			})
-			target := Mul(lg.Reduce(mass, backends.ReduceOpSum)[0], InsertAxes(topP, -1))
-			pKey := digits.selectKey(mass, target)
-			pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
-			keep = lg.Each(func(c int) *Node {
-				pKeep := Or(LogicalNot(pOn), LessOrEqual(keys[c], pKey))
-				kept := And(valid[c], And(And(minPKeep[c], kKeep[c]), pKeep))
-				return And(kept, Or(inRange[c], LogicalNot(Or(kOn, pOn))))
-			})
-		}
-		// Tokens ruled out by their logit (banned, a grammar's mask) stay at −∞: the noise is
-		// always finite (see gumbelNoise).
-		perturbed := lg.Each(func(c int) *Node {
-			uids := Iota(g, shapes.Make(dtypes.Uint32, N, W), 1) // one chip: the ids are the columns
-			if lg.Mesh.Chips() > 1 {
-				uids = ConvertDType(ids[c], dtypes.Uint32)
-			}
-			return Where(keep[c], Add(z[c], gumbelNoise(key, counter, uids)), negInf)
-		})
-		sampledTokens := lg.ArgMax(perturbed)[0]
-		tokens := Where(isGreedy, greedyTokens, sampledTokens)
+		sl := shapeLogits(f, textVocab, lg, extra)
+		sampledTokens := sl.draw(lg, sl.key, sl.counter)
+		tokens := Where(sl.isGreedy, sl.greedy, sampledTokens)
 		if !f.Logprobs {
 			return []*Node{tokens}
 		}
-		return append([]*Node{tokens}, logprobOutputs(raw, tokens, textVocab)...)
+		return append([]*Node{tokens}, logprobOutputs(sl.raw, tokens, textVocab)...)
 	}
+}
+
+// shapedLogits are the sampler's view of the logits after every transformation but the
+// draw, per chip: raw (the model's, padding masked, for logprobs), z (biased, masked,
+// penalised, over the temperature), keep (what top-k/top-p/min-p leave) and the global ids;
+// then the greedy choice [N], which rows are greedy [N], and the rows' RNG key and counter.
+type shapedLogits struct {
+	raw              *model.VocabShards
+	z, keep, ids     []*Node
+	greedy, isGreedy *Node
+	key, counter     *Node
+}
+
+// shapeLogits applies the sampler's transformations to lg, reading extra in
+// samplerRows.inputs order. Order as vLLM: logit bias, grammar mask, penalties,
+// temperature, min-p, top-k, top-p. The plain sampler and the speculative verifier share
+// it, so a verified position's distribution is exactly the one plain sampling draws from.
+func shapeLogits(f samplerFeatures, textVocab int, lg *model.VocabShards, extra []*Node) shapedLogits {
+	g := lg.Parts[0].Graph()
+	N, W, V := lg.Parts[0].Shape().Dimensions[0], lg.Width, lg.Vocab
+	temperature, key, counter := extra[0], extra[1], extra[2]
+	next := 3
+	negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, W)
+	ids := lg.Each(lg.GlobalIDs)
+	// Each chip's first vocabulary id, for its token lists (nil on one chip: no remapping).
+	offset := func(c int) *Node {
+		if lg.Mesh.Chips() == 1 {
+			return nil
+		}
+		return lg.Offsets[c]
+	}
+
+	// Padding rows of the vocabulary are never sampled, nor reported.
+	valid := lg.Each(func(c int) *Node { return LessThan(ids[c], Scalar(g, dtypes.Int32, textVocab)) })
+	logits := lg.Each(func(c int) *Node { return Where(valid[c], lg.Parts[c], negInf) })
+	raw := &model.VocabShards{Mesh: lg.Mesh, Parts: slices.Clone(logits), Offsets: lg.Offsets, Index: lg.Index, Width: W, Vocab: V}
+	if f.Bias {
+		// logit_bias is added before penalties and sampling, as vLLM's logits
+		// processors do; logprobs stay the raw model's. Its inputs come last.
+		at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters)
+		logits = lg.Each(func(c int) *Node { return Add(logits[c], tokenSums(extra[at], extra[at+1], offset(c), N, W)) })
+	}
+	if f.Mask {
+		// A grammar's bitmask: tokens it rules out are never sampled (as vLLM applies
+		// structured-output bitmasks); logprobs stay the raw model's.
+		at := 3 + 6*boolInt(f.Penalties) + 3*boolInt(f.Filters) + 2*boolInt(f.Bias)
+		logits = lg.Each(func(c int) *Node { return Where(allowedByMask(extra[at], lg, c), logits[c], negInf) })
+	}
+
+	if f.Penalties {
+		presence, frequency, repetition := extra[next], extra[next+1], extra[next+2]
+		outTok, promptTok, banned := extra[next+3], extra[next+4], extra[next+5]
+		next += 6
+		rp := InsertAxes(repetition, -1)
+		logits = lg.Each(func(c int) *Node {
+			x := logits[c]
+			outCounts := tokenCounts(outTok, offset(c), N, W)
+			promptCounts := tokenCounts(promptTok, offset(c), N, W)
+			seen := GreaterThan(Add(outCounts, promptCounts), ZerosLike(outCounts))
+			penalized := Where(GreaterThan(x, ZerosLike(x)), Div(x, rp), Mul(x, rp))
+			x = Where(seen, penalized, x)
+			x = Sub(x, Mul(InsertAxes(frequency, -1), outCounts))
+			x = Sub(x, Mul(InsertAxes(presence, -1), ConvertDType(GreaterThan(outCounts, ZerosLike(outCounts)), dtypes.Float32)))
+			isBanned := GreaterThan(tokenCounts(banned, offset(c), N, W), ZerosLike(outCounts))
+			return Where(isBanned, negInf, x)
+		})
+	}
+	greedyTokens := lg.ArgMax(logits)[0]
+
+	isGreedy := LessThan(temperature, Scalar(g, dtypes.Float32, samplingEps))
+	safeT := InsertAxes(Where(isGreedy, OnesLike(temperature), temperature), -1)
+	z := lg.Each(func(c int) *Node { return Div(logits[c], safeT) }) // [N, W] per chip
+	keep := valid
+	if f.Filters {
+		zmax := lg.Reduce(z, backends.ReduceOpMax)[0] // [N, 1]
+		topK, topP, minP := extra[next], extra[next+1], extra[next+2]
+		// min-p: p ≥ minP·pmax ⟺ z ≥ zmax + ln(minP).
+		tau := Add(zmax, InsertAxes(Log(Max(minP, Scalar(g, dtypes.Float32, 1e-30))), -1))
+		tau = Where(InsertAxes(GreaterThan(minP, ZerosLike(minP)), -1), tau, BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, 1))
+		minPKeep := lg.Each(func(c int) *Node { return GreaterOrEqual(z[c], tau) })
+		// Top-k and top-p select on a 30-bit key of z's distance below the row's maximum
+		// (bins of 80/2³⁰ in log-probability, far below float32 rounding of real logits),
+		// found by a few histograms over its digits instead of a 32-step bisection: about a
+		// third of the passes over the vocabulary. The histograms are summed across chips.
+		keys, inRange := make([]*Node, len(z)), make([]*Node, len(z))
+		for c := range z {
+			keys[c], inRange[c] = selectionKey(z[c], zmax, valid[c])
+		}
+		digits := newKeyDigits(lg, keys)
+		// top-k: the smallest key whose tokens at or above it number at least k.
+		k := ConvertDType(InsertAxes(topK, -1), dtypes.Float32)
+		kKey := digits.selectKey(lg.Each(func(c int) *Node { return ConvertDType(inRange[c], dtypes.Float32) }), k)
+		kOn := InsertAxes(And(GreaterThan(topK, ZerosLike(topK)), LessThan(topK, Scalar(g, dtypes.Int32, V))), -1)
+		kKeep := lg.Each(func(c int) *Node { return Or(LogicalNot(kOn), LessOrEqual(keys[c], kKey)) })
+		// top-p over the distribution renormalised after min-p and top-k.
+		mass := lg.Each(func(c int) *Node {
+			survive := And(And(inRange[c], minPKeep[c]), kKeep[c])
+			return Where(survive, Exp(Sub(z[c], zmax)), ZerosLike(z[c]))
+		})
+		target := Mul(lg.Reduce(mass, backends.ReduceOpSum)[0], InsertAxes(topP, -1))
+		pKey := digits.selectKey(mass, target)
+		pOn := InsertAxes(LessThan(topP, OnesLike(topP)), -1)
+		keep = lg.Each(func(c int) *Node {
+			pKeep := Or(LogicalNot(pOn), LessOrEqual(keys[c], pKey))
+			kept := And(valid[c], And(And(minPKeep[c], kKeep[c]), pKeep))
+			return And(kept, Or(inRange[c], LogicalNot(Or(kOn, pOn))))
+		})
+	}
+	return shapedLogits{raw: raw, z: z, keep: keep, ids: ids, greedy: greedyTokens, isGreedy: isGreedy, key: key, counter: counter}
+}
+
+// draw is the Gumbel-max draw over what the filters keep, with the noise keyed by
+// (key, counter) [N] and the global vocabulary id.
+func (sl shapedLogits) draw(lg *model.VocabShards, key, counter *Node) *Node {
+	return sl.drawFrom(lg, sl.z, sl.keep, key, counter)
+}
+
+// drawFrom is the Gumbel-max draw over logits z where keep holds (per chip), the noise
+// keyed by (key, counter) [N] and the global vocabulary id.
+func (sl shapedLogits) drawFrom(lg *model.VocabShards, z, keep []*Node, key, counter *Node) *Node {
+	g := lg.Parts[0].Graph()
+	N, W := lg.Parts[0].Shape().Dimensions[0], lg.Width
+	negInf := BroadcastToDims(Infinity(g, dtypes.Float32, -1), N, W)
+	// Tokens ruled out by their logit (banned, a grammar's mask) stay at −∞: the noise is
+	// always finite (see gumbelNoise).
+	perturbed := lg.Each(func(c int) *Node {
+		uids := Iota(g, shapes.Make(dtypes.Uint32, N, W), 1) // one chip: the ids are the columns
+		if lg.Mesh.Chips() > 1 {
+			uids = ConvertDType(sl.ids[c], dtypes.Uint32)
+		}
+		return Where(keep[c], Add(z[c], gumbelNoise(key, counter, uids)), negInf)
+	})
+	return lg.ArgMax(perturbed)[0]
 }
 
 // logprobOutputs are, for raw logits [N, V] (split on the vocabulary) and chosen ids [N],

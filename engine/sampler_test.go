@@ -19,21 +19,28 @@ func runSampler(t *testing.T, f samplerFeatures, textVocab int, logits []float32
 	return runShardedSampler(t, f, textVocab, logits, N, V, rows, 1)
 }
 
+// splitVocab splits logits [N, V] on the vocabulary over a virtual mesh of tp chips, as
+// the tensor-parallel head programs hold them.
+func splitVocab(logits *graph.Node, tp int) *model.VocabShards {
+	g := logits.Graph()
+	V := logits.Shape().Dimensions[1]
+	w := V / tp
+	lg := &model.VocabShards{Mesh: model.VirtualMesh(tp), Width: w, Vocab: V}
+	for c := 0; c < tp; c++ {
+		lg.Parts = append(lg.Parts, graph.Slice(logits, graph.AxisRange(), graph.AxisRange(c*w, (c+1)*w)))
+		lg.Offsets = append(lg.Offsets, graph.Const(g, int32(c*w)))
+		lg.Index = append(lg.Index, graph.Const(g, int32(c)))
+	}
+	return lg
+}
+
 // runShardedSampler runs the sampler with the logits split on the vocabulary over a
 // virtual mesh of tp chips, as the tensor-parallel head programs hold them.
 func runShardedSampler(t *testing.T, f samplerFeatures, textVocab int, logits []float32, N, V int, rows *samplerRows, tp int) []*tensors.Tensor {
 	t.Helper()
 	sampler := buildSampler(f, textVocab)
 	exec, err := graph.NewExec(backendtest.Backend(t), func(in []*graph.Node) []*graph.Node {
-		g := in[0].Graph()
-		w := V / tp
-		lg := &model.VocabShards{Mesh: model.VirtualMesh(tp), Width: w, Vocab: V}
-		for c := 0; c < tp; c++ {
-			lg.Parts = append(lg.Parts, graph.Slice(in[0], graph.AxisRange(), graph.AxisRange(c*w, (c+1)*w)))
-			lg.Offsets = append(lg.Offsets, graph.Const(g, int32(c*w)))
-			lg.Index = append(lg.Index, graph.Const(g, int32(c)))
-		}
-		return sampler(lg, in[1:])
+		return sampler(splitVocab(in[0], tp), in[1:])
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 
 	"github.com/tpuserve/tpuserve/kvcache"
 )
@@ -109,6 +110,13 @@ type seqState struct {
 	promptLP  bool
 	heapIndex int
 	kv        kvcache.Seq
+	// Speculation limits: maxOutput is Params.MaxTokens, minOutput Params.MinTokens (no
+	// proposal while EOS may be banned), noSpec for requests that never speculate (a
+	// grammar, whose matcher advances one accepted token at a time on the host).
+	maxOutput, minOutput int
+	noSpec               bool
+	// draft are the proposals of the pending plan (nil when none).
+	draft []int32
 	// images are the request's image groups (nil: none): a chunk never ends inside one.
 	images *imagePlan
 }
@@ -144,6 +152,24 @@ type Scheduler struct {
 	planPre  []string
 
 	numPreemptions int64
+
+	// propose, when set, gives up to max speculative proposals to follow a sequence's
+	// tokens; specTokens is the most per step (--speculative-config).
+	propose    Proposer
+	specTokens int
+}
+
+// Proposer returns at most max proposed tokens to follow tokens (a request's prompt and
+// outputs so far); nil or empty when it has none. It must not keep tokens.
+type Proposer func(tokens []int32, max int) []int32
+
+// SetSpeculation makes running decodes carry up to k proposals from propose each step
+// (k = 0 turns speculation off).
+func (s *Scheduler) SetSpeculation(k int, propose Proposer) {
+	s.specTokens, s.propose = k, propose
+	if k <= 0 {
+		s.specTokens, s.propose = 0, nil
+	}
 }
 
 // NewScheduler builds a scheduler over a KV cache manager, which it then owns.
@@ -239,6 +265,9 @@ func (s *Scheduler) Add(req *Request) error {
 		priority:  req.Priority,
 		order:     s.nextOrd,
 		promptLP:  req.Params.PromptLogprobs != nil,
+		maxOutput: req.Params.MaxTokens,
+		minOutput: req.Params.MinTokens,
+		noSpec:    req.Params.Grammar != nil,
 	}
 	s.nextOrd++
 	s.reqs[r.id] = r
@@ -271,6 +300,19 @@ func (s *Scheduler) Schedule() (*StepPlan, error) {
 		if n == 0 {
 			i++
 			continue
+		}
+		// A decode may carry proposals, leaving a token of the budget for every running
+		// request after it; without the blocks for them it decodes plainly.
+		if k := s.numProposals(r, n, budget-(len(s.running)-i-1)); k > 0 {
+			if d := s.propose(r.tokens, k); len(d) > 0 {
+				d = d[:min(len(d), k)]
+				if err := s.kv.Allocate(&r.kv, nil, r.numComputed, n+len(d)); err == nil {
+					r.draft = append(r.draft[:0], d...)
+					n += len(d)
+				} else if !errors.Is(err, kvcache.ErrNoFreeBlocks) {
+					return nil, fmt.Errorf("engine: allocating blocks for %q: %w", r.id, err)
+				}
+			}
 		}
 		for {
 			err := s.kv.Allocate(&r.kv, nil, r.numComputed, n)
@@ -372,6 +414,21 @@ func (s *Scheduler) numNewTokens(r *seqState, budget int) int {
 	return max(0, min(n, budget, s.maxChunk))
 }
 
+// numProposals is how many proposals r may carry when it computes n tokens with budget
+// left: only a decode (its one uncomputed token is the last sampled), past min_tokens, and
+// never so many that the step could emit more than max_tokens or reach past MaxModelLen.
+func (s *Scheduler) numProposals(r *seqState, n, budget int) int {
+	if s.propose == nil || r.noSpec || n != 1 || r.numComputed != len(r.tokens)-1 || r.maxOutput == 0 {
+		return 0
+	}
+	out := len(r.tokens) - r.numPrompt
+	if out < r.minOutput || out == 0 {
+		return 0
+	}
+	k := min(s.specTokens, budget-1, r.maxOutput-out-1, s.cfg.MaxModelLen-1-len(r.tokens))
+	return max(k, 0)
+}
+
 // promptRows is how many prompt positions a prompt-scoring request scores when it
 // computes n tokens from position start: positions p whose next token is a prompt token.
 func (s *Scheduler) promptRows(r *seqState, start, n int) int {
@@ -451,7 +508,7 @@ func (s *Scheduler) buildPlan(plan *StepPlan, budgetLeft int) {
 	page := s.kv.PageSize()
 	numIDs := 0
 	for _, r := range s.scheduled {
-		nb := divCeil(r.numComputed+r.numScheduled, page)
+		nb := divCeil(r.numComputed+r.numScheduled, page) // proposals included
 		if s.kv.HasGlobal() {
 			numIDs += nb
 		}
@@ -468,8 +525,8 @@ func (s *Scheduler) buildPlan(plan *StepPlan, budgetLeft int) {
 	}
 	plan.Seqs = s.planSeqs[:len(s.scheduled)]
 	for i, r := range s.scheduled {
-		start, end := r.numComputed, r.numComputed+r.numScheduled
-		nb := divCeil(end, page)
+		start, end := r.numComputed, r.numComputed+r.numScheduled-len(r.draft)
+		nb := divCeil(end+len(r.draft), page)
 		ps := &plan.Seqs[i]
 		*ps = ScheduledSeq{
 			RequestID:       r.id,
@@ -480,6 +537,7 @@ func (s *Scheduler) buildPlan(plan *StepPlan, budgetLeft int) {
 			NumOutputTokens: len(r.tokens) - r.numPrompt,
 			NumCachedTokens: max(r.numCached, 0),
 			Admitted:        r.admitted,
+			Draft:           r.draft,
 		}
 		r.admitted = false
 		if s.kv.HasGlobal() {
@@ -505,11 +563,25 @@ func (s *Scheduler) buildPlan(plan *StepPlan, budgetLeft int) {
 // with FinishLength (unless a stop on the same token takes precedence) and need not call
 // Finish. Requests finished since Schedule are skipped.
 func (s *Scheduler) UpdateFromOutput(plan *StepPlan, sampled []int32) (lengthCapped []string, err error) {
+	return s.UpdateFromOutputSpec(plan, sampled, nil)
+}
+
+// UpdateFromOutputSpec is UpdateFromOutput for a plan with proposals: accepted[i] are the
+// proposals of plan.Seqs[i] that verification accepted (a prefix of its Draft; nil for a
+// sequence without proposals, or accepted itself nil), and sampled[i] the token after
+// them. Only the K/V up to the accepted run counts as computed: the blocks holding just
+// rejected tokens go back to the pool, and none of them is registered in the prefix cache.
+func (s *Scheduler) UpdateFromOutputSpec(plan *StepPlan, sampled []int32, accepted [][]int32) (lengthCapped []string, err error) {
 	if plan == nil || plan != s.pending {
 		return nil, fmt.Errorf("%w: UpdateFromOutput of a plan that is not the pending one", ErrSchedulerState)
 	}
-	if len(sampled) != len(plan.Seqs) {
-		return nil, fmt.Errorf("%w: %d sampled tokens for %d scheduled sequences", ErrInvalidRequest, len(sampled), len(plan.Seqs))
+	if len(sampled) != len(plan.Seqs) || accepted != nil && len(accepted) != len(plan.Seqs) {
+		return nil, fmt.Errorf("%w: %d sampled tokens (%d accepted runs) for %d scheduled sequences", ErrInvalidRequest, len(sampled), len(accepted), len(plan.Seqs))
+	}
+	for i := range plan.Seqs {
+		if d := plan.Seqs[i].Draft; accepted != nil && len(accepted[i]) > 0 && (len(accepted[i]) > len(d) || !slices.Equal(accepted[i], d[:len(accepted[i])])) {
+			return nil, fmt.Errorf("%w: %q: accepted %v is not a prefix of the proposals %v", ErrInvalidRequest, plan.Seqs[i].RequestID, accepted[i], d)
+		}
 	}
 	s.pending = nil
 	for i := range plan.Seqs {
@@ -517,10 +589,21 @@ func (s *Scheduler) UpdateFromOutput(plan *StepPlan, sampled []int32) (lengthCap
 		if r.status != statusRunning {
 			continue // finished (aborted) since Schedule
 		}
-		r.numComputed += r.numScheduled
+		var acc []int32
+		if accepted != nil {
+			acc = accepted[i]
+		}
+		rejected := len(r.draft) - len(acc)
+		r.numComputed += r.numScheduled - rejected
 		r.numScheduled = 0
+		r.draft = r.draft[:0]
 		if ps.Sample {
-			r.tokens = append(r.tokens, sampled[i])
+			r.tokens = append(append(r.tokens, acc...), sampled[i])
+		}
+		if rejected > 0 {
+			if err := s.kv.Truncate(&r.kv, r.numComputed); err != nil {
+				return lengthCapped, fmt.Errorf("engine: releasing the rejected proposals of %q: %w", r.id, err)
+			}
 		}
 		if err := s.kv.Commit(&r.kv, r.tokens, r.numComputed); err != nil {
 			return lengthCapped, fmt.Errorf("engine: committing %q: %w", r.id, err)
@@ -546,6 +629,13 @@ func (s *Scheduler) Abandon(plan *StepPlan) error {
 	s.pending = nil
 	for _, r := range s.pendingSeqs {
 		r.numScheduled = 0
+		if len(r.draft) > 0 {
+			// The next step may carry fewer proposals: its tables must not be longer.
+			r.draft = r.draft[:0]
+			if err := s.kv.Truncate(&r.kv, r.numComputed); err != nil {
+				return err
+			}
+		}
 	}
 	clear(s.pendingSeqs)
 	s.pendingSeqs = s.pendingSeqs[:0]
@@ -576,6 +666,7 @@ func (s *Scheduler) finish(r *seqState) {
 	s.kv.Free(&r.kv)
 	r.status = statusFinished
 	r.numScheduled = 0
+	r.draft = nil
 	delete(s.reqs, r.id)
 }
 

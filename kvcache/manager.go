@@ -499,3 +499,30 @@ func (m *Manager) ResetPrefixCache() error {
 	}
 	return nil
 }
+
+// Truncate gives back the blocks of seq past the first numTokens positions: a speculative
+// step allocated slots for every proposal, and those past the accepted run hold the K/V of
+// rejected tokens. Such blocks were never offered to the prefix cache (Commit registers
+// only blocks within the computed positions), so they go straight back to the free list;
+// sliding blocks that already left the window are NullBlock and are skipped.
+func (m *Manager) Truncate(seq *Seq, numTokens int) error {
+	keep := ceilDiv(max(numTokens, 0), m.pageSize)
+	if keep < seq.regGlobal && m.global != nil || keep < seq.regSliding && m.sliding != nil {
+		return fmt.Errorf("%w: truncating to %d tokens would drop blocks already in the prefix cache", ErrInvalid, numTokens)
+	}
+	if m.global != nil {
+		for i := len(seq.global) - 1; i >= keep; i-- {
+			m.global.release(seq.global[i])
+		}
+		seq.global = seq.global[:min(keep, len(seq.global))]
+	}
+	if m.sliding != nil {
+		for i := len(seq.sliding) - 1; i >= keep; i-- {
+			if id := seq.sliding[i]; id != NullBlock {
+				m.sliding.release(id)
+			}
+		}
+		seq.sliding = seq.sliding[:min(keep, len(seq.sliding))]
+	}
+	return nil
+}

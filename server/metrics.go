@@ -1,6 +1,7 @@
 package server
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -188,6 +189,8 @@ type statsCollector struct {
 	running, waiting, kvUsage, gpuUsage  *prometheus.Desc
 	prefixQueries, prefixHits, preempted *prometheus.Desc
 	stepPrograms, servingCompilations    *prometheus.Desc
+	// Speculative decoding (vLLM's spec_decode counters; zeros when it is off).
+	specDrafts, specDraftTokens, specAccepted, specAcceptedPerPos *prometheus.Desc
 }
 
 func newStatsCollector(eng func() Engine, labels prometheus.Labels) *statsCollector {
@@ -204,11 +207,17 @@ func newStatsCollector(eng func() Engine, labels prometheus.Labels) *statsCollec
 		stepPrograms:  d("tpuserve:step_programs", "Device programs compiled (the closed step set is compiled before serving)."),
 		servingCompilations: d("tpuserve:serving_compilations_total",
 			"Programs compiled while serving; anything but 0 is a bug (logged as an error)."),
+		specDrafts:      d("vllm:spec_decode_num_drafts_total", "Number of spec decoding drafts."),
+		specDraftTokens: d("vllm:spec_decode_num_draft_tokens_total", "Number of draft tokens."),
+		specAccepted:    d("vllm:spec_decode_num_accepted_tokens_total", "Number of accepted tokens."),
+		specAcceptedPerPos: prometheus.NewDesc("vllm:spec_decode_num_accepted_tokens_per_pos_total",
+			"Accepted tokens per draft position.", []string{"position"}, labels),
 	}
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.gpuUsage, c.prefixQueries, c.prefixHits, c.preempted, c.stepPrograms, c.servingCompilations} {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.gpuUsage, c.prefixQueries, c.prefixHits, c.preempted, c.stepPrograms, c.servingCompilations,
+		c.specDrafts, c.specDraftTokens, c.specAccepted, c.specAcceptedPerPos} {
 		ch <- d
 	}
 }
@@ -227,4 +236,10 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.preempted, prometheus.CounterValue, float64(st.NumPreemptions))
 	ch <- prometheus.MustNewConstMetric(c.stepPrograms, prometheus.GaugeValue, float64(st.StepPrograms))
 	ch <- prometheus.MustNewConstMetric(c.servingCompilations, prometheus.CounterValue, float64(st.ServingCompilations))
+	ch <- prometheus.MustNewConstMetric(c.specDrafts, prometheus.CounterValue, float64(st.Spec.NumDrafts))
+	ch <- prometheus.MustNewConstMetric(c.specDraftTokens, prometheus.CounterValue, float64(st.Spec.NumDraftTokens))
+	ch <- prometheus.MustNewConstMetric(c.specAccepted, prometheus.CounterValue, float64(st.Spec.NumAcceptedTokens))
+	for i, n := range st.Spec.AcceptedPerPos {
+		ch <- prometheus.MustNewConstMetric(c.specAcceptedPerPos, prometheus.CounterValue, float64(n), strconv.Itoa(i))
+	}
 }

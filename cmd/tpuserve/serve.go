@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"github.com/tpuserve/tpuserve/engine"
@@ -52,6 +53,7 @@ type serveOptions struct {
 	schedulingPolicy, generationConfig    string
 	pjrtAutoInstall                       bool
 	idleTimeout, bodyReadTimeout          time.Duration
+	speculativeConfig                     string
 	images                                imageOptions
 }
 
@@ -86,6 +88,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.schedulingPolicy, "scheduling-policy", "fcfs", "fcfs (arrival order; a request with a non-zero priority is refused) or priority (lower priority values first)")
 	fs.StringVar(&o.generationConfig, "generation-config", "auto", "sampling defaults for what requests leave out: auto (the checkpoint's generation_config.json), vllm (vLLM's defaults) or a directory with a generation_config.json")
+	fs.StringVar(&o.speculativeConfig, "speculative-config", "", `speculative decoding as vLLM's JSON, e.g. {"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4,"prompt_lookup_min":2} (prompt lookup; a draft model not with --tensor-parallel-size > 1)`)
 	fs.BoolVar(&o.pjrtAutoInstall, "pjrt-auto-install", false, "let an xla: backend download a missing PJRT plugin (off: TPU nodes often have no internet access)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive HTTP connections idle this long")
 	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", server.DefaultBodyReadTimeout, "most time a client may take to send a request body (slower: 408)")
@@ -199,6 +202,13 @@ func validateServeOptions(o *serveOptions) error {
 	if o.generationConfig == "" {
 		errs = append(errs, errors.New("--generation-config: want auto, vllm or a directory"))
 	}
+	if o.speculativeConfig != "" {
+		if _, err := engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
+			errs = append(errs, fmt.Errorf("--speculative-config: %w", err))
+		} else if sc, _ := engine.ParseSpeculativeConfig(o.speculativeConfig); sc.Method == engine.SpecMethodDraftModel && o.tensorParallel > 1 {
+			errs = append(errs, fmt.Errorf("--speculative-config: a draft model is not supported with --tensor-parallel-size %d (method ngram is)", o.tensorParallel))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -285,7 +295,7 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		"kv_cache_memory", o.kvCacheMemory, "kv_cache_dtype", o.kvCacheDType, "tensor_parallel_size", o.tensorParallel, "block_size", o.pageSize,
 		"max_queue_len", o.maxQueueLen, "shutdown_timeout", o.shutdownTimeout, "prefix_caching", !o.disablePrefixCaching,
 		"api_key_set", o.apiKey != "", "precompile", o.precompile, "scheduling_policy", o.schedulingPolicy,
-		"generation_config", o.generationConfig)
+		"generation_config", o.generationConfig, "speculative_config", o.speculativeConfig)
 	if err := validateServeOptions(o); err != nil {
 		return err
 	}
@@ -430,6 +440,19 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 	if minTokens == 0 {
 		minTokens = plan.DefaultMinTokens(o.backend)
 	}
+	var spec *engine.SpeculativeConfig
+	var draft *model.Model
+	if o.speculativeConfig != "" {
+		if spec, err = engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
+			return fail(fmt.Errorf("--speculative-config: %w", err))
+		}
+		if spec.Method == engine.SpecMethodDraftModel {
+			if draft, err = loadDraft(backend, spec.Model, mc, dtype, o.seed, tok, log); err != nil {
+				return fail(fmt.Errorf("--speculative-config: %w", err))
+			}
+			defer draft.Close()
+		}
+	}
 	t0 = time.Now()
 	eng, err := engine.New(engine.Config{
 		Model:      ecfg.Model,
@@ -440,9 +463,13 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		},
 		PageSize: o.pageSize, KVCacheBytes: kvBytes, KVCacheDType: o.kvCacheDType, DisablePrefixCaching: o.disablePrefixCaching,
 		MaxQueueLen: o.maxQueueLen, Precompile: o.precompile, Logger: log, MinTokenBucket: minTokens,
+		Speculative: spec, DraftModel: draft,
 		Vision: ecfg.Vision, MaxImagesPerStep: ecfg.MaxImagesPerStep,
 	})
 	if err != nil {
+		if spec != nil {
+			err = fmt.Errorf("%w (--speculative-config %s)", err, o.speculativeConfig)
+		}
 		return fail(err)
 	}
 	defer eng.Close()
@@ -493,9 +520,28 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 	if dtype == dtypes.Float32 {
 		format = model.FormatF32
 	}
+	specTokens := 0
+	if sp, err := engine.ParseSpeculativeConfig(o.speculativeConfig); o.speculativeConfig != "" && err == nil {
+		specTokens = sp.NumSpeculativeTokens
+	}
+	if sp, err := engine.ParseSpeculativeConfig(o.speculativeConfig); o.speculativeConfig != "" && err == nil && sp.Method == engine.SpecMethodDraftModel {
+		// The draft's weights sit beside the target's (its activations are smaller than
+		// the target's and run after them; its KV pools share the KV budget, see engine).
+		dcfg, err := modelConfig(sp.Model)
+		if err != nil {
+			return 0, fmt.Errorf("--speculative-config draft model: %w", err)
+		}
+		draftBytes := dcfg.NumParams() * int64(dtype.Size())
+		if draftBytes >= mem {
+			return 0, fmt.Errorf("--speculative-config: the draft model %s (%s of weights) does not fit the device memory %s", sp.Model, plan.FormatBytes(draftBytes), plan.FormatBytes(mem))
+		}
+		log.Info("memory plan: the draft model's weights", "model", sp.Model, "bytes", plan.FormatBytes(draftBytes))
+		mem -= draftBytes
+	}
 	mopts := plan.MemoryOptions{
 		TP: o.tensorParallel, DeviceMemoryBytes: mem, Format: format, MaxModelLen: o.maxModelLen,
 		MaxNumSeqs: o.maxNumSeqs, MaxNumBatchedTokens: o.maxBatched, PageSize: o.pageSize, KVCacheDType: o.kvCacheDType,
+		SpecTokens: specTokens,
 	}
 	if err := planVision(o, &cfg, dtype, &mopts); err != nil {
 		return 0, err
@@ -508,6 +554,53 @@ func kvBudget(o *serveOptions, dtype dtypes.DType, log *slog.Logger) (int64, err
 		"activations", plan.FormatBytes(mp.Activations.Peak), "workspace", plan.FormatBytes(mp.WorkspaceBytes),
 		"kv_cache", plan.FormatBytes(mp.KVBytesPerChip), "kv_tokens", mp.KVTokens)
 	return mp.KVBytesPerChip, nil
+}
+
+// loadDraft loads the draft model of --speculative-config (a checkpoint directory or a
+// preset with seeded random weights) and refuses one whose tokenizer differs from the
+// target's: a checkpoint's own tokenizer.json must have the same pieces.
+func loadDraft(backend backends.Backend, name string, target *model.Config, dtype dtypes.DType, seed uint64, tok *tokenizer.Tokenizer, log *slog.Logger) (*model.Model, error) {
+	// The vocabulary first, from the config alone: a mismatch is refused before loading.
+	dcfg, err := modelConfig(name)
+	if err != nil {
+		return nil, fmt.Errorf("draft model: %w", err)
+	}
+	if dcfg.VocabSize != target.VocabSize {
+		return nil, fmt.Errorf("draft model %s: its vocabulary has %d rows, the target's %d: the draft must share the target's tokenizer", name, dcfg.VocabSize, target.VocabSize)
+	}
+	if isDirWith(name, "tokenizer.json") {
+		dt, err := loadTokenizer(name)
+		if err != nil {
+			return nil, fmt.Errorf("draft model %s: its tokenizer: %w", name, err)
+		}
+		if err := sameTokenizer(tok, dt); err != nil {
+			return nil, fmt.Errorf("draft model %s: %w", name, err)
+		}
+	}
+	t0 := time.Now()
+	m, err := model.Load(backend, model.LoadOptions{Model: name, DType: dtype, Seed: seed})
+	if err != nil {
+		return nil, fmt.Errorf("draft model %s: %w", name, err)
+	}
+	// As the target's: rows beyond the tokenizer are never proposed.
+	m.Config.TextVocabSize = min(m.Config.TextVocabSize, tok.VocabSize())
+	log.Info("draft model loaded", "model", name, "params", m.Config.NumParams(), "elapsed", time.Since(t0).Round(time.Millisecond))
+	return m, nil
+}
+
+// sameTokenizer reports how two tokenizers differ, if they do.
+func sameTokenizer(a, b *tokenizer.Tokenizer) error {
+	if a.VocabSize() != b.VocabSize() {
+		return fmt.Errorf("its tokenizer has %d tokens, the target's %d", b.VocabSize(), a.VocabSize())
+	}
+	for id := int32(0); int(id) < a.VocabSize(); id++ {
+		pa, _ := a.TokenString(id)
+		pb, _ := b.TokenString(id)
+		if pa != pb {
+			return fmt.Errorf("its tokenizer's token %d is %q, the target's %q", id, pb, pa)
+		}
+	}
+	return nil
 }
 
 func isDirWith(dir, file string) bool {

@@ -70,6 +70,9 @@ type MemoryOptions struct {
 	// SeqLen is the sequence length the "sequences" capacity is given for (default
 	// MaxModelLen).
 	SeqLen int `json:"seq_len"`
+	// SpecTokens is speculative decoding's K (0: off): the verify programs score K+1
+	// positions per running sequence, so the sampler's rows grow K+1 times.
+	SpecTokens int `json:"spec_tokens,omitempty"`
 	// VisionWeightBytes and VisionActivationBytes are a vision model's tower on each chip
 	// (replicated: vision.Config.WeightBytes) and the peak activations of its largest image
 	// bucket (vision.Config.PeakActivationBytes); the tower runs before the step, so the
@@ -219,6 +222,7 @@ func (o MemoryOptions) StepSet(cfg *model.Config) (*StepSet, error) {
 	return NewStepSet(cfg, StepOptions{
 		MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: o.MaxNumBatchedTokens, MaxModelLen: o.MaxModelLen,
 		PageSize: o.PageSize, SegmentLen: o.SegmentLen, MinTokens: o.MinTokens, PromptLogprobRows: o.PromptLogprobRows,
+		SpecTokens:       o.SpecTokens,
 		MaxImagesPerStep: o.MaxImagesPerStep, ImageTokens: o.ImageTokens,
 	})
 }
@@ -331,7 +335,7 @@ func PlanMemory(cfg *model.Config, opts MemoryOptions) (*MemoryPlan, error) {
 		return nil, err
 	}
 	p.Programs = len(set.Programs())
-	p.Activations = SamplerActivations(cfg, sp, max(opts.MaxNumSeqs, set.MaxPromptRows()))
+	p.Activations = SamplerActivations(cfg, sp, max(opts.MaxNumSeqs*(set.SpecTokens()+1), set.MaxPromptRows()))
 	for _, s := range set.LargestSteps() {
 		e := StepActivations(cfg, sp, s, opts.PageSize)
 		e.Kind = "step"

@@ -29,6 +29,19 @@ const (
 	// KindPromptLogprobs scores Rows prompt positions: the logprob of the next prompt token
 	// and the top alternatives (echo / prompt_logprobs).
 	KindPromptLogprobs ProgramKind = "prompt_logprobs"
+	// KindVerify checks Rows speculating sequences' SpecTokens proposals against the
+	// target's distributions at SpecTokens+1 positions each (speculative decoding) and
+	// returns the accepted run plus the next token, sampling with greedy or temperature.
+	KindVerify ProgramKind = "verify"
+	// KindVerifyFull is KindVerify with penalties, logit bias, top-k/top-p/min-p and the
+	// logprobs of every emitted token.
+	KindVerifyFull ProgramKind = "verify_full"
+	// KindDraftStep is the draft model's forward pass (speculative decoding with a draft
+	// model): the same shapes as KindStep, over the draft's own KV pools.
+	KindDraftStep ProgramKind = "draft_step"
+	// KindDraftPropose turns the draft's hidden states at Rows positions into proposals
+	// (the draft's argmax).
+	KindDraftPropose ProgramKind = "draft_propose"
 	// KindVision is the vision tower and projector over Rows images (zero-padded), its
 	// features left on the device as the image-embedding rows of the step that consumes
 	// them (vision models serving images only).
@@ -45,12 +58,12 @@ type Program struct {
 
 // String is a short name for logs: step{T=64 B=64 Q=1 EG=2048 ES=256} or sample{rows=8}.
 func (p Program) String() string {
-	if p.Kind == KindStep {
+	if p.Kind == KindStep || p.Kind == KindDraftStep {
 		s := p.Shape
 		if s.M > 0 {
-			return fmt.Sprintf("step{T=%d B=%d Q=%d EG=%d ES=%d M=%d}", s.T, s.B, s.Q, s.EG, s.ES, s.M)
+			return fmt.Sprintf("%s{T=%d B=%d Q=%d EG=%d ES=%d M=%d}", p.Kind, s.T, s.B, s.Q, s.EG, s.ES, s.M)
 		}
-		return fmt.Sprintf("step{T=%d B=%d Q=%d EG=%d ES=%d}", s.T, s.B, s.Q, s.EG, s.ES)
+		return fmt.Sprintf("%s{T=%d B=%d Q=%d EG=%d ES=%d}", p.Kind, s.T, s.B, s.Q, s.EG, s.ES)
 	}
 	return fmt.Sprintf("%s{rows=%d}", p.Kind, p.Rows)
 }
@@ -79,6 +92,14 @@ type StepOptions struct {
 	// PromptLogprobRows is the most prompt positions scored in one step (default 64); the
 	// scheduler cuts the prefill chunks of prompt-logprob requests to fit.
 	PromptLogprobRows int
+	// SpecTokens is the most proposals a speculating sequence is verified with in one step
+	// (--speculative-config num_speculative_tokens; 0: no speculation, no verify programs).
+	// A verification needs SpecTokens+1 positions in one attention row of the segment
+	// layouts, so it must be below SegmentLen.
+	SpecTokens int
+	// DraftModel adds the draft model's programs: a draft_step for every step shape and
+	// draft_propose in sample's row buckets (SpecTokens > 0 required).
+	DraftModel bool
 	// MaxImagesPerStep is the most images one step takes (a vision model serving images;
 	// 0: none), ImageTokens the soft tokens per image (mm_tokens_per_image). Every step
 	// shape of a vision model has M = MaxImagesPerStep·ImageTokens image-embedding rows
@@ -127,6 +148,13 @@ func (o *StepOptions) setDefaults() error {
 			return fmt.Errorf("%w: step options: %s = %d, want >= %d", model.ErrConfig, f.name, f.v, f.min)
 		}
 	}
+	if o.SpecTokens < 0 || o.SpecTokens > 0 && (o.SpecTokens+1 > o.SegmentLen || o.SpecTokens+1 > o.MaxNumBatchedTokens) {
+		return fmt.Errorf("%w: step options: SpecTokens = %d: a verification of k proposals needs k+1 <= SegmentLen (%d) and <= MaxNumBatchedTokens (%d) positions",
+			model.ErrConfig, o.SpecTokens, o.SegmentLen, o.MaxNumBatchedTokens)
+	}
+	if o.DraftModel && o.SpecTokens == 0 {
+		return fmt.Errorf("%w: step options: DraftModel needs SpecTokens > 0", model.ErrConfig)
+	}
 	if o.MaxImagesPerStep < 0 || (o.MaxImagesPerStep > 0 && o.ImageTokens <= 0) {
 		return fmt.Errorf("%w: step options: MaxImagesPerStep %d with ImageTokens %d (want both > 0, or no images)", model.ErrConfig, o.MaxImagesPerStep, o.ImageTokens)
 	}
@@ -155,7 +183,9 @@ func (o *StepOptions) setDefaults() error {
 // MaxModelLen's. The sliding layers' list is as long as the global one, or as the rows'
 // windows can need when that is less. Sampler programs come in row buckets of powers of two
 // (sample, from MinTokens) or of eight (sample_full and sample_scored, from 1) up to
-// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows. A vision model's step shapes
+// MaxNumSeqs, and prompt scoring in PromptLogprobRows rows. With SpecTokens (speculative
+// decoding) the verify and verify_full programs come in sample_full's row buckets; with a
+// draft model, draft_step repeats every step shape and draft_propose comes in sample's. A vision model's step shapes
 // all carry M = MaxImagesPerStep·ImageTokens image-embedding rows (at least 1) and a
 // sliding entry budget that allows the image mask's reach, and the set adds one vision
 // program per image bucket (powers of two up to MaxImagesPerStep).
@@ -167,6 +197,8 @@ type StepSet struct {
 	perToken     [][]model.BatchShape
 	sample, full []int // sample_scored has sample_full's buckets
 	prompt       []int
+	verify       []int // verify and verify_full (none without SpecTokens)
+	propose      []int // draft_propose (none without DraftModel)
 	vision       []int // image buckets of the vision programs
 }
 
@@ -214,6 +246,13 @@ func NewStepSet(cfg *model.Config, opts StepOptions) (*StepSet, error) {
 	}
 	s.full = append(s.full, opts.MaxNumSeqs)
 	s.prompt = []int{min(opts.PromptLogprobRows, opts.MaxNumBatchedTokens)}
+	if opts.SpecTokens > 0 {
+		// Speculating sequences are the decodes of latency-bound traffic: few, ×8 buckets.
+		s.verify = s.full
+	}
+	if opts.DraftModel {
+		s.propose = s.sample
+	}
 	return s, nil
 }
 
@@ -271,6 +310,9 @@ func (s *StepSet) rows(t int) (q, b int) {
 	}
 	return s.opts.SegmentLen, ceilDiv(t, s.opts.SegmentLen) + s.opts.MaxNumSeqs
 }
+
+// SpecTokens is the number of proposals the verify programs check per sequence (0: none).
+func (s *StepSet) SpecTokens() int { return s.opts.SpecTokens }
 
 // Options returns the options with defaults applied.
 func (s *StepSet) Options() StepOptions { return s.opts }
@@ -342,6 +384,10 @@ func (s *StepSet) RowsFor(kind ProgramKind, n int) (int, bool) {
 		list = s.full
 	case KindPromptLogprobs:
 		list = s.prompt
+	case KindVerify, KindVerifyFull:
+		list = s.verify
+	case KindDraftPropose:
+		list = s.propose
 	case KindVision:
 		list = s.vision
 	default:
@@ -369,10 +415,15 @@ func (s *StepSet) Programs() []Program {
 	for _, sh := range s.steps {
 		out = append(out, Program{Kind: KindStep, Shape: sh})
 	}
+	if s.opts.DraftModel {
+		for _, sh := range s.steps {
+			out = append(out, Program{Kind: KindDraftStep, Shape: sh})
+		}
+	}
 	for _, k := range []struct {
 		kind ProgramKind
 		rows []int
-	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVision, s.vision}} {
+	}{{KindSample, s.sample}, {KindSampleFull, s.full}, {KindSampleScored, s.full}, {KindPromptLogprobs, s.prompt}, {KindVerify, s.verify}, {KindVerifyFull, s.verify}, {KindDraftPropose, s.propose}, {KindVision, s.vision}} {
 		for _, r := range k.rows {
 			out = append(out, Program{Kind: k.kind, Rows: r})
 		}

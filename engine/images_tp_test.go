@@ -60,7 +60,8 @@ func runImageRequests(t *testing.T, e *Engine) imageRun {
 // program). The fixture's image sequences give the prompt logprobs of TP=1 within 1e-5 and
 // HF's within 1e-3; the greedy run with an image gives TP=1's tokens and logprobs and HF's
 // tokens wherever HF's top-1 margin exceeds 1e-3. TP=4 puts one query head on each chip
-// (the fixture's 2 kv heads replicated on 2 chips each).
+// (the fixture's 2 kv heads replicated on 2 chips each); TP=2 also with n-gram
+// speculative decoding (the verifier on vocabulary shards after an image prefill).
 func TestImagePromptsTP(t *testing.T) {
 	g := visionGolden(t)
 	golden, err := model.ReadSafetensors(filepath.Join(visionDir, "golden.safetensors"))
@@ -69,14 +70,30 @@ func TestImagePromptsTP(t *testing.T) {
 	}
 	V := fixtureModelAt(t, visionDir).Config.VocabSize
 	ref := runImageRequests(t, newVisionEngine(t, nil))
-	for _, tp := range []int{2, 4} {
-		t.Run(fmt.Sprintf("tp%d", tp), func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tp   int
+		spec bool
+	}{{"tp2", 2, false}, {"tp4", 4, false}, {"tp2 n-gram speculation", 2, true}} {
+		tp := tc.tp
+		t.Run(tc.name, func(t *testing.T) {
 			sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: visionDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(sm.Close)
-			got := runImageRequests(t, newVisionEngine(t, onSharded(sm, nil)))
+			e := newVisionEngine(t, onSharded(sm, func(c *Config) {
+				if tc.spec {
+					c.Speculative = ngramConfig(4)
+				}
+			}))
+			got := runImageRequests(t, e)
+			if st := e.Stats().Spec; tc.spec {
+				t.Logf("speculation: drafts %d, proposals %d, accepted %d", st.NumDrafts, st.NumDraftTokens, st.NumAcceptedTokens)
+				if st.NumDrafts == 0 {
+					t.Errorf("no proposal was verified: the case does not test speculation")
+				}
+			}
 			for i, seq := range g.Sequences {
 				logits := tensors.MustCopyFlatData[float32](golden[fmt.Sprintf("seq%d.logits_f32", i)])
 				if len(got.prompt[i]) != len(seq.IDs)-1 {

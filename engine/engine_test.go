@@ -263,14 +263,20 @@ func TestGreedyBatchInvariance(t *testing.T) {
 func TestGreedyBatchInvarianceTP(t *testing.T) {
 	for _, tp := range []int{2, 8} {
 		t.Run(fmt.Sprintf("tp%d", tp), func(t *testing.T) {
-			sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(sm.Close)
-			testGreedyBatchInvariance(t, engineFixtures[0], sm)
+			testGreedyBatchInvariance(t, engineFixtures[0], shardedFixture(t, tp))
 		})
 	}
+}
+
+// shardedFixture is the tiny fixture split over a virtual mesh of tp chips.
+func shardedFixture(t *testing.T, tp int) *model.ShardedModel {
+	t.Helper()
+	sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sm.Close)
+	return sm
 }
 
 // onSharded makes an engine config use sm (when not nil) instead of the plain model.
@@ -453,12 +459,7 @@ func TestSeededSamplingTP(t *testing.T) {
 	want := run(newTestEngineOn(t, m, nil))
 	for _, tp := range []int{2, 8} {
 		t.Run(fmt.Sprintf("tp%d", tp), func(t *testing.T) {
-			sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(sm.Close)
-			got := run(newTestEngineOn(t, m, onSharded(sm, nil)))
+			got := run(newTestEngineOn(t, m, onSharded(shardedFixture(t, tp), nil)))
 			for i := range want {
 				if ok, why := sameResult(got[i], want[i]); !ok {
 					t.Errorf("request %d: TP=%d differs from TP=1: %s (tokens %v, TP=1 %v)", i, tp, why, got[i].tokens, want[i].tokens)

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gomlx/gomlx/pkg/core/dtypes"
-	"github.com/tpuserve/tpuserve/internal/backendtest"
 	"github.com/tpuserve/tpuserve/model"
 )
 
@@ -163,17 +161,6 @@ func TestSpeculativeGreedyMatchesPlain(t *testing.T) {
 				st.Spec.NumDraftTokens, st.Spec.NumAcceptedTokens, st.Spec.AcceptanceRate(), st.Spec.AcceptedPerPos)
 		})
 	}
-}
-
-// shardedFixture is the tiny fixture split over a virtual mesh of tp chips.
-func shardedFixture(t *testing.T, tp int) *model.ShardedModel {
-	t.Helper()
-	sm, err := model.LoadShardedModel(backendtest.Backend(t), model.LoadOptions{Model: fixtureDir, DType: dtypes.Float32, Progress: func(model.LoadProgress) {}}, tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sm.Close)
-	return sm
 }
 
 // TestSpeculativeConfigErrors: a bad --speculative-config is refused at start-up with an

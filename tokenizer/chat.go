@@ -77,21 +77,9 @@ func (t *Tokenizer) ApplyChatTemplate(msgs []Message, addGenerationPrompt bool) 
 func renderGemma3(bos string, msgs []Message, addGenerationPrompt bool) (string, error) {
 	var b strings.Builder
 	b.WriteString(bos)
-	prefix := ""
-	loop := msgs
-	if len(msgs) > 0 && msgs[0].Role == "system" {
-		sys := msgs[0]
-		if sys.Parts == nil {
-			prefix = sys.Content + "\n\n"
-		} else {
-			// messages[0]['content'][0]['text'] + '\n\n': undefined without a first part
-			// or (for a part that is not text) without its text.
-			if len(sys.Parts) == 0 || (sys.Parts[0].Type != "text" && sys.Parts[0].Text == "") {
-				return "", fmt.Errorf("%w: Cannot perform operation + on undefined values (system message content has no text in its first part)", ErrChatTemplate)
-			}
-			prefix = sys.Parts[0].Text + "\n\n"
-		}
-		loop = msgs[1:]
+	prefix, loop, err := systemPrefix(msgs)
+	if err != nil {
+		return "", err
 	}
 	for i, m := range loop {
 		if (m.Role == "user") != (i%2 == 0) {
@@ -140,4 +128,22 @@ func isJSSpace(r rune) bool {
 		return true
 	}
 	return r >= 0x2000 && r <= 0x200A
+}
+
+// systemPrefix splits a leading system message off msgs: Gemma 3's template folds its text
+// (and "\n\n") into the first user turn. It returns that prefix and the other messages.
+func systemPrefix(msgs []Message) (string, []Message, error) {
+	if len(msgs) == 0 || msgs[0].Role != "system" {
+		return "", msgs, nil
+	}
+	sys := msgs[0]
+	if sys.Parts == nil {
+		return sys.Content + "\n\n", msgs[1:], nil
+	}
+	// messages[0]['content'][0]['text'] + '\n\n': undefined without a first part or (for a
+	// part that is not text) without its text.
+	if len(sys.Parts) == 0 || (sys.Parts[0].Type != "text" && sys.Parts[0].Text == "") {
+		return "", nil, fmt.Errorf("%w: Cannot perform operation + on undefined values (system message content has no text in its first part)", ErrChatTemplate)
+	}
+	return sys.Parts[0].Text + "\n\n", msgs[1:], nil
 }

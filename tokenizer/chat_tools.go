@@ -58,19 +58,9 @@ func (t *Tokenizer) ApplyToolChatTemplate(msgs []Message, tools [][]byte, addGen
 func renderGemma3Tools(bos string, msgs []Message, tools [][]byte, addGenerationPrompt bool) (string, error) {
 	var b strings.Builder
 	b.WriteString(bos)
-	prefix := ""
-	loop := msgs
-	if len(msgs) > 0 && msgs[0].Role == "system" {
-		sys := msgs[0]
-		if sys.Parts == nil {
-			prefix = sys.Content + "\n\n"
-		} else {
-			if len(sys.Parts) == 0 || (sys.Parts[0].Type != "text" && sys.Parts[0].Text == "") {
-				return "", fmt.Errorf("%w: Cannot perform operation + on undefined values (system message content has no text in its first part)", ErrChatTemplate)
-			}
-			prefix = sys.Parts[0].Text + "\n\n"
-		}
-		loop = msgs[1:]
+	prefix, loop, err := systemPrefix(msgs)
+	if err != nil {
+		return "", err
 	}
 	if len(tools) > 0 {
 		list, err := indentTools(tools)

@@ -400,14 +400,6 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		}
 		defer m.Close()
 		ecfg.Model, mc = m, &m.Config
-		if vcfg != nil {
-			enc, err := loadVisionTower(o, backend, dtype, &m.Config, vcfg)
-			if err != nil {
-				return fail(err)
-			}
-			defer enc.Close()
-			ecfg.Vision, ecfg.MaxImagesPerStep = enc, o.images.maxImagesPerStep
-		}
 	} else {
 		m, err := model.LoadShardedModel(backend, loadOpts, o.tensorParallel)
 		if err != nil {
@@ -415,14 +407,15 @@ func serve(ctx context.Context, o *serveOptions, log *slog.Logger, ready func(*s
 		}
 		defer m.Close()
 		ecfg.Sharded, mc = m, &m.Config
-		if vcfg != nil {
-			enc, err := loadVisionTower(o, backend, dtype, &m.Config, vcfg)
-			if err != nil {
-				return fail(err)
-			}
-			defer enc.Close()
-			ecfg.Vision, ecfg.MaxImagesPerStep = enc, o.images.maxImagesPerStep
+	}
+	if vcfg != nil {
+		// The tower is replicated under tensor parallelism (see docs/perf-vision.md).
+		enc, err := loadVisionTower(o, backend, dtype, mc, vcfg)
+		if err != nil {
+			return fail(err)
 		}
+		defer enc.Close()
+		ecfg.Vision, ecfg.MaxImagesPerStep = enc, o.images.maxImagesPerStep
 	}
 	// Rows beyond the tokenizer's vocabulary (multimodal padding) are never sampled.
 	mc.TextVocabSize = min(mc.TextVocabSize, tok.VocabSize())

@@ -50,6 +50,16 @@ func newChatTemplate(src string) *chatTemplate {
 // (LoadFile), is an error wrapping ErrChatTemplate, as are the template's own errors such
 // as "Conversation roles must alternate user/assistant/user/assistant/...".
 func (t *Tokenizer) ApplyChatTemplate(msgs []Message, addGenerationPrompt bool) (string, error) {
+	bos, err := t.chatBOS()
+	if err != nil {
+		return "", err
+	}
+	return t.chat.render(bos, msgs, addGenerationPrompt)
+}
+
+// chatBOS checks that the Gemma 3 chat template is loaded and returns the BOS text its
+// renderings start with.
+func (t *Tokenizer) chatBOS() (string, error) {
 	switch {
 	case t.chat == nil:
 		return "", fmt.Errorf("%w: none loaded (load a directory with tokenizer_config.json)", ErrChatTemplate)
@@ -60,7 +70,7 @@ func (t *Tokenizer) ApplyChatTemplate(msgs []Message, addGenerationPrompt bool) 
 	if bos == "" && t.bos >= 0 {
 		bos = t.pieces[t.bos]
 	}
-	return t.chat.render(bos, msgs, addGenerationPrompt)
+	return bos, nil
 }
 
 // renderGemma3 is Gemma 3's chat template written out in Go:

@@ -42,15 +42,9 @@ const ToolCallPreamble = "Tools (functions) are available. If you decide to invo
 // With no tools and no tool messages or calls, the text is exactly ApplyChatTemplate's.
 // Errors wrap ErrChatTemplate.
 func (t *Tokenizer) ApplyToolChatTemplate(msgs []Message, tools [][]byte, addGenerationPrompt bool) (string, error) {
-	switch {
-	case t.chat == nil:
-		return "", fmt.Errorf("%w: none loaded (load a directory with tokenizer_config.json)", ErrChatTemplate)
-	case t.chat.render == nil:
-		return "", fmt.Errorf("%w: unsupported chat_template (sha256 %s): only Gemma 3's template is rendered", ErrChatTemplate, t.chat.sha256)
-	}
-	bos := t.bosText
-	if bos == "" && t.bos >= 0 {
-		bos = t.pieces[t.bos]
+	bos, err := t.chatBOS()
+	if err != nil {
+		return "", err
 	}
 	return renderGemma3Tools(bos, msgs, tools, addGenerationPrompt)
 }

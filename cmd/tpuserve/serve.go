@@ -203,9 +203,9 @@ func validateServeOptions(o *serveOptions) error {
 		errs = append(errs, errors.New("--generation-config: want auto, vllm or a directory"))
 	}
 	if o.speculativeConfig != "" {
-		if _, err := engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
+		if sc, err := engine.ParseSpeculativeConfig(o.speculativeConfig); err != nil {
 			errs = append(errs, fmt.Errorf("--speculative-config: %w", err))
-		} else if sc, _ := engine.ParseSpeculativeConfig(o.speculativeConfig); sc.Method == engine.SpecMethodDraftModel && o.tensorParallel > 1 {
+		} else if sc.Method == engine.SpecMethodDraftModel && o.tensorParallel > 1 {
 			errs = append(errs, fmt.Errorf("--speculative-config: a draft model is not supported with --tensor-parallel-size %d (method ngram is)", o.tensorParallel))
 		}
 	}
